@@ -1,0 +1,19 @@
+"""Data layer: in-memory datasets and client partitions for split learning."""
+
+from lightning_gapsl.data.datasets import (
+    DATASETS,
+    DataError,
+    DatasetSplit,
+    load_dataset,
+)
+from lightning_gapsl.data.partition import PARTITIONS, label_histograms, partition
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONS",
+    "DataError",
+    "DatasetSplit",
+    "label_histograms",
+    "load_dataset",
+    "partition",
+]

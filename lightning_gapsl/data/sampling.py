@@ -1,0 +1,104 @@
+"""Per-client batch streams that keep every rank in lockstep and every layout identical.
+
+Each client reads its own data as an endless stream of seeded permutations: batch t
+of client c is positions [t*B, (t+1)*B) of that stream, and permutation e is drawn
+from a generator seeded by (seed, "batches", c, e). So a client's batches depend on
+(seed, client id, global step) only: not on the rank that hosts it, not on how many
+clients share that rank, and a resumed run picks up exactly where it stopped.
+Every client draws exactly B samples per step (small clients wrap around sooner), so
+every rank runs the same number of steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from lightning_gapsl.seeding import generator
+
+
+class ClientStream:
+    """Endless, seeded stream of sample indices of one client."""
+
+    def __init__(self, indices: torch.Tensor, seed: int, client_id: int):
+        if len(indices) == 0:
+            raise ValueError(f"client {client_id} has no samples")
+        self.indices = indices  # (n_c,) int64 positions in the pooled training set
+        self.seed = seed
+        self.client_id = client_id
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            gen = generator(self.seed, "batches", self.client_id, epoch)
+            perm = self.indices[torch.randperm(len(self.indices), generator=gen)]
+            # Keep only the two most recent permutations: a batch spans at most two.
+            self._cache = {e: p for e, p in self._cache.items() if e >= epoch - 1}
+            self._cache[epoch] = perm
+        return perm
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """Sample indices of this client's batch at global ``step``: (batch_size,)."""
+        n = len(self.indices)
+        start, end = step * batch_size, (step + 1) * batch_size
+        pieces = []
+        pos = start
+        while pos < end:
+            epoch, offset = divmod(pos, n)
+            take = min(end - pos, n - offset)
+            pieces.append(self._permutation(epoch)[offset : offset + take])
+            pos += take
+        return torch.cat(pieces)
+
+
+class ClientBatches(Dataset):
+    """Map-style dataset: item ``global_step`` is the stacked batch of the hosted clients.
+
+    Returns ``(x, y)`` with x (K, B, C, H, W) and y (K, B) for the K hosted clients in
+    client-id order (K = 0 on a dedicated server rank: empty tensors of the same rank).
+    """
+
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        client_indices: dict[int, torch.Tensor],
+        batch_size: int,
+        seed: int,
+        total_steps: int,
+    ):
+        self.train_x = train_x  # (n, C, H, W)
+        self.train_y = train_y  # (n,)
+        self.client_ids = sorted(client_indices)
+        self.streams = [ClientStream(client_indices[c], seed, c) for c in self.client_ids]
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.streams:
+            shape = (0, self.batch_size, *self.train_x.shape[1:])
+            return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64)
+        idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
+        return self.train_x[idx], self.train_y[idx]
+
+
+class StepSampler(Sampler[int]):
+    """Yields the global step numbers of one epoch; Lightning calls ``set_epoch``."""
+
+    def __init__(self, steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        start = self.epoch * self.steps_per_epoch
+        return iter(range(start, start + self.steps_per_epoch))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch

@@ -1,0 +1,67 @@
+"""The run's data, split over clients: built once in the launching process.
+
+With the fork launcher every rank inherits this object (no copy, no re-parse); under
+SLURM each rank builds the identical object from the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lightning_gapsl.config import RunConfig
+from lightning_gapsl.data.datasets import DatasetSplit, load_dataset
+from lightning_gapsl.data.partition import label_histograms, partition
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    dataset: DatasetSplit
+    client_indices: list[torch.Tensor]  # one (n_c,) int64 tensor per client id
+    histograms: torch.Tensor  # (N, num_classes) label counts per client
+    steps_per_epoch: int
+    batch_size: int
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    @property
+    def client_sizes(self) -> torch.Tensor:
+        return torch.tensor([len(ix) for ix in self.client_indices], dtype=torch.float64)
+
+
+def build_federated_data(cfg: RunConfig) -> FederatedData:
+    """Load the dataset and partition it; centralized pools everything into one 'client'."""
+    d = cfg.data
+    dataset = load_dataset(
+        d.name,
+        root=d.root,
+        seed=cfg.seed,
+        synthetic_shape=d.shape,
+        synthetic_classes=d.num_classes,
+        synthetic_train=d.num_train,
+        synthetic_test=d.num_test,
+        max_train=d.max_train,
+        max_test=d.max_test,
+    )
+    n_train = len(dataset.train_y)
+    # Centralized trains one model on the pooled data: one "client" holding every
+    # sample, so it draws exactly the batches a single-client PSL run draws.
+    num_clients = 1 if cfg.algorithm.name == "centralized" else d.num_clients
+    if num_clients == 1:
+        parts = [torch.arange(n_train)]
+    else:
+        parts = partition(
+            dataset.train_y,
+            num_clients,
+            d.partition,
+            alpha=d.alpha,
+            shards_per_client=d.shards_per_client,
+            seed=cfg.seed,
+        )
+    steps = d.steps_per_epoch or math.ceil(n_train / (num_clients * d.batch_size))
+    hist = label_histograms(dataset.train_y, parts, dataset.num_classes)
+    return FederatedData(dataset, parts, hist, steps, d.batch_size)

@@ -1,0 +1,102 @@
+"""Cutting a block model into client and server segments, with seeded initialisation.
+
+Every segment is built under its own seed, ``derive_seed(seed, "client", client_id)`` or
+``derive_seed(seed, "server")``, inside ``torch.random.fork_rng`` so construction neither
+reads nor advances the global RNG: a client's initial weights are the same whichever
+process hosts it and whatever was built before it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_gapsl.models import BlockFactory, ModelError, block_factories
+from lightning_gapsl.seeding import derive_seed
+
+
+def _check_cut(cut_layer: int, num_blocks: int) -> None:
+    """Raise ModelError unless ``1 <= cut_layer <= num_blocks - 1``."""
+    if not isinstance(cut_layer, int) or not 1 <= cut_layer <= num_blocks - 1:
+        raise ModelError(
+            f"model.cut_layer={cut_layer!r} is out of range; valid range is "
+            f"1..{num_blocks - 1} for a model of {num_blocks} blocks"
+        )
+
+
+def split_blocks(blocks: nn.Sequential, cut_layer: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(blocks[:cut_layer], blocks[cut_layer:])`` (client, server); modules are shared."""
+    _check_cut(cut_layer, len(blocks))
+    return blocks[:cut_layer], blocks[cut_layer:]
+
+
+def _build_seeded(factories: list[BlockFactory], seed: int) -> nn.Sequential:
+    """Construct ``factories`` in order under ``torch.manual_seed(seed)`` on a forked RNG."""
+    # devices=[]: fork only the CPU generator; construction never draws on CUDA RNGs and
+    # forking them would initialise CUDA needlessly.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(*(make() for make in factories))
+
+
+def build_client_segment(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    cut_layer: int,
+    seed: int,
+    client_id: int,
+) -> nn.Sequential:
+    """Blocks ``[0, cut_layer)`` of model ``name``, initialised from (seed, client_id).
+
+    Only the client's own blocks are constructed, so block ``i``'s weights are the same
+    for every ``cut_layer > i``.
+    """
+    factories = block_factories(name, input_shape, num_classes)
+    _check_cut(cut_layer, len(factories))
+    return _build_seeded(factories[:cut_layer], derive_seed(seed, "client", client_id))
+
+
+def build_server_segment(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    cut_layer: int,
+    seed: int,
+) -> nn.Sequential:
+    """Blocks ``[cut_layer, n)`` of model ``name``, initialised from (seed, "server")."""
+    factories = block_factories(name, input_shape, num_classes)
+    _check_cut(cut_layer, len(factories))
+    return _build_seeded(factories[cut_layer:], derive_seed(seed, "server"))
+
+
+def build_full_model(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    cut_layer: int,
+    seed: int,
+) -> nn.Sequential:
+    """Unsplit model for centralized training: client 0's segment followed by the server's.
+
+    Flattened into one ``nn.Sequential`` of blocks (same indices and state-dict keys as
+    `build_blocks`), so centralized training and 1-client PSL start from identical weights.
+    """
+    client = build_client_segment(name, input_shape, num_classes, cut_layer, seed, client_id=0)
+    server = build_server_segment(name, input_shape, num_classes, cut_layer, seed)
+    return nn.Sequential(*client, *server)
+
+
+def activation_shape(
+    client_segment: nn.Module, input_shape: tuple[int, int, int]
+) -> tuple[int, ...]:
+    """Per-sample shape of the cut-layer activation (what a client sends the server).
+
+    A dry run on one zero sample; GroupNorm normalises per sample so batch 1 is fine.
+    """
+    param = next(client_segment.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    with torch.no_grad():
+        out = client_segment(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    return tuple(out.shape[1:])

@@ -1,0 +1,181 @@
+"""K same-architecture client segments stored as one module with stacked parameters.
+
+Many virtual clients share one process. Every parameter is kept as one ``(K, *shape)``
+``nn.Parameter``, so one standard optimizer over ``StackedSegments.parameters()`` is
+exactly K independent per-client optimizers for elementwise update rules (SGD with
+momentum / weight decay, Adam, AdamW). Optimizers that couple elements across a tensor
+(LARS/LAMB trust ratios, whole-tensor gradient clipping) would mix clients: don't.
+
+Two ways to run the K segments (measured on a 2-core CPU, torch 2.13, forward+backward,
+lenet cut 1 on MNIST, B=32):
+
+- ``"loop"`` (default): a Python loop over clients on slices of the stacked parameters.
+  K=20: 63 ms (1 thread) / 40 ms (2 threads), the same as one unsplit segment on K*B
+  samples (68 / 49 ms), i.e. the per-client overhead is negligible at these sizes.
+  Client k's output and gradients are bitwise equal to its unstacked segment, so they
+  cannot depend on how clients are grouped per process.
+- ``"vmap"``: one ``torch.vmap`` over ``functional_call``. K=20: 169 / 131 ms. Slower
+  because vmap's grouped conv returns a (B, K*C, H, W) layout, so the vmapped GroupNorm
+  after it works on strided memory (profile: ~45% of the time in one aten::mul). It
+  only wins when per-client work is tiny (8x8 digits, B=8: 3.6 ms vs 4.9 ms). Results
+  agree with the loop to float32 rounding only (not bitwise), and for ResNet they also
+  change bitwise with K.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+# Registered attribute names may not contain "."; the constructor checks that escaping
+# is collision-free and keeps the original names for the mapping back.
+_SEP = "__"
+
+
+def _escape(name: str) -> str:
+    """``"0.weight" -> "0__weight"`` so a dotted name can be a registered attribute."""
+    return name.replace(".", _SEP)
+
+
+class StackedSegments(nn.Module):
+    """K client segments of the same architecture; parameters stored stacked, (K, *shape).
+
+    ``forward`` takes ``(K, B, *in)`` and returns ``(K, B, *out)``: client ``k``'s segment
+    applied to its own mini-batch ``x[k]``. ``mode`` is ``"loop"`` (default: fastest at
+    realistic sizes and bitwise equal to unstacked segments) or ``"vmap"`` (see module
+    docstring). The segments' weights are copied; the segments themselves are not kept.
+    """
+
+    def __init__(self, segments: list[nn.Module], mode: str = "loop") -> None:
+        super().__init__()
+        if not segments:
+            raise ValueError("StackedSegments needs at least one segment")
+        if mode not in ("vmap", "loop"):
+            raise ValueError(f"mode must be 'vmap' or 'loop', got {mode!r}")
+        self.mode = mode
+        self.num_segments = len(segments)
+
+        first = segments[0]
+        self._param_names = [name for name, _ in first.named_parameters()]
+        self._buffer_names = [name for name, _ in first.named_buffers()]
+        self._state_keys = list(first.state_dict().keys())
+        escaped = [_escape(n) for n in self._param_names + self._buffer_names]
+        if len(set(escaped)) != len(escaped):
+            raise ValueError(f"parameter names collide after escaping: {escaped}")
+
+        for seg in segments[1:]:
+            shapes = {n: t.shape for n, t in seg.state_dict().items()}
+            if shapes != {n: t.shape for n, t in first.state_dict().items()}:
+                raise ValueError("all segments must have the same architecture")
+
+        # Template for functional_call: structure only, no storage (meta device), so it
+        # costs nothing and can never be trained by mistake.
+        self._template = [copy.deepcopy(first).to("meta")]  # list: hide from .modules()
+        with torch.no_grad():
+            for name in self._param_names:
+                stacked = torch.stack([seg.get_parameter(name).detach() for seg in segments])
+                requires_grad = first.get_parameter(name).requires_grad
+                self.register_parameter(
+                    _escape(name), nn.Parameter(stacked.clone(), requires_grad=requires_grad)
+                )
+            for name in self._buffer_names:
+                stacked = torch.stack([seg.get_buffer(name).detach() for seg in segments])
+                self.register_buffer(_escape(name), stacked.clone())
+
+    # ------------------------------------------------------------------ tensors by name
+    def stacked_params(self) -> dict[str, Tensor]:
+        """Original parameter name -> stacked ``(K, *shape)`` parameter, in fixed order."""
+        return {n: getattr(self, _escape(n)) for n in self._param_names}
+
+    def _stacked_buffers(self) -> dict[str, Tensor]:
+        """Original buffer name -> stacked ``(K, *shape)`` buffer."""
+        return {n: getattr(self, _escape(n)) for n in self._buffer_names}
+
+    # ------------------------------------------------------------------ forward
+    def _call_one(self, params_and_buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Run the template with one client's tensors on its mini-batch ``x`` (B, *in)."""
+        return functional_call(self._template[0], params_and_buffers, (x,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (K, B, *in) -> (K, B, *out); client k's segment on ``x[k]``."""
+        if x.shape[0] != self.num_segments:
+            raise ValueError(f"expected leading dim {self.num_segments}, got {tuple(x.shape)}")
+        tensors = {**self.stacked_params(), **self._stacked_buffers()}
+        if self.mode == "vmap":
+            return torch.vmap(self._call_one)(tensors, x)
+        # unbind once per tensor: its backward is a single stack, not K index-scatters.
+        per_client = {n: t.unbind(0) for n, t in tensors.items()}
+        outs = [
+            self._call_one({n: ts[k] for n, ts in per_client.items()}, x[k])
+            for k in range(self.num_segments)
+        ]
+        return torch.stack(outs)
+
+    def train(self, mode: bool = True) -> StackedSegments:
+        """Also switch the hidden template, whose mode layers like Dropout/BatchNorm read."""
+        super().train(mode)
+        self._template[0].train(mode)
+        return self
+
+    # ------------------------------------------------------------------ per-client views
+    def segment(self, k: int) -> nn.Module:
+        """An independent module holding client ``k``'s current weights (no shared storage)."""
+        reference = next(iter(self.stacked_params().values()), None)
+        module = copy.deepcopy(self._template[0])
+        if reference is not None:
+            module = module.to(dtype=reference.dtype)
+        device = reference.device if reference is not None else torch.device("cpu")
+        module = module.to_empty(device=device)
+        with torch.no_grad():
+            for name, stacked in self.stacked_params().items():
+                module.get_parameter(name).copy_(stacked[k])
+            for name, stacked in self._stacked_buffers().items():
+                module.get_buffer(name).copy_(stacked[k])
+        return module
+
+    def segment_state(self, k: int) -> dict[str, Tensor]:
+        """Client ``k``'s state dict (same keys as the unstacked segment's), cloned."""
+        tensors = {**self.stacked_params(), **self._stacked_buffers()}
+        return {n: tensors[n][k].detach().clone() for n in self._state_keys}
+
+    def load_segment_state(self, k: int, state_dict: dict[str, Tensor]) -> None:
+        """Copy an unstacked segment's state dict into client ``k``'s slice."""
+        missing = set(self._state_keys) - set(state_dict)
+        unexpected = set(state_dict) - set(self._state_keys)
+        if missing or unexpected:
+            raise KeyError(f"segment state mismatch: missing={missing} unexpected={unexpected}")
+        tensors = {**self.stacked_params(), **self._stacked_buffers()}
+        with torch.no_grad():
+            for name in self._state_keys:
+                tensors[name][k].copy_(state_dict[name])
+
+    # ------------------------------------------------------------------ gradients
+    def flat_grads(self) -> Tensor:
+        """(K, D): each client's gradient, flattened in `stacked_params` order (None -> 0)."""
+        parts = []
+        for p in self.stacked_params().values():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            parts.append(grad.reshape(self.num_segments, -1))  # (K, numel)
+        return torch.cat(parts, dim=1) if parts else torch.zeros(self.num_segments, 0)
+
+    def set_flat_grads(self, grads: Tensor) -> None:
+        """Write ``grads`` (K, D), laid out as in `flat_grads`, into the params' ``.grad``."""
+        params = list(self.stacked_params().values())
+        sizes = [p[0].numel() for p in params]
+        if grads.shape != (self.num_segments, sum(sizes)):
+            raise ValueError(
+                f"expected grads of shape {(self.num_segments, sum(sizes))}, got {tuple(grads.shape)}"
+            )
+        for p, g in zip(params, grads.split(sizes, dim=1)):
+            g = g.reshape(p.shape).to(dtype=p.dtype)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+    def extra_repr(self) -> str:
+        """Summary for ``print(module)``."""
+        return f"num_segments={self.num_segments}, mode={self.mode!r}"

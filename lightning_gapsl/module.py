@@ -1,0 +1,240 @@
+"""The LightningModule: manual optimization, thin glue around `split_step` and the transport.
+
+Models are built in ``setup`` (after the process group exists), so each rank builds
+only what it hosts: its client segments (stacked), and the server segment (trained
+on rank 0, an evaluation copy elsewhere). Per-epoch records go to ``self.history``,
+from which `callbacks.summary` writes summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+
+import lightning as L
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.config import RunConfig
+from lightning_gapsl.data.sampling import ClientBatches, StepSampler
+from lightning_gapsl.federated import FederatedData
+from lightning_gapsl.latency import (
+    TRAIN_FLOPS_PER_FORWARD,
+    client_speeds,
+    forward_flops,
+    parallel_step_latency,
+)
+from lightning_gapsl.models.split import (
+    build_client_segment,
+    build_full_model,
+    build_server_segment,
+)
+from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.split_step import Parties, evaluate_hosted, make_optimizer, split_train_step
+from lightning_gapsl.transport import make_transport
+
+
+class SplitLearningModule(L.LightningModule):
+    def __init__(self, cfg: RunConfig, data: FederatedData):
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.data = data
+        self.transport = None
+        self.parties: Parties | None = None
+        self.clients: StackedSegments | None = None
+        self.server = None
+        self.full_model = None  # centralized only
+        self.history: list[dict] = []
+        self._fit_start = 0.0
+
+    # -- construction ---------------------------------------------------------------
+    def _model_args(self) -> tuple:
+        m, ds = self.cfg.model, self.data.dataset
+        return m.name, ds.input_shape, ds.num_classes, m.cut_layer
+
+    def setup(self, stage: str) -> None:
+        if self.transport is not None:
+            return
+        device = self.trainer.strategy.root_device
+        self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
+        self.transport.check_agreement(self._fingerprint())
+        name, shape, classes, cut = self._model_args()
+        seed = self.cfg.seed
+        if self.cfg.algorithm.name == "centralized":
+            self.full_model = build_full_model(name, shape, classes, cut, seed)
+        else:
+            hosted = self.transport.layout.hosted
+            if hosted:
+                segments = [build_client_segment(name, shape, classes, cut, seed, c) for c in hosted]
+                self.clients = StackedSegments(segments)
+            self.server = build_server_segment(name, shape, classes, cut, seed)
+        self._setup_latency(name, shape, classes, cut)
+
+    def _fingerprint(self) -> int:
+        c = self.cfg
+        key = (c.algorithm, c.data, c.model, c.optim, c.seed)
+        return zlib.crc32(repr(key).encode())
+
+    def _setup_latency(self, name, shape, classes, cut) -> None:
+        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
+        server = build_server_segment(name, shape, classes, cut, self.cfg.seed)
+        cut_shape = client(torch.zeros(1, *shape)).shape[1:]
+        self._flops_client = forward_flops(client, shape)  # per sample
+        self._flops_server = forward_flops(server, cut_shape)
+        self._speeds = client_speeds(self.cfg.latency, self.data.num_clients, self.cfg.seed)
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        if self.full_model is not None:
+            self._central_opt = make_optimizer(self.full_model.parameters(), optim)
+            return [self._central_opt]
+        layout = self.transport.layout
+        client_opt = make_optimizer(self.clients.parameters(), optim) if self.clients else None
+        server_opt = make_optimizer(self.server.parameters(), optim) if layout.is_server else None
+        weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
+        self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights)
+        return [o for o in (client_opt, server_opt) if o is not None]
+
+    # -- data -----------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        ds = self.data.dataset
+        hosted = [0] if self.full_model is not None else self.transport.layout.hosted
+        indices = {c: self.data.client_indices[c] for c in hosted}
+        total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
+        batches = ClientBatches(
+            ds.train_x, ds.train_y, indices, self.data.batch_size, self.cfg.seed, total
+        )
+        sampler = StepSampler(self.data.steps_per_epoch)
+        return DataLoader(batches, sampler=sampler, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = self.data.dataset
+        test = TensorDataset(ds.test_x, ds.test_y)
+        return DataLoader(test, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
+
+    # -- training -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+        self._sim_latency = 0.0
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_losses: list[float] = []
+        self._epoch_diag: dict[str, list[float]] = {}
+        self._last_batch_end = self._epoch_start
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch  # (K, B, C, H, W), (K, B)
+        step = self.current_epoch * self.data.steps_per_epoch + batch_idx
+        counter = self.transport.counter
+        up0, down0 = counter.bytes_up, counter.bytes_down
+        if self.full_model is not None:
+            loss = self._centralized_step(x[0], y[0])
+        else:
+            loss = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y).loss
+            for key, value in self.parties.step_diagnostics.items():
+                self._epoch_diag.setdefault(key, []).append(value)
+        self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
+        if loss is not None:
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
+            self._epoch_losses.append(loss)
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._last_batch_end = time.perf_counter()
+
+    def _centralized_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self._central_opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.full_model(x), y)
+        loss.backward()
+        self._central_opt.step()
+        return float(loss.detach())
+
+    def _step_latency(self, up: int, down: int) -> float:
+        n, b = self.data.num_clients, self.data.batch_size
+        lat = self.cfg.latency
+        if self.full_model is not None:
+            flops = TRAIN_FLOPS_PER_FORWARD * (self._flops_client + self._flops_server) * b
+            return flops / lat.server_flops
+        return parallel_step_latency(
+            lat,
+            self._speeds,
+            TRAIN_FLOPS_PER_FORWARD * self._flops_client * b,
+            TRAIN_FLOPS_PER_FORWARD * self._flops_server * b * n,
+            up / n,
+            down / n,
+        )
+
+    # -- evaluation -----------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if self.server is not None:
+            # Client ranks evaluate their clients locally with a copy of the server.
+            flat = parameters_to_vector(self.server.parameters()).detach().clone()
+            self.transport.broadcast_(flat)
+            with torch.no_grad():
+                vector_to_parameters(flat, self.server.parameters())
+        k = 1 if self.full_model is not None else len(self.transport.layout.hosted)
+        self._eval_rows = torch.zeros(k, 3, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        if self.full_model is not None:
+            logits = self.full_model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            row = torch.stack([(logits.argmax(-1) == y).sum().double(), loss.double(),
+                               torch.tensor(float(len(y)), dtype=torch.float64)])
+            self._eval_rows += row.to(self._eval_rows.device)
+        elif self.clients is not None:
+            self.server.eval()
+            self._eval_rows += evaluate_hosted(self.clients, self.server, x, y).to(self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._eval_rows if self.full_model is not None else self.transport.all_gather_rows(
+            self._eval_rows
+        )  # (N, 3)
+        self._client_acc = (rows[:, 0] / rows[:, 2]).cpu()
+        self._evaluated_epoch = self.current_epoch
+        self._client_test_loss = (rows[:, 1] / rows[:, 2]).cpu()
+
+    def on_train_epoch_end(self) -> None:
+        train_s = self._last_batch_end - self._epoch_start
+        steps = self.data.steps_per_epoch
+        samples = steps * self.data.batch_size * self.data.num_clients
+        evaluated = getattr(self, "_evaluated_epoch", -1) == self.current_epoch
+        acc = self._client_acc if evaluated else torch.full((self.data.num_clients,), math.nan)
+        record = {
+            "epoch": self.current_epoch + 1,
+            "steps": (self.current_epoch + 1) * steps,
+            "train_loss": (sum(self._epoch_losses) / len(self._epoch_losses))
+            if self._epoch_losses else None,
+            "test_acc_mean": float(acc.mean()),
+            "test_acc_min": float(acc.min()),
+            "test_acc_global": float(acc[0]) if self.full_model is not None else None,
+            "bytes_up": self.transport.counter.bytes_up,
+            "bytes_down": self.transport.counter.bytes_down,
+            "sim_latency_s": self._sim_latency,
+            "wall_s": time.perf_counter() - self._fit_start,
+            "samples_per_s": samples / train_s if train_s > 0 else None,
+            "train_s": train_s,
+            "samples": samples,
+            "client_acc": [round(float(a), 6) for a in acc],
+        }
+        for key, values in self._epoch_diag.items():
+            record[key] = sum(values) / len(values)
+        self.history.append(record)
+        if self.transport.layout.is_server:
+            loggable = {
+                k: v for k, v in record.items()
+                if isinstance(v, (int, float)) and k not in ("epoch", "steps") and math.isfinite(v)
+            }
+            loggable.update({f"client_acc/{c}": a for c, a in enumerate(record["client_acc"])})
+            self.log_dict(loggable, on_step=False, on_epoch=True, prog_bar=False)
+
+    def teardown(self, stage: str) -> None:
+        if self.transport is not None:
+            self.transport.close()

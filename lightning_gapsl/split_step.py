@@ -1,0 +1,160 @@
+"""One training step of the PSL family (DESIGN section 3), the same code on every rank.
+
+A rank plays the roles it has: client (hosts K >= 1 clients), server (rank 0), or
+both (one process). Each phase below runs the part of the role this rank plays, and
+the transport carries tensors between the phases, so in-process and multi-process
+runs execute the same arithmetic in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lightning_gapsl.algorithms.gapsl import (
+    GapslConfig,
+    batch_mean_flat,
+    cut_layer_shift,
+    gapsl_step,
+)
+from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.config import AlgorithmConfig, OptimConfig
+from lightning_gapsl.layout import Layout
+from lightning_gapsl.models.stacked import StackedSegments
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """One optimizer per party; elementwise rules, so a stacked one is K independent ones."""
+    params = list(params)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def gapsl_config(cfg: AlgorithmConfig) -> GapslConfig:
+    return GapslConfig(
+        rho=cfg.rho,
+        tau=cfg.tau,
+        normalize_leader=cfg.normalize_leader,
+        beta=cfg.beta,
+        lam=cfg.lam,
+        mode=cfg.align_mode,
+    )
+
+
+@dataclass
+class Parties:
+    """The models and optimizers that live on this rank."""
+
+    layout: Layout
+    clients: StackedSegments | None  # hosted client segments, params (K, ...)
+    server: nn.Module  # the server segment (an evaluation copy on client ranks)
+    client_opt: torch.optim.Optimizer | None
+    server_opt: torch.optim.Optimizer | None  # server rank only
+    loss_weights: torch.Tensor  # (N,) n_i / n, the server's per-client loss weights
+    leader_ema: torch.Tensor | None = None  # GAPSL's smoothed leader gradient (server)
+    step_diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    loss: float | None  # server loss (server rank only)
+    client_losses: torch.Tensor | None  # (N,) per-client mean CE (server rank only)
+
+
+def _align(parties: Parties, algo: AlgorithmConfig, g: torch.Tensor) -> torch.Tensor:
+    """GAPSL on per-client gradient rows g (N, D): returns the aligned rows (N, D)."""
+    aligned, parties.leader_ema, diag = gapsl_step(g, parties.leader_ema, gapsl_config(algo))
+    parties.step_diagnostics = {
+        "gapsl/leaders": float(diag["leader_count"]),
+        "gapsl/cos_before": float(diag["cos_before_mean"]),
+        "gapsl/cos_after": float(diag["cos_after_mean"]),
+    }
+    return aligned
+
+
+def _server_forward_backward(
+    parties: Parties, algo: AlgorithmConfig, acts: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Server segment on all clients at once; returns loss, per-client losses, cut grads."""
+    num_clients, batch = labels.shape
+    acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
+    logits = parties.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))
+    loss, client_losses = weighted_client_loss(logits, labels, parties.loss_weights)
+    parties.server_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
+    if algo.client_grad == "own":
+        # Each client gets the gradient of its own mean loss: the server loss scales
+        # client i by w_i ~ 1/N, which would silently cut client learning rates by N.
+        shape = (num_clients,) + (1,) * (cut_grads.dim() - 1)
+        cut_grads = cut_grads / parties.loss_weights.view(shape)
+    parties.server_opt.step()
+    return loss.detach(), client_losses, cut_grads
+
+
+def split_train_step(
+    parties: Parties, transport, algo: AlgorithmConfig, step: int, x: torch.Tensor, y: torch.Tensor
+) -> StepOutput:
+    """One PSL/GAPSL step. x (K, B, C, H, W), y (K, B) for this rank's hosted clients."""
+    layout, has_clients = parties.layout, parties.clients is not None
+    out = StepOutput(None, None)
+
+    # 1-2. clients: forward their segments and send activations + labels up.
+    acts = parties.clients(x) if has_clients else None  # (K, B, *F)
+    sent = [acts, y] if has_clients else []
+    received = transport.gather(step, "activations", sent)
+
+    # 3-4. server: one forward/backward on every client's activations, then transform.
+    cut_grads = None
+    if layout.is_server:
+        loss, client_losses, cut_grads = _server_forward_backward(parties, algo, *received)
+        out = StepOutput(float(loss), client_losses)
+        if algo.name == "gapsl" and algo.reading == "cut":
+            g = batch_mean_flat(cut_grads)  # (N, D)
+            cut_grads = cut_layer_shift(cut_grads, g, _align(parties, algo, g))
+
+    # 5. scatter each client its gradient; clients back-propagate it.
+    mine = transport.scatter(step, "cut_grads", [cut_grads] if layout.is_server else None)
+    if has_clients:
+        parties.client_opt.zero_grad(set_to_none=True)
+        acts.backward(mine[0])
+
+    if algo.name == "gapsl" and algo.reading == "client":
+        _align_client_gradients(parties, transport, algo, step)
+
+    if has_clients:
+        parties.client_opt.step()
+    return out
+
+
+def _align_client_gradients(parties: Parties, transport, algo: AlgorithmConfig, step: int) -> None:
+    """GAPSL 'client' reading: segment gradients go up, aligned ones come back.
+
+    Routed through the server rather than an all-gather among clients: 2*N*D floats
+    per step instead of N*(N-1)*D, and the EMA leader state lives in one place.
+    """
+    has_clients = parties.clients is not None
+    rows = [parties.clients.flat_grads()] if has_clients else []  # (K, D)
+    received = transport.gather(step, "client_grads", rows)
+    aligned = [_align(parties, algo, received[0])] if parties.layout.is_server else None
+    mine = transport.scatter(step, "aligned_grads", aligned)
+    if has_clients:
+        parties.clients.set_flat_grads(mine[0])
+
+
+@torch.no_grad()
+def evaluate_hosted(
+    clients: StackedSegments, server: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Every hosted client's model on one test batch: (K, 3) = correct, loss sum, count."""
+    k = clients.num_segments
+    acts = clients(x.unsqueeze(0).expand(k, *x.shape))  # (K, b, *F)
+    logits = server(acts.flatten(0, 1)).unflatten(0, (k, x.shape[0]))  # (K, b, C)
+    target = y.unsqueeze(0).expand(k, -1)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    correct = (logits.argmax(-1) == target).sum(1).double()
+    count = torch.full((k,), float(x.shape[0]), dtype=torch.float64)
+    return torch.stack([correct, loss.view(k, -1).sum(1).double(), count], dim=1)

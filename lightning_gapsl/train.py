@@ -1,0 +1,126 @@
+"""Entry point: ``python -m lightning_gapsl.train KEY=VALUE ...`` (also ``lgapsl-train``).
+
+Hydra composes `conf/`; `build_config` validates it once; `run` builds the data,
+the Lightning Trainer with the split strategy, trains, and returns the path of
+summary.json, which is printed as the last line. Bad input stops here, before any
+rank starts, with one line naming the key (exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.summary import SummaryCallback
+from lightning_gapsl.config import ConfigError, RunConfig, build_config
+from lightning_gapsl.data.datasets import DataError
+from lightning_gapsl.federated import FederatedData, build_federated_data
+from lightning_gapsl.models import ModelError, build_blocks
+from lightning_gapsl.models.split import split_blocks
+from lightning_gapsl.module import SplitLearningModule
+from lightning_gapsl.strategy import SplitStrategy
+
+USER_ERRORS = (ConfigError, DataError, ModelError)
+
+# Lightning's advice for data-parallel training does not apply: our dataloader yields
+# whole per-step client batches by design, and there is no validation metric to sync.
+for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
+                ".*Checkpoint directory.*exists and is not empty.*"):
+    warnings.filterwarnings("ignore", message=pattern)
+
+
+def _check_output_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = Path(path) / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir={path!r} is not writable: {err.strerror}") from None
+
+
+def preflight(cfg: RunConfig) -> FederatedData:
+    """Everything that can fail on bad input, done once in the launching process."""
+    _check_output_dir(cfg.output_dir)
+    data = build_federated_data(cfg)
+    blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
+    split_blocks(blocks, cfg.model.cut_layer)
+    return data
+
+
+def build_logger(cfg: RunConfig):
+    lg = cfg.logger
+    if lg.name == "none":
+        return False
+    if lg.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=cfg.output_dir, name="csv", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    kwargs = {"mode": lg.mode} if lg.mode else {}
+    return WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        save_dir=cfg.output_dir,
+        config=dataclasses.asdict(cfg),
+        **kwargs,
+    )
+
+
+def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trainer:
+    t = cfg.trainer
+    strategy = (
+        SplitStrategy(timeout_s=t.timeout_s, start_method=t.start_method) if t.devices > 1 else "auto"
+    )
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=strategy,
+        max_epochs=t.max_epochs,
+        logger=build_logger(cfg),
+        callbacks=[SummaryCallback(cfg), *(extra_callbacks or [])],
+        enable_progress_bar=t.progress_bar,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=t.eval_every,
+        use_distributed_sampler=False,
+        log_every_n_steps=10,
+        default_root_dir=cfg.output_dir,
+    )
+
+
+def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path:
+    """Train one configuration; return the path of the summary.json it wrote."""
+    data = preflight(cfg)
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    module = SplitLearningModule(cfg, data)
+    trainer = build_trainer(cfg, extra_callbacks)
+    trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    path = Path(cfg.output_dir) / "summary.json"
+    if not path.is_file():
+        raise RuntimeError(f"training ended without writing {path}")
+    return path
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = build_config(OmegaConf.to_container(raw, resolve=True))
+        path = run(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(path.resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Split-learning traffic between the server rank and the client ranks.
+
+This is the one module that imports ``torch.distributed``. Step code talks to a
+`Transport` and never knows whether the other side is in the same process
+(`LocalTransport`, one process hosting the server and every client) or in other
+processes (`DistTransport`, point-to-point on a dedicated process group so that our
+traffic never interleaves with Lightning's own collectives).
+
+Every exchange carries a small header (step, kind, first client id, row count, and
+each tensor's dtype and shape). The receiver checks it, so ranks that fall out of
+lockstep stop with a message naming the rank and the two steps instead of silently
+pairing the wrong tensors.
+
+Bytes are counted on the server side from the real payloads (headers excluded), per
+client: the count is the same whichever process hosts which client.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from lightning_gapsl.layout import SERVER_RANK, Layout
+
+_MAGIC = 0x5350_4C31  # "SPL1"
+_MAX_TENSORS = 4
+_MAX_DIMS = 6
+_FIXED = 6  # magic, step, kind, first client, rows, tensor count
+_PER_TENSOR = 2 + _MAX_DIMS  # dtype code, ndim, dims
+HEADER_LEN = _FIXED + _MAX_TENSORS * _PER_TENSOR
+_DTYPES = [torch.float32, torch.float64, torch.int64, torch.float16, torch.bfloat16, torch.int32]
+
+
+class TransportError(RuntimeError):
+    """A peer sent something unexpected, or stopped answering."""
+
+
+@dataclass
+class CommCounter:
+    """Bytes of split-learning payload: up = clients to server, down = server to clients."""
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def payload_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def kind_code(kind: str) -> int:
+    """A stable integer for an exchange name, carried in the header."""
+    return zlib.crc32(kind.encode()) & 0x7FFF_FFFF
+
+
+class LocalTransport:
+    """Server and all clients in one process: tensors are passed, bytes still counted."""
+
+    def __init__(self, layout: Layout):
+        assert layout.in_process
+        self.layout = layout
+        self.counter = CommCounter()
+
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Clients' rows (K, ...) -> server gets every client's rows (N, ...)."""
+        self.counter.bytes_up += payload_bytes(rows)
+        return rows
+
+    def scatter(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Server's rows (N, ...) -> each rank gets the rows of the clients it hosts."""
+        self.counter.bytes_down += payload_bytes(rows)
+        return rows
+
+    def broadcast_(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` on every rank with the server's copy (nothing to do here)."""
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-client rows (K, M) from every rank -> (N, M) on every rank."""
+        return rows
+
+    def check_agreement(self, fingerprint: int) -> None:
+        """Raise if ranks were started with different configurations (one rank: nothing)."""
+
+    def close(self) -> None:
+        pass
+
+
+class DistTransport:
+    """Server rank 0 and client ranks 1..W-1, point-to-point on a dedicated group."""
+
+    def __init__(self, layout: Layout, device: torch.device, timeout_s: float):
+        self.layout = layout
+        self.device = device
+        self.counter = CommCounter()
+        self.timeout = timedelta(seconds=timeout_s)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # A group of its own: its sequence numbers and buffers are independent of
+        # the default group that Lightning uses for barriers and reductions.
+        self.group = dist.new_group(
+            ranks=list(range(layout.world_size)), backend=backend, timeout=self.timeout
+        )
+
+    # -- header -----------------------------------------------------------------
+    def _header(self, step: int, kind: str, rows: list[torch.Tensor]) -> torch.Tensor:
+        if len(rows) > _MAX_TENSORS:
+            raise TransportError(f"at most {_MAX_TENSORS} tensors per exchange, got {len(rows)}")
+        hosted = self.layout.hosted
+        values = [_MAGIC, step, kind_code(kind), hosted[0] if hosted else -1, len(hosted), len(rows)]
+        for t in rows:
+            if t.dim() > _MAX_DIMS or t.dtype not in _DTYPES:
+                raise TransportError(f"cannot send {kind}: dtype {t.dtype}, {t.dim()} dims")
+            dims = list(t.shape) + [0] * (_MAX_DIMS - t.dim())
+            values += [_DTYPES.index(t.dtype), t.dim()] + dims
+        values += [0] * (HEADER_LEN - len(values))
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+    def _read_header(
+        self, header: torch.Tensor, peer: int, step: int, kind: str, expect_clients: list[int]
+    ) -> list[tuple[torch.dtype, list[int]]]:
+        h = header.tolist()
+        if h[0] != _MAGIC:
+            raise TransportError(f"rank {self.layout.rank}: garbage header from rank {peer} ({kind})")
+        first = expect_clients[0] if expect_clients else -1
+        if h[1] != step or h[2] != kind_code(kind):
+            raise TransportError(
+                f"rank {self.layout.rank} expected '{kind}' of step {step} from rank {peer} but got "
+                f"step {h[1]} (kind code {h[2]}): ranks are out of lockstep"
+            )
+        if peer != SERVER_RANK and (h[3] != first or h[4] != len(expect_clients)):
+            raise TransportError(
+                f"rank {peer} sent clients {h[3]}..{h[3] + h[4] - 1}, server expected "
+                f"{first}..{first + len(expect_clients) - 1}: ranks disagree on the client layout"
+            )
+        specs = []
+        for i in range(h[5]):
+            base = _FIXED + i * _PER_TENSOR
+            ndim = h[base + 1]
+            specs.append((_DTYPES[h[base]], h[base + 2 : base + 2 + ndim]))
+        return specs
+
+    # -- point to point ---------------------------------------------------------
+    def _run(self, ops: list[tuple[str, torch.Tensor, int]], what: str) -> None:
+        """Post sends/receives, then wait for each, naming the peer that fails."""
+        p2p = [dist.P2POp(dist.isend if op == "send" else dist.irecv, t, peer, self.group)
+               for op, t, peer in ops]
+        works = dist.batch_isend_irecv(p2p) if p2p else []
+        for work, (_, _, peer) in zip(works, ops):
+            try:
+                work.wait(self.timeout)
+            except RuntimeError as err:
+                raise TransportError(
+                    f"rank {self.layout.rank} lost rank {peer} during {what} "
+                    f"(timeout {self.timeout.total_seconds():.0f}s): {err}"
+                ) from err
+
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Client ranks send their rows (K, ...); the server returns all rows (N, ...)."""
+        what = f"'{kind}' gather at step {step}"
+        if not self.layout.is_server:
+            header = self._header(step, kind, rows)
+            ops = [("send", header, SERVER_RANK)]
+            ops += [("send", t.detach().contiguous(), SERVER_RANK) for t in rows]
+            self._run(ops, what)
+            return None
+        ranks = self.layout.client_ranks
+        headers = {r: torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device) for r in ranks}
+        self._run([("recv", headers[r], r) for r in ranks], what)
+        buffers = {}
+        for r in ranks:
+            specs = self._read_header(headers[r], r, step, kind, self.layout.clients_of(r))
+            buffers[r] = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
+        self._run([("recv", b, r) for r in ranks for b in buffers[r]], what)
+        out = [torch.cat([buffers[r][i] for r in ranks]) for i in range(len(buffers[ranks[0]]))]
+        self.counter.bytes_up += payload_bytes(out)
+        return out
+
+    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """The server sends each client rank the rows of its clients; they return them."""
+        what = f"'{kind}' scatter at step {step}"
+        if self.layout.is_server:
+            assert rows is not None
+            ops = []
+            for r in self.layout.client_ranks:
+                ids = self.layout.clients_of(r)
+                part = [t[ids[0] : ids[-1] + 1].contiguous() for t in rows]
+                ops.append(("send", self._header_for(step, kind, part, ids), r))
+                ops += [("send", t, r) for t in part]
+            self._run(ops, what)
+            self.counter.bytes_down += payload_bytes(rows)
+            return []
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        self._run([("recv", header, SERVER_RANK)], what)
+        specs = self._read_header(header, SERVER_RANK, step, kind, self.layout.hosted)
+        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
+        self._run([("recv", t, SERVER_RANK) for t in out], what)
+        return out
+
+    def _header_for(self, step: int, kind: str, part: list[torch.Tensor], ids: list[int]):
+        header = self._header(step, kind, part)
+        header[3], header[4] = ids[0], len(ids)
+        return header
+
+    # -- collectives ------------------------------------------------------------
+    def broadcast_(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` on every rank with the server's copy."""
+        self._wait(dist.broadcast(tensor, src=SERVER_RANK, group=self.group, async_op=True),
+                   "broadcast from the server")
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-client rows (K, M) from every rank -> all clients' rows (N, M) on every rank."""
+        sizes = [len(self.layout.clients_of(r)) for r in range(self.layout.world_size)]
+        width = rows.shape[1] if rows.dim() == 2 else 0
+        padded = torch.zeros(max(sizes), width, dtype=rows.dtype, device=self.device)
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    def check_agreement(self, fingerprint: int) -> None:
+        """Raise, naming the rank, if ranks were started with different configurations."""
+        mine = torch.tensor([fingerprint], dtype=torch.int64, device=self.device)
+        parts = [torch.empty_like(mine) for _ in range(self.layout.world_size)]
+        self._wait(dist.all_gather(parts, mine, group=self.group, async_op=True), "handshake")
+        for rank, p in enumerate(parts):
+            if int(p) != fingerprint:
+                raise TransportError(
+                    f"rank {rank} runs a different configuration than rank {self.layout.rank} "
+                    "(client count, model, algorithm or seed differ)"
+                )
+
+    def _wait(self, work, what: str) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as err:
+            raise TransportError(
+                f"rank {self.layout.rank}: {what} failed or timed out "
+                f"({self.timeout.total_seconds():.0f}s): {err}"
+            ) from err
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group(self.group)
+
+
+def make_transport(num_clients: int, device: torch.device, timeout_s: float):
+    """The transport for this process: distributed if a process group is up, else local."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        layout = Layout(dist.get_rank(), dist.get_world_size(), num_clients)
+        return DistTransport(layout, device, timeout_s)
+    return LocalTransport(Layout(0, 1, num_clients))

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Command 2: run the test suite (installs first if needed). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/install.sh
+export WANDB_MODE=offline WANDB_SILENT=true
+exec .venv/bin/python -m pytest -q "$@"
