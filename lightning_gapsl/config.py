@@ -123,6 +123,10 @@ class TrainerConfig:
     """Seconds a collective may wait before the run stops."""
     progress_bar: bool = True
     """Show the progress bar on the server rank."""
+    threads: int | None = None
+    """torch intra-op threads per process (null: cores / processes). Equal thread counts
+    make 1-process and N-process runs agree to the last bit; unequal ones only to float
+    reduction-order noise, which GAPSL's discrete leader choice can amplify."""
     eval_every: int = 1
     """Evaluate every this many epochs (and always after the last)."""
 
@@ -278,6 +282,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs} must be >= 1")
     _check(t.timeout_s > 0, f"trainer.timeout_s={t.timeout_s} must be > 0")
     _check(t.eval_every >= 1, f"trainer.eval_every={t.eval_every} must be >= 1")
+    _check(t.threads is None or t.threads >= 1, f"trainer.threads={t.threads} must be >= 1 or null")
     if t.devices > 1:
         _check(
             cfg.is_split,

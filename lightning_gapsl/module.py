@@ -59,6 +59,8 @@ class SplitLearningModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.transport is not None:
             return
+        if self.cfg.trainer.threads is not None:
+            torch.set_num_threads(self.cfg.trainer.threads)
         device = self.trainer.strategy.root_device
         self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
         self.transport.check_agreement(self._fingerprint())

@@ -149,12 +149,16 @@ def _align_client_gradients(parties: Parties, transport, algo: AlgorithmConfig, 
 def evaluate_hosted(
     clients: StackedSegments, server: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """Every hosted client's model on one test batch: (K, 3) = correct, loss sum, count."""
-    k = clients.num_segments
-    acts = clients(x.unsqueeze(0).expand(k, *x.shape))  # (K, b, *F)
-    logits = server(acts.flatten(0, 1)).unflatten(0, (k, x.shape[0]))  # (K, b, C)
-    target = y.unsqueeze(0).expand(k, -1)
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-    correct = (logits.argmax(-1) == target).sum(1).double()
-    count = torch.full((k,), float(x.shape[0]), dtype=torch.float64)
-    return torch.stack([correct, loss.view(k, -1).sum(1).double(), count], dim=1)
+    """Every hosted client's model on one test batch: (K, 3) = correct, loss sum, count.
+
+    One client at a time: stacking K copies of a 1000-sample batch would allocate
+    K times the activations at once (hundreds of MB for 20 clients) for no speed gain.
+    """
+    rows = []
+    for k in range(clients.num_segments):
+        acts = clients.forward_one(k, x)  # (b, *F)
+        logits = server(acts)  # (b, C)
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct = (logits.argmax(-1) == y).sum()
+        rows.append(torch.stack([correct.double(), loss.double(), torch.tensor(float(len(y)))]))
+    return torch.stack(rows)  # (K, 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -37,6 +38,4 @@ class SplitStrategy(DDPStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if trainer.state.fn == TrainerFn.FITTING:
-            from lightning.pytorch.core.optimizer import _optimizers_to_device
-
             _optimizers_to_device(self.optimizers, self.root_device)

@@ -98,6 +98,23 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
     )
 
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose(overrides: list[str], output_dir: str) -> RunConfig:
+    """The validated config for Hydra-style ``overrides`` without starting a Hydra app.
+
+    Used by tests, the benchmark and the comparison runner, so they go through the same
+    config files and checks as the command line.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        raw = hydra_compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+    return build_config(OmegaConf.to_container(raw, resolve=True))
+
+
 def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path:
     """Train one configuration; return the path of the summary.json it wrote."""
     data = preflight(cfg)

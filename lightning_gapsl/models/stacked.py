@@ -114,6 +114,11 @@ class StackedSegments(nn.Module):
         ]
         return torch.stack(outs)
 
+    def forward_one(self, k: int, x: Tensor) -> Tensor:
+        """Client ``k``'s segment alone on ``x`` (B, *in) -> (B, *out) (evaluation)."""
+        tensors = {**self.stacked_params(), **self._stacked_buffers()}
+        return self._call_one({n: t[k] for n, t in tensors.items()}, x)
+
     def train(self, mode: bool = True) -> StackedSegments:
         """Also switch the hidden template, whose mode layers like Dropout/BatchNorm read."""
         super().train(mode)

@@ -43,8 +43,8 @@ def test_resnet18_blocks_and_shapes() -> None:
 @pytest.mark.parametrize(
     ("name", "shape", "cut", "expected"),
     [
-        ("lenet", (1, 28, 28), 1, (16, 14, 14)),
-        ("lenet", (1, 28, 28), 2, (32, 7, 7)),
+        ("lenet", (1, 28, 28), 1, (8, 14, 14)),
+        ("lenet", (1, 28, 28), 2, (16, 7, 7)),
         ("lenet", (1, 8, 8), 3, (128,)),
         ("resnet18", (3, 32, 32), 3, (128, 16, 16)),
     ],

@@ -1,0 +1,35 @@
+"""Shared helpers: configs composed through the real Hydra files, small and fast."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small, fast settings shared by the multi-process and end-to-end tests.
+DIGITS = [
+    "data=digits",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.timeout_s=60",
+]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides, name="run") -> validated RunConfig writing under tmp_path."""
+    from lightning_gapsl.train import compose
+
+    def make(*overrides: str, name: str = "run"):
+        return compose([*DIGITS, *overrides], str(tmp_path / name))
+
+    return make
+
+
+def load_summary(path) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,75 @@
+"""End-to-end tests (tens of seconds): the real entry point as a user runs it.
+
+`python -m lightning_gapsl.train` on digits with 3 processes and the CSV logger, and
+once with the W&B logger in offline mode; bad input through the same command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = {
+    "algorithm", "num_clients", "devices", "epochs", "steps", "seed", "test_acc_mean",
+    "test_acc_min", "test_acc_global", "train_loss_final", "bytes_up", "bytes_down",
+    "sim_latency_s", "wall_s", "samples_per_s", "history",
+}
+
+
+def _train(tmp_path: Path, *overrides: str, env: dict | None = None):
+    cmd = [sys.executable, "-m", "lightning_gapsl.train", "data=digits",
+           "trainer.progress_bar=false", "trainer.timeout_s=60",
+           f"output_dir={tmp_path / 'out'}", *overrides]
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env)
+
+
+def test_train_three_processes_csv(tmp_path):
+    proc = _train(tmp_path, "trainer.devices=3", "trainer.max_epochs=2", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last_line = proc.stdout.strip().splitlines()[-1]
+    summary_path = Path(last_line)
+    assert summary_path == (tmp_path / "out" / "summary.json").resolve()
+    summary = json.loads(summary_path.read_text())
+    assert REQUIRED <= set(summary)
+    assert summary["algorithm"] == "gapsl" and summary["devices"] == 3
+    assert summary["epochs"] == 2 and len(summary["history"]) == 2
+    assert summary["bytes_up"] > 0 and summary["sim_latency_s"] > 0
+    assert 0 < summary["test_acc_min"] <= summary["test_acc_mean"] <= 1
+    # The CSV logger got the per-epoch metrics.
+    rows = list(csv.DictReader(open(tmp_path / "out" / "csv" / "metrics.csv")))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train_loss", "test_acc_mean", "test_acc_min", "bytes_up", "gapsl/leaders"} <= logged
+
+
+def test_train_wandb_offline_one_run_folder(tmp_path):
+    proc = _train(tmp_path, "trainer.devices=3", "trainer.max_epochs=1", "logger=wandb",
+                  "algorithm=psl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # created on the server rank only
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("algorithm=nope", "algorithm"),
+        ("data.alpha=0", "data.alpha"),
+        ("trainer.devices=9", "trainer.devices"),
+        ("model.cut_layer=7", "model.cut_layer"),
+    ],
+)
+def test_bad_input_one_clear_line(tmp_path, override, expected):
+    proc = _train(tmp_path, override, "trainer.max_epochs=1")
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
