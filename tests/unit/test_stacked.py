@@ -24,10 +24,10 @@ def _segments(k: int, cut: int = 2, first_id: int = 0) -> list[nn.Module]:
 
 
 def _inputs(k: int, batch: int = 4) -> tuple[Tensor, Tensor]:
-    """Inputs (K, B, 1, 8, 8) and upstream gradients (K, B, 32, 2, 2) for cut 2."""
+    """Inputs (K, B, 1, 8, 8) and upstream gradients (K, B, 16, 2, 2) for cut 2."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(k, batch, *SHAPE, generator=gen)  # (K, B, 1, 8, 8)
-    upstream = torch.randn(k, batch, 32, 2, 2, generator=gen)  # (K, B, 32, 2, 2)
+    upstream = torch.randn(k, batch, 16, 2, 2, generator=gen)  # (K, B, 16, 2, 2)
     return x, upstream
 
 
@@ -50,7 +50,7 @@ def test_forward_and_grads_equal_separate_segments(mode: str) -> None:
     stacked = StackedSegments(segs, mode=mode)
     x, upstream = _inputs(3)
 
-    out = stacked(x)  # (K, B, 32, 2, 2)
+    out = stacked(x)  # (K, B, 16, 2, 2)
     out.backward(upstream)
     expected_out, expected_grads = [], []
     for k, seg in enumerate(segs):
@@ -102,7 +102,7 @@ def _run_optimizer_equivalence(
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         x = torch.randn(3, 4, *SHAPE, generator=gen)
-        target = torch.randn(3, 4, 32, 2, 2, generator=gen)
+        target = torch.randn(3, 4, 16, 2, 2, generator=gen)
         for k, (seg, opt) in enumerate(zip(segs, opts)):
             opt.zero_grad()
             ((seg(x[k]) - target[k]) ** 2).sum().backward()
@@ -156,7 +156,7 @@ def test_parameters_are_registered_with_escaped_names() -> None:
     stacked = StackedSegments(_segments(4, cut=1))
     names = [n for n, _ in stacked.named_parameters()]
     assert names == ["0__0__weight", "0__0__bias", "0__1__weight", "0__1__bias"]
-    assert stacked.get_parameter("0__0__weight").shape == (4, 16, 1, 5, 5)
+    assert stacked.get_parameter("0__0__weight").shape == (4, 8, 1, 5, 5)
     assert list(stacked.stacked_params()) == ["0.0.weight", "0.0.bias", "0.1.weight", "0.1.bias"]
 
 
