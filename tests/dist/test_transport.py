@@ -1,0 +1,78 @@
+"""Distributed tests (seconds): the torch.distributed transport on 3 gloo ranks (fork),
+compared with the in-process transport. One launch checks several things."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_gapsl.layout import Layout
+from lightning_gapsl.transport import DistTransport, LocalTransport, TransportError
+from tests.dist.launch import run_ranks
+
+pytestmark = pytest.mark.slow
+
+NUM_CLIENTS = 5  # over 2 client ranks: blocks [0, 1, 2] and [3, 4]
+B, F = 2, 3
+
+
+def _rows(client_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hand-checkable rows: client c's activations are all c + 0.5, labels all c."""
+    acts = torch.tensor(client_ids, dtype=torch.float32).view(-1, 1, 1) + 0.5
+    acts = acts.expand(-1, B, F).contiguous()  # (K, B, F)
+    labels = torch.tensor(client_ids).view(-1, 1).expand(-1, B).contiguous()  # (K, B)
+    return acts, labels
+
+
+def _exchange(transport) -> dict:
+    """Gather, scatter back doubled rows, all-gather metrics, broadcast: report results."""
+    hosted = transport.layout.hosted
+    acts, labels = _rows(hosted)
+    got = transport.gather(7, "activations", [acts, labels] if hosted else [])
+    doubled = [got[0] * 2] if transport.layout.is_server else None
+    back = transport.scatter(7, "grads", doubled)
+    metrics = transport.all_gather_rows(torch.tensor([[float(c)] for c in hosted]).view(-1, 1))
+    weights = torch.arange(4.0) if transport.layout.is_server else torch.zeros(4)
+    transport.broadcast_(weights)
+    return {
+        "gathered": [t.clone() for t in got] if got else None,
+        "back": back[0].clone() if hosted else None,
+        "metrics": metrics.flatten().tolist(),
+        "weights": weights.tolist(),
+        "bytes": (transport.counter.bytes_up, transport.counter.bytes_down),
+    }
+
+
+def _dist_checks(rank: int, world_size: int) -> dict:
+    transport = DistTransport(Layout(rank, world_size, NUM_CLIENTS), torch.device("cpu"), 20)
+    result = _exchange(transport)
+    # Out of lockstep: client rank 2 sends step 9 while the server expects step 8.
+    step = 9 if rank == 2 else 8
+    hosted = transport.layout.hosted
+    try:
+        transport.gather(step, "activations", list(_rows(hosted)) if hosted else [])
+        result["lockstep"] = None
+    except TransportError as err:
+        result["lockstep"] = str(err)
+    return result
+
+
+def test_dist_transport_matches_local_and_checks_headers():
+    local = _exchange(LocalTransport(Layout(0, 1, NUM_CLIENTS)))
+    results = run_ranks(3, _dist_checks)
+    assert all(status == "ok" for status, _ in results.values()), results
+    server = results[0][1]
+    # The server received every client's rows in client-id order, as in-process.
+    for got, ref in zip(server["gathered"], local["gathered"]):
+        assert torch.equal(got, ref)
+    # Each client rank got back exactly its own clients' rows.
+    assert torch.equal(results[1][1]["back"], local["back"][0:3])
+    assert torch.equal(results[2][1]["back"], local["back"][3:5])
+    for rank in range(3):
+        assert results[rank][1]["metrics"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert results[rank][1]["weights"] == [0.0, 1.0, 2.0, 3.0]
+    # Bytes by hand: up = 5 clients * (B*F float32 + B int64) = 5 * (24 + 16) = 200;
+    # down = 5 * B*F float32 = 120. Counted on the server, identical in-process.
+    assert server["bytes"] == local["bytes"] == (200, 120)
+    # The server noticed that rank 2 is a step ahead and said so.
+    assert "rank 2" in server["lockstep"] and "lockstep" in server["lockstep"]

@@ -1,0 +1,80 @@
+"""Unit tests (milliseconds): config composition and validation through the real
+Hydra files; every bad value stops with a message naming its key and valid values."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_gapsl.config import ConfigError, RunConfig
+from lightning_gapsl.data.datasets import DataError
+from lightning_gapsl.models import ModelError
+from lightning_gapsl.train import compose, preflight
+
+
+def _cfg(tmp_path, *overrides) -> RunConfig:
+    return compose(["data=digits", *overrides], str(tmp_path / "out"))
+
+
+def test_defaults_are_the_readme_job(tmp_path):
+    cfg = compose([], str(tmp_path))
+    assert cfg.algorithm.name == "gapsl" and cfg.data.name == "mnist"
+    assert cfg.data.num_clients == 10 and cfg.data.partition == "dirichlet"
+    assert cfg.data.alpha == 0.3 and cfg.trainer.devices == 3
+
+
+@pytest.mark.parametrize(
+    "override, key, valid",
+    [
+        ("algorithm.reading=sideways", "algorithm.reading", "cut, client"),
+        ("algorithm.align_mode=spin", "algorithm.align_mode", "pcgrad"),
+        ("data.partition=random", "data.partition", "iid, dirichlet, shards"),
+        ("data.alpha=0", "data.alpha", "> 0"),
+        ("data.alpha=-1", "data.alpha", "> 0"),
+        ("data.num_clients=0", "data.num_clients", ">= 1"),
+        ("trainer.devices=0", "trainer.devices", ">= 1"),
+        ("trainer.devices=8", "trainer.devices", "<= 7"),  # digits default: 6 clients
+        ("algorithm.lam=2", "algorithm.lam", "[0, 1]"),
+        ("optim.lr=0", "optim.lr", "> 0"),
+        ("trainer.accelerator=tpu", "trainer.accelerator", "cpu, gpu, auto"),
+        ("data.batch_size=abc", "data.batch_size", "int"),
+        ("+data.colour=red", "data.colour", "valid keys under data"),
+        ("+mystery=1", "mystery", "valid top-level keys"),
+        ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path", "no such file"),
+    ],
+)
+def test_bad_value_names_key(tmp_path, override, key, valid):
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, override)
+    assert key in str(err.value) and valid in str(err.value)
+
+
+def test_centralized_is_one_process(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.devices=1"):
+        _cfg(tmp_path, "algorithm=centralized", "trainer.devices=3")
+
+
+def test_unknown_group_option_lists_choices(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        _cfg(tmp_path, "algorithm=nope")
+    assert "gapsl" in str(err.value) and "psl" in str(err.value)
+
+
+def test_preflight_cut_layer_out_of_range(tmp_path):
+    with pytest.raises(ModelError, match=r"model.cut_layer=4.*1\.\.3"):
+        preflight(_cfg(tmp_path, "model.cut_layer=4", "trainer.devices=1"))
+
+
+def test_preflight_missing_cifar_folder(tmp_path):
+    missing = tmp_path / "no-cifar-here"
+    with pytest.raises(DataError, match=str(missing)):
+        preflight(_cfg(tmp_path, "data=cifar10", f"data.root={missing}", "trainer.devices=1"))
+
+
+def test_preflight_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = compose(["data=digits"], str(blocker / "sub"))
+    with pytest.raises(ConfigError, match="output_dir"):
+        preflight(cfg)
