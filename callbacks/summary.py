@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 
 import lightning as L
 
@@ -55,15 +54,11 @@ class SummaryCallback(L.Callback):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self._start = 0.0
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        summary = build_summary(self.cfg, pl_module.history, time.perf_counter() - self._start)
+        if not trainer.is_global_zero or pl_module.preempted_at is not None:
+            return  # a pre-empted run has no final numbers; its resumed run writes them
+        summary = build_summary(self.cfg, pl_module.history, pl_module.elapsed())
         path = os.path.join(self.cfg.output_dir, "summary.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

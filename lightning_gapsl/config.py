@@ -127,8 +127,10 @@ class TrainerConfig:
     """torch intra-op threads per process (null: cores / processes). Equal thread counts
     make 1-process and N-process runs agree to the last bit; unequal ones only to float
     reduction-order noise, which GAPSL's discrete leader choice can amplify."""
+    ckpt_every: int = 1
+    """Write <output_dir>/checkpoints/last.ckpt every this many epochs (0: only on SIGUSR1)."""
     eval_every: int = 1
-    """Evaluate every this many epochs (and always after the last)."""
+    """Evaluate every this many epochs; must divide max_epochs; 0 = never (benchmarks)."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(t.devices >= 1, f"trainer.devices={t.devices} must be >= 1 (processes, server included)")
     _check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs} must be >= 1")
     _check(t.timeout_s > 0, f"trainer.timeout_s={t.timeout_s} must be > 0")
-    _check(t.eval_every >= 1, f"trainer.eval_every={t.eval_every} must be >= 1")
+    _check(t.ckpt_every >= 0, f"trainer.ckpt_every={t.ckpt_every} must be >= 0 (0: off)")
+    _check(t.eval_every >= 0, f"trainer.eval_every={t.eval_every} must be >= 0 (0: never)")
+    _check(
+        t.eval_every == 0 or t.max_epochs % t.eval_every == 0,
+        f"trainer.eval_every={t.eval_every} must divide trainer.max_epochs={t.max_epochs} "
+        "so the final models are evaluated (or 0: never evaluate)",
+    )
     _check(t.threads is None or t.threads >= 1, f"trainer.threads={t.threads} must be >= 1 or null")
     if t.devices > 1:
         _check(

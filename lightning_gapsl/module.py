@@ -8,6 +8,7 @@ from which `callbacks.summary` writes summary.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -18,8 +19,14 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.checkpoint import (
+    CheckpointError,
+    PreemptionFlag,
+    last_checkpoint,
+    requeue_slurm_job,
+)
 from lightning_gapsl.config import RunConfig
-from lightning_gapsl.data.sampling import ClientBatches, StepSampler
+from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import (
     TRAIN_FLOPS_PER_FORWARD,
@@ -50,6 +57,10 @@ class SplitLearningModule(L.LightningModule):
         self.full_model = None  # centralized only
         self.history: list[dict] = []
         self._fit_start = 0.0
+        self.wall_offset = 0.0  # seconds of training before a resume
+        self._sim_latency = 0.0
+        self.preempted_at: int | None = None
+        self._preemption = PreemptionFlag()
 
     # -- construction ---------------------------------------------------------------
     def _model_args(self) -> tuple:
@@ -76,10 +87,20 @@ class SplitLearningModule(L.LightningModule):
             self.server = build_server_segment(name, shape, classes, cut, seed)
         self._setup_latency(name, shape, classes, cut)
 
-    def _fingerprint(self) -> int:
+    def _identity(self) -> dict[str, str]:
+        """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
         c = self.cfg
-        key = (c.algorithm, c.data, c.model, c.optim, c.seed)
-        return zlib.crc32(repr(key).encode())
+        return {
+            "algorithm": repr(c.algorithm),
+            "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
+            "model": repr(c.model),
+            "optim": repr(c.optim),
+            "seed": str(c.seed),
+            "trainer.devices": str(c.trainer.devices),
+        }
+
+    def _fingerprint(self) -> int:
+        return zlib.crc32(repr(self._identity()).encode())
 
     def _setup_latency(self, name, shape, classes, cut) -> None:
         client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
@@ -99,6 +120,9 @@ class SplitLearningModule(L.LightningModule):
         server_opt = make_optimizer(self.server.parameters(), optim) if layout.is_server else None
         weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
         self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights)
+        if getattr(self, "_pending_state", None) is not None:
+            self._restore_split_state(self._pending_state)  # loaded before optimizers existed
+            self._pending_state = None
         return [o for o in (client_opt, server_opt) if o is not None]
 
     # -- data -----------------------------------------------------------------------
@@ -110,8 +134,8 @@ class SplitLearningModule(L.LightningModule):
         batches = ClientBatches(
             ds.train_x, ds.train_y, indices, self.data.batch_size, self.cfg.seed, total
         )
-        sampler = StepSampler(self.data.steps_per_epoch)
-        return DataLoader(batches, sampler=sampler, batch_size=None, num_workers=0)
+        self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
         ds = self.data.dataset
@@ -121,7 +145,14 @@ class SplitLearningModule(L.LightningModule):
     # -- training -------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
-        self._sim_latency = 0.0
+        self._preemption.install()
+
+    def on_fit_end(self) -> None:
+        self._preemption.uninstall()
+
+    def elapsed(self) -> float:
+        """Seconds of fitting, including those before a resume."""
+        return self.wall_offset + time.perf_counter() - self._fit_start
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -130,8 +161,8 @@ class SplitLearningModule(L.LightningModule):
         self._last_batch_end = self._epoch_start
 
     def training_step(self, batch, batch_idx: int) -> None:
-        x, y = batch  # (K, B, C, H, W), (K, B)
-        step = self.current_epoch * self.data.steps_per_epoch + batch_idx
+        x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
+        step = int(step)
         counter = self.transport.counter
         up0, down0 = counter.bytes_up, counter.bytes_down
         if self.full_model is not None:
@@ -141,6 +172,7 @@ class SplitLearningModule(L.LightningModule):
             for key, value in self.parties.step_diagnostics.items():
                 self._epoch_diag.setdefault(key, []).append(value)
         self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
+        self._train_loader.next_step = step + 1
         if loss is not None:
             if not math.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
@@ -149,6 +181,15 @@ class SplitLearningModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
+        # The server decides for everyone, so all ranks checkpoint the same step.
+        flag = torch.tensor([float(self._preemption.requested)], device=self.device)
+        self.transport.broadcast_(flag)
+        if flag.item():
+            self.preempted_at = self._train_loader.next_step
+            self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)
+            self.trainer.should_stop = True
+            if self.transport.layout.is_server:
+                requeue_slurm_job()
 
     def _centralized_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self._central_opt.zero_grad(set_to_none=True)
@@ -204,6 +245,8 @@ class SplitLearningModule(L.LightningModule):
         self._client_test_loss = (rows[:, 1] / rows[:, 2]).cpu()
 
     def on_train_epoch_end(self) -> None:
+        if self.preempted_at is not None:
+            return  # a partial epoch: the resumed run records it
         train_s = self._last_batch_end - self._epoch_start
         steps = self.data.steps_per_epoch
         samples = steps * self.data.batch_size * self.data.num_clients
@@ -220,7 +263,7 @@ class SplitLearningModule(L.LightningModule):
             "bytes_up": self.transport.counter.bytes_up,
             "bytes_down": self.transport.counter.bytes_down,
             "sim_latency_s": self._sim_latency,
-            "wall_s": time.perf_counter() - self._fit_start,
+            "wall_s": self.elapsed(),
             "samples_per_s": samples / train_s if train_s > 0 else None,
             "train_s": train_s,
             "samples": samples,
@@ -229,6 +272,9 @@ class SplitLearningModule(L.LightningModule):
         for key, values in self._epoch_diag.items():
             record[key] = sum(values) / len(values)
         self.history.append(record)
+        every = self.cfg.trainer.ckpt_every
+        if every and (self.current_epoch + 1) % every == 0:
+            self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)
         if self.transport.layout.is_server:
             loggable = {
                 k: v for k, v in record.items()
@@ -236,6 +282,43 @@ class SplitLearningModule(L.LightningModule):
             }
             loggable.update({f"client_acc/{c}": a for c, a in enumerate(record["client_acc"])})
             self.log_dict(loggable, on_step=False, on_epoch=True, prog_bar=False)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        counter = self.transport.counter
+        checkpoint["split_state"] = {
+            "identity": self._identity(),
+            "rank": self.transport.layout.rank,
+            "leader_ema": self.parties.leader_ema if self.parties else None,
+            "bytes": [counter.bytes_up, counter.bytes_down],
+            "sim_latency_s": self._sim_latency,
+            "wall_s": self.elapsed(),
+            "history": self.history,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("split_state")
+        if state is None:
+            raise CheckpointError("checkpoint was not written by lightning_gapsl (no split_state)")
+        mine = self._identity()
+        for key, value in state["identity"].items():
+            if mine.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint is from a different configuration: {key} was {value}, "
+                    f"this run has {mine.get(key)}"
+                )
+        if self.parties is not None or self.full_model is not None:
+            self._restore_split_state(state)
+        else:
+            self._pending_state = state
+
+    def _restore_split_state(self, state: dict) -> None:
+        if self.parties is not None:
+            self.parties.leader_ema = state["leader_ema"]
+        self.transport.counter.bytes_up, self.transport.counter.bytes_down = state["bytes"]
+        self._sim_latency = state["sim_latency_s"]
+        self.wall_offset = state["wall_s"]
+        self.history = list(state["history"])
 
     def teardown(self, stage: str) -> None:
         if self.transport is not None:

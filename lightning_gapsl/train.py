@@ -19,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.summary import SummaryCallback
+from lightning_gapsl.checkpoint import AtomicCheckpointIO, CheckpointError, last_checkpoint
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
 from lightning_gapsl.federated import FederatedData, build_federated_data
@@ -27,7 +28,7 @@ from lightning_gapsl.models.split import split_blocks
 from lightning_gapsl.module import SplitLearningModule
 from lightning_gapsl.strategy import SplitStrategy
 
-USER_ERRORS = (ConfigError, DataError, ModelError)
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError)
 
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.
@@ -84,6 +85,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=strategy,
+        plugins=[AtomicCheckpointIO()] if t.devices == 1 else None,
         max_epochs=t.max_epochs,
         logger=build_logger(cfg),
         callbacks=[SummaryCallback(cfg), *(extra_callbacks or [])],
@@ -91,7 +93,8 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=t.eval_every,
+        check_val_every_n_epoch=max(t.eval_every, 1),
+        limit_val_batches=0 if t.eval_every == 0 else None,
         use_distributed_sampler=False,
         log_every_n_steps=10,
         default_root_dir=cfg.output_dir,
@@ -115,15 +118,28 @@ def compose(overrides: list[str], output_dir: str) -> RunConfig:
     return build_config(OmegaConf.to_container(raw, resolve=True))
 
 
-def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path:
-    """Train one configuration; return the path of the summary.json it wrote."""
+def resume_path(cfg: RunConfig) -> str | None:
+    """``ckpt_path``, or after a SLURM requeue the run's own last checkpoint."""
+    if cfg.ckpt_path is not None:
+        return cfg.ckpt_path
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    last = last_checkpoint(cfg.output_dir)
+    return last if requeued and os.path.isfile(last) else None
+
+
+def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
+    """Train one configuration; return the path of its summary.json (None if pre-empted)."""
     data = preflight(cfg)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SplitLearningModule(cfg, data)
     trainer = build_trainer(cfg, extra_callbacks)
-    trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, ckpt_path=resume_path(cfg))
     path = Path(cfg.output_dir) / "summary.json"
     if not path.is_file():
+        last = last_checkpoint(cfg.output_dir)
+        if os.path.isfile(last):
+            print(f"pre-empted: resume with ckpt_path={last}", file=sys.stderr)
+            return None
         raise RuntimeError(f"training ended without writing {path}")
     return path
 
@@ -136,7 +152,8 @@ def main(raw: DictConfig) -> None:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(path.resolve())
+    if path is not None:
+        print(path.resolve())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ every rank runs the same number of steps.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_gapsl.seeding import generator
 
@@ -78,12 +78,13 @@ class ClientBatches(Dataset):
     def __len__(self) -> int:
         return self.total_steps
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(x, y, step): the step travels with its batch so no rank can pair it wrongly."""
         if not self.streams:
             shape = (0, self.batch_size, *self.train_x.shape[1:])
-            return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64)
+            return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64), step
         idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
-        return self.train_x[idx], self.train_y[idx]
+        return self.train_x[idx], self.train_y[idx], step
 
 
 class StepSampler(Sampler[int]):
@@ -92,13 +93,43 @@ class StepSampler(Sampler[int]):
     def __init__(self, steps_per_epoch: int):
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0
+        self.resume_step: int | None = None  # one-shot: continue a checkpointed epoch here
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        start = self.epoch * self.steps_per_epoch
-        return iter(range(start, start + self.steps_per_epoch))
+        # A generator: the range is fixed at the first next(), after Lightning's
+        # set_epoch, not when the DataLoader builds its iterator (which on resume
+        # happens before set_epoch).
+        if self.resume_step is not None:
+            # Resuming: continue from the checkpointed step to the end of its epoch.
+            start, self.resume_step = self.resume_step, None
+            end = (start // self.steps_per_epoch + 1) * self.steps_per_epoch
+        else:
+            start = self.epoch * self.steps_per_epoch
+            end = start + self.steps_per_epoch
+        yield from range(start, end)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+
+class StepLoader(DataLoader):
+    """A DataLoader that Lightning can checkpoint mid-epoch (it has state_dict).
+
+    The module records the next global step after each training step; a checkpoint
+    stores it, and on resume the sampler continues the epoch exactly there.
+    """
+
+    def __init__(self, dataset: ClientBatches, steps_per_epoch: int):
+        self.step_sampler = StepSampler(steps_per_epoch)
+        super().__init__(dataset, sampler=self.step_sampler, batch_size=None, num_workers=0)
+        self.next_step = 0
+
+    def state_dict(self) -> dict:
+        return {"next_step": self.next_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next_step = int(state["next_step"])
+        self.step_sampler.resume_step = self.next_step
