@@ -44,6 +44,18 @@ from lightning_gapsl.split_step import Parties, evaluate_hosted, make_optimizer,
 from lightning_gapsl.transport import make_transport
 
 
+def _non_finite_message(loss: float, client_losses: torch.Tensor | None, step: int) -> str:
+    """Name the clients whose loss went non-finite (the server sees every client's loss)."""
+    if client_losses is None:
+        return f"training loss became {loss} at step {step} (centralized model)"
+    bad = [c for c, v in enumerate(client_losses.tolist()) if not math.isfinite(v)]
+    first = bad[0] if bad else None
+    return (
+        f"training loss became {loss} at step {step}: client {first} first "
+        f"(non-finite clients: {bad}); lower optim.lr or check the data"
+    )
+
+
 class SplitLearningModule(L.LightningModule):
     def __init__(self, cfg: RunConfig, data: FederatedData):
         super().__init__()
@@ -145,6 +157,7 @@ class SplitLearningModule(L.LightningModule):
     # -- training -------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+        self._reset_epoch_stats()
         self._preemption.install()
 
     def on_fit_end(self) -> None:
@@ -155,27 +168,35 @@ class SplitLearningModule(L.LightningModule):
         return self.wall_offset + time.perf_counter() - self._fit_start
 
     def on_train_epoch_start(self) -> None:
+        self._reset_epoch_stats()
+
+    def _reset_epoch_stats(self) -> None:
         self._epoch_start = time.perf_counter()
-        self._epoch_losses: list[float] = []
-        self._epoch_diag: dict[str, list[float]] = {}
         self._last_batch_end = self._epoch_start
+        # Restored from a mid-epoch checkpoint when resuming (Lightning then skips
+        # on_train_epoch_start), so a pre-empted epoch still averages all its steps.
+        pending = getattr(self, "_pending_epoch_stats", None)
+        self._epoch_losses, self._epoch_diag = pending or ([], {})
+        self._pending_epoch_stats = None
 
     def training_step(self, batch, batch_idx: int) -> None:
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step = int(step)
         counter = self.transport.counter
         up0, down0 = counter.bytes_up, counter.bytes_down
+        client_losses = None
         if self.full_model is not None:
             loss = self._centralized_step(x[0], y[0])
         else:
-            loss = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y).loss
+            out = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y)
+            loss, client_losses = out.loss, out.client_losses
             for key, value in self.parties.step_diagnostics.items():
                 self._epoch_diag.setdefault(key, []).append(value)
         self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
         self._train_loader.next_step = step + 1
         if loss is not None:
             if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
+                raise FloatingPointError(_non_finite_message(loss, client_losses, step))
             self._epoch_losses.append(loss)
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
 
@@ -294,6 +315,7 @@ class SplitLearningModule(L.LightningModule):
             "sim_latency_s": self._sim_latency,
             "wall_s": self.elapsed(),
             "history": self.history,
+            "epoch_stats": [self._epoch_losses, self._epoch_diag],
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -319,6 +341,7 @@ class SplitLearningModule(L.LightningModule):
         self._sim_latency = state["sim_latency_s"]
         self.wall_offset = state["wall_s"]
         self.history = list(state["history"])
+        self._pending_epoch_stats = state.get("epoch_stats")
 
     def teardown(self, stage: str) -> None:
         if self.transport is not None:

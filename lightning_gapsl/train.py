@@ -17,9 +17,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from callbacks.summary import SummaryCallback
 from lightning_gapsl.checkpoint import AtomicCheckpointIO, CheckpointError, last_checkpoint
+from lightning_gapsl.cluster import check_slurm_tasks, is_slurm_launched
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
 from lightning_gapsl.federated import FederatedData, build_federated_data
@@ -27,8 +29,21 @@ from lightning_gapsl.models import ModelError, build_blocks
 from lightning_gapsl.models.split import split_blocks
 from lightning_gapsl.module import SplitLearningModule
 from lightning_gapsl.strategy import SplitStrategy
+from lightning_gapsl.transport import TransportError
 
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError)
+RUN_ERRORS = (TransportError, FloatingPointError, ProcessExitedException, ProcessRaisedException)
+
+
+def _run_error_message(err: Exception) -> str:
+    if isinstance(err, ProcessExitedException):
+        how = f"signal {err.signal_name}" if err.signal_name else f"exit code {err.exit_code}"
+        return f"rank {err.error_index} died ({how}); the other ranks were stopped"
+    if isinstance(err, ProcessRaisedException):
+        # The rank's own traceback text: keep its last line, the actual error.
+        last = str(err).strip().splitlines()[-1]
+        return f"rank {err.error_index} failed: {last}"
+    return str(err)
 
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.
@@ -49,6 +64,7 @@ def _check_output_dir(path: str) -> None:
 
 def preflight(cfg: RunConfig) -> FederatedData:
     """Everything that can fail on bad input, done once in the launching process."""
+    check_slurm_tasks(cfg.trainer.devices, os.environ)
     _check_output_dir(cfg.output_dir)
     data = build_federated_data(cfg)
     blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
@@ -78,8 +94,11 @@ def build_logger(cfg: RunConfig):
 
 def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trainer:
     t = cfg.trainer
+    # Under SLURM every rank is an srun task already: "popen" makes Lightning attach to
+    # it instead of forking `devices` more processes from each task.
+    start_method = "popen" if is_slurm_launched(os.environ) else t.start_method
     strategy = (
-        SplitStrategy(timeout_s=t.timeout_s, start_method=t.start_method) if t.devices > 1 else "auto"
+        SplitStrategy(timeout_s=t.timeout_s, start_method=start_method) if t.devices > 1 else "auto"
     )
     return L.Trainer(
         accelerator=t.accelerator,
@@ -134,14 +153,17 @@ def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
     module = SplitLearningModule(cfg, data)
     trainer = build_trainer(cfg, extra_callbacks)
     trainer.fit(module, ckpt_path=resume_path(cfg))
+    if trainer.global_rank != 0:
+        return None  # a client rank started by srun/torchrun: the server reports
     path = Path(cfg.output_dir) / "summary.json"
-    if not path.is_file():
-        last = last_checkpoint(cfg.output_dir)
-        if os.path.isfile(last):
-            print(f"pre-empted: resume with ckpt_path={last}", file=sys.stderr)
-            return None
-        raise RuntimeError(f"training ended without writing {path}")
-    return path
+    # The launching process of forked ranks only sees files; a rank process knows.
+    if path.is_file() and module.preempted_at is None:
+        return path
+    last = last_checkpoint(cfg.output_dir)
+    if os.path.isfile(last):
+        print(f"pre-empted: resume with ckpt_path={last}", file=sys.stderr)
+        return None
+    raise RuntimeError(f"training ended without writing {path}")
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
@@ -152,6 +174,10 @@ def main(raw: DictConfig) -> None:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RUN_ERRORS as err:
+        # A rank died, timed out or diverged: say which, once, without a traceback.
+        print(f"error: {_run_error_message(err)}", file=sys.stderr)
+        sys.exit(1)
     if path is not None:
         print(path.resolve())
 
