@@ -93,7 +93,7 @@ class AlgorithmConfig:
     """centralized | psl | gapsl."""
     client_grad: str = "own"
     """own: client i receives d(own mean loss)/dz_i; weighted: d(server loss)/dz_i."""
-    reading: str = "cut"
+    reading: str = "client"
     """GAPSL gradient reading: cut (server side) | client (segment parameter gradients)."""
     rho: float = 0.5
     """GAPSL leader fraction: ceil(rho * N) leaders."""
