@@ -261,18 +261,27 @@ class SplitLearningModule(L.LightningModule):
         rows = self._eval_rows if self.full_model is not None else self.transport.all_gather_rows(
             self._eval_rows
         )  # (N, 3)
-        self._client_acc = (rows[:, 0] / rows[:, 2]).cpu()
+        self._client_acc = (rows[:, 0] / rows[:, 2]).cpu()  # (N,)
         self._evaluated_epoch = self.current_epoch
         self._client_test_loss = (rows[:, 1] / rows[:, 2]).cpu()
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_record(self) -> dict | None:
+        """This epoch's numbers (computed once; callbacks log them, history keeps them).
+
+        None for a pre-empted (partial) epoch: the resumed run records it.
+        """
         if self.preempted_at is not None:
-            return  # a partial epoch: the resumed run records it
+            return None
+        cached = getattr(self, "_record", None)
+        if cached is not None and cached["epoch"] == self.current_epoch + 1:
+            return cached
         train_s = self._last_batch_end - self._epoch_start
         steps = self.data.steps_per_epoch
         samples = steps * self.data.batch_size * self.data.num_clients
         evaluated = getattr(self, "_evaluated_epoch", -1) == self.current_epoch
-        acc = self._client_acc if evaluated else torch.full((self.data.num_clients,), math.nan)
+        nan = torch.full((self.data.num_clients,), math.nan)
+        acc = self._client_acc if evaluated else nan
+        test_loss = self._client_test_loss if evaluated else nan
         record = {
             "epoch": self.current_epoch + 1,
             "steps": (self.current_epoch + 1) * steps,
@@ -289,20 +298,24 @@ class SplitLearningModule(L.LightningModule):
             "train_s": train_s,
             "samples": samples,
             "client_acc": [round(float(a), 6) for a in acc],
+            "client_test_loss": [round(float(v), 6) for v in test_loss],
         }
         for key, values in self._epoch_diag.items():
-            record[key] = sum(values) / len(values)
+            if key == "gapsl/leader_mask":  # per-client share of steps spent as a leader
+                record["leader_freq"] = [round(float(f), 4) for f in torch.stack(values).mean(0)]
+            else:
+                record[key] = sum(values) / len(values)
+        self._record = record
+        return record
+
+    def on_train_epoch_end(self) -> None:
+        record = self.epoch_record()
+        if record is None:
+            return
         self.history.append(record)
         every = self.cfg.trainer.ckpt_every
         if every and (self.current_epoch + 1) % every == 0:
             self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)
-        if self.transport.layout.is_server:
-            loggable = {
-                k: v for k, v in record.items()
-                if isinstance(v, (int, float)) and k not in ("epoch", "steps") and math.isfinite(v)
-            }
-            loggable.update({f"client_acc/{c}": a for c, a in enumerate(record["client_acc"])})
-            self.log_dict(loggable, on_step=False, on_epoch=True, prog_bar=False)
 
     # -- checkpoints ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -55,7 +55,7 @@ class Parties:
     server_opt: torch.optim.Optimizer | None  # server rank only
     loss_weights: torch.Tensor  # (N,) n_i / n, the server's per-client loss weights
     leader_ema: torch.Tensor | None = None  # GAPSL's smoothed leader gradient (server)
-    step_diagnostics: dict[str, float] = field(default_factory=dict)
+    step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
 
 
 @dataclass
@@ -71,6 +71,7 @@ def _align(parties: Parties, algo: AlgorithmConfig, g: torch.Tensor) -> torch.Te
         "gapsl/leaders": float(diag["leader_count"]),
         "gapsl/cos_before": float(diag["cos_before_mean"]),
         "gapsl/cos_after": float(diag["cos_after_mean"]),
+        "gapsl/leader_mask": diag["leader_mask"].detach().float().cpu(),  # (N,)
     }
     return aligned
 

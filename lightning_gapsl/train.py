@@ -19,6 +19,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from lightning.pytorch.callbacks import RichProgressBar
+
+from callbacks.logging import default_callbacks
 from callbacks.summary import SummaryCallback
 from lightning_gapsl.checkpoint import AtomicCheckpointIO, CheckpointError, last_checkpoint
 from lightning_gapsl.cluster import check_slurm_tasks, is_slurm_launched
@@ -48,7 +51,8 @@ def _run_error_message(err: Exception) -> str:
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.
 for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
-                ".*Checkpoint directory.*exists and is not empty.*"):
+                ".*Checkpoint directory.*exists and is not empty.*",
+                r".*isinstance\(treespec, LeafSpec\).*"):
     warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -107,7 +111,12 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         plugins=[AtomicCheckpointIO()] if t.devices == 1 else None,
         max_epochs=t.max_epochs,
         logger=build_logger(cfg),
-        callbacks=[SummaryCallback(cfg), *(extra_callbacks or [])],
+        callbacks=[
+            SummaryCallback(cfg),
+            *default_callbacks(),
+            *([RichProgressBar()] if t.progress_bar else []),
+            *(extra_callbacks or []),
+        ],
         enable_progress_bar=t.progress_bar,
         enable_checkpointing=False,
         enable_model_summary=False,

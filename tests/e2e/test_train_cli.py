@@ -47,7 +47,15 @@ def test_train_three_processes_csv(tmp_path):
     # The CSV logger got the per-epoch metrics.
     rows = list(csv.DictReader(open(tmp_path / "out" / "csv" / "metrics.csv")))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"train_loss", "test_acc_mean", "test_acc_min", "bytes_up", "gapsl/leaders"} <= logged
+    documented = {  # the keys the README and callbacks/logging.py promise
+        "train_loss", "train_loss_epoch", "test_acc_mean", "test_acc_min", "test_acc_max",
+        "test_acc_std", "client_acc/0", "client_acc/5", "client_test_loss/0", "bytes_up",
+        "bytes_down", "sim_latency_s", "samples_per_s", "gapsl/leaders", "gapsl/cos_before",
+        "gapsl/cos_after", "gapsl/leader_freq/0",
+    }
+    assert documented <= logged, documented - logged
+    hist = list(csv.reader(open(tmp_path / "out" / "label_histograms.csv")))
+    assert len(hist) == 1 + 6 and sum(int(r[1]) for r in hist[1:]) == 1437  # every sample once
 
 
 def test_train_wandb_offline_one_run_folder(tmp_path):
