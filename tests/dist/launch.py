@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue as queue_module
 import socket
+import time
 import traceback
 
 
@@ -40,10 +42,17 @@ def run_ranks(world_size: int, fn, timeout: float = 60.0) -> dict[int, tuple[str
     for p in procs:
         p.start()
     results = {}
+    deadline = time.time() + timeout
     try:
-        for _ in procs:
-            rank, status, value = queue.get(timeout=timeout)
-            results[rank] = (status, value)
+        # Stop early once every still-living rank has reported (a rank may die silently).
+        while len(results) < world_size and time.time() < deadline:
+            try:
+                rank, status, value = queue.get(timeout=0.5)
+                results[rank] = (status, value)
+            except queue_module.Empty:
+                alive = [r for r, p in enumerate(procs) if p.is_alive() and r not in results]
+                if not alive and queue.empty():
+                    break
     finally:
         for p in procs:
             p.join(timeout=5)

@@ -3,6 +3,9 @@ compared with the in-process transport. One launch checks several things."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -76,3 +79,25 @@ def test_dist_transport_matches_local_and_checks_headers():
     assert server["bytes"] == local["bytes"] == (200, 120)
     # The server noticed that rank 2 is a step ahead and said so.
     assert "rank 2" in server["lockstep"] and "lockstep" in server["lockstep"]
+
+
+def _dead_peer(rank: int, world_size: int) -> dict:
+    transport = DistTransport(Layout(rank, world_size, NUM_CLIENTS), torch.device("cpu"), 10)
+    if rank == 2:
+        os._exit(3)  # a client rank dies without a word
+    hosted = transport.layout.hosted
+    start = time.time()
+    try:
+        transport.gather(0, "activations", list(_rows(hosted)) if hosted else [])
+        transport.scatter(0, "grads", [torch.zeros(NUM_CLIENTS, B, F)] if rank == 0 else None)
+        return {"error": None}
+    except TransportError as err:
+        return {"error": str(err), "seconds": time.time() - start}
+
+
+def test_dead_rank_is_named_within_timeout():
+    results = run_ranks(3, _dead_peer, timeout=40)
+    assert 2 not in results  # it died before reporting
+    status, server = results[0]
+    assert status == "ok" and server["error"] is not None, results
+    assert "rank 2" in server["error"] and server["seconds"] < 15
