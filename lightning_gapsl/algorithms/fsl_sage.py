@@ -1,0 +1,289 @@
+"""FSL-SAGE: clients train on a gradient estimated by a small auxiliary model.
+
+FSL-SAGE (DESIGN section 6) removes the per-step gradient download of split learning.
+Each client holds a small auxiliary model ``a`` from its smashed data to class logits
+and trains its segment on the estimate ``d CE(a(z), y) / dz`` (`estimated_cut_grad`)
+instead of the server's true cut-layer gradient. Activations still go up every ``q``
+steps (`server_step_due`): the server steps on them and keeps the last samples of each
+client in a FIFO (`ActivationBuffer`). Every ``l`` rounds (`alignment_due`) the server
+recomputes the true cut-layer gradients on the buffer with its current segment
+(`server_cut_grads`) and fits each client's auxiliary model so that the model's input
+gradient matches them (`alignment_loss`, `align_aux_`), then sends it down.
+
+Gradient scale convention. The alignment compares *per-sample* gradients
+``d CE(f(z_j), y_j) / dz_j`` (the gradient of a sum-reduced loss): they do not depend
+on how many samples are in a batch, so the buffer can be fitted in minibatches of any
+size. `estimated_cut_grad` returns the gradient of the batch-*mean* loss, i.e. the
+per-sample estimate divided by ``B``, which is what a client's local loss
+``mean_b CE`` back-propagates.
+
+Pure functions over modules and tensors: no process groups, no Lightning, no globals;
+only `align_aux_` (name ending in ``_``) modifies its argument, as documented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationBuffer",
+    "align_aux_",
+    "alignment_due",
+    "alignment_loss",
+    "aux_model_for",
+    "estimated_cut_grad",
+    "server_cut_grads",
+    "server_step_due",
+]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def aux_model_for(
+    activation_shape: Sequence[int], num_classes: int, max_features: int = 16384
+) -> nn.Module:
+    """A small auxiliary head from smashed data ``(B, *activation_shape)`` to logits ``(B, C)``.
+
+    ``Flatten`` + ``Linear``: a softmax-linear head whose input gradient
+    ``W^T (softmax(Wz + b) - y)`` still depends on ``z`` and the label, has a distinct
+    weight row per position (so the estimate keeps the spatial structure of the true
+    gradient, which a global pool would flatten to a constant per channel), and is cheap
+    to send down. For image activations with more than ``max_features`` values, a
+    ``s x s`` average pool (``ceil_mode``, smallest ``s`` that fits) comes first to bound
+    the head's size (e.g. ResNet's ``(64, 32, 32)`` -> ``s = 2``). No normalisation layer
+    (it would couple samples or add state); no adaptive pooling (no deterministic CUDA
+    backward).
+    """
+    shape = tuple(int(s) for s in activation_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"activation_shape must be non-empty and positive, got {shape}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    layers: list[nn.Module] = []
+    features = math.prod(shape)
+    if len(shape) == 3 and features > max_features:
+        c, h, w = shape
+        s = 2
+        while c * math.ceil(h / s) * math.ceil(w / s) > max_features and s < max(h, w):
+            s += 1
+        layers.append(nn.AvgPool2d(kernel_size=s, stride=s, ceil_mode=True))
+        features = c * math.ceil(h / s) * math.ceil(w / s)
+    layers += [nn.Flatten(), nn.Linear(features, num_classes)]
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def estimated_cut_grad(aux: nn.Module, acts: Tensor, labels: Tensor) -> Tensor:
+    """The client's gradient estimate: ``d mean_b CE(aux(z_b), y_b) / dz``.
+
+    Args:
+        aux: the client's auxiliary model.
+        acts: ``(B, *F)`` the client's cut-layer activations (used detached).
+        labels: ``(B,)`` int64 class indices.
+
+    Returns:
+        ``(B, *F)`` detached gradient, to back-propagate through the client segment with
+        ``acts.backward(grad)``. ``create_graph=False``, and only the activations are
+        differentiated (``torch.autograd.grad``), so ``aux``'s parameters' ``.grad`` are
+        neither created nor changed.
+    """
+    with torch.enable_grad():  # also correct when called under no_grad
+        z = acts.detach().requires_grad_(True)  # (B, *F) a fresh leaf
+        loss = F.cross_entropy(aux(z), labels)  # () batch mean
+        (grad,) = torch.autograd.grad(loss, z)  # (B, *F)
+    return grad
+
+
+def server_cut_grads(server: nn.Module, acts: Tensor, labels: Tensor) -> Tensor:
+    """True per-sample cut-layer gradients ``d CE(server(z_j), y_j) / dz_j``: ``(M, *F)``.
+
+    The alignment target. Computed from a sum-reduced loss so each row is one sample's
+    gradient, independent of ``M`` (valid as long as ``server`` treats samples
+    independently: GroupNorm yes, BatchNorm in train mode no). The server's parameters'
+    ``.grad`` are not touched.
+    """
+    with torch.enable_grad():
+        z = acts.detach().requires_grad_(True)  # (M, *F)
+        loss = F.cross_entropy(server(z), labels, reduction="sum")  # ()
+        (grad,) = torch.autograd.grad(loss, z)  # (M, *F)
+    return grad
+
+
+def alignment_loss(aux: nn.Module, acts: Tensor, labels: Tensor, true_grads: Tensor) -> Tensor:
+    """MSE between the aux model's per-sample input gradient and the true one.
+
+    Args:
+        aux: the auxiliary model being fitted.
+        acts: ``(M, *F)`` buffered activations.
+        labels: ``(M,)`` their labels.
+        true_grads: ``(M, *F)`` per-sample true cut-layer gradients (`server_cut_grads`;
+            a batch-mean gradient from a training step must be multiplied by its batch
+            size, and divided by the client's loss weight, to be comparable).
+
+    Returns:
+        A scalar differentiable w.r.t. ``aux``'s parameters: the input gradient is taken
+        with ``create_graph=True`` so that ``loss.backward()`` differentiates through it
+        (a second-order term, cheap for a linear head).
+    """
+    if true_grads.shape != acts.shape:
+        raise ValueError(
+            f"true_grads {tuple(true_grads.shape)} must match acts {tuple(acts.shape)}"
+        )
+    with torch.enable_grad():
+        z = acts.detach().requires_grad_(True)  # (M, *F)
+        loss = F.cross_entropy(aux(z), labels, reduction="sum")  # () per-sample scale
+        (grad,) = torch.autograd.grad(loss, z, create_graph=True)  # (M, *F)
+        return F.mse_loss(grad, true_grads.detach().to(grad.dtype))
+
+
+def align_aux_(
+    aux: nn.Module,
+    acts: Tensor,
+    labels: Tensor,
+    true_grads: Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Fit ``aux`` IN PLACE so its input gradient matches ``true_grads`` (`alignment_loss`).
+
+    Args:
+        aux: the auxiliary model; its parameters are MODIFIED in place, and their
+            ``.grad`` are cleared (``None``) on return.
+        acts, labels, true_grads: ``(M, *F)``, ``(M,)``, ``(M, *F)``, see
+            `alignment_loss`; ``M >= 1``.
+        epochs: passes over the ``M`` samples, ``>= 0``.
+        lr: Adam learning rate. Adam rather than SGD because the alignment loss is a
+            second-order quantity whose scale varies a lot with the model and data; a
+            fresh optimizer per call (no state carried between alignments).
+        batch_size: minibatch size, ``>= 1``.
+        generator: shuffles the samples every epoch when given (seed it by
+            ``(seed, "fsl_sage", client, round)`` for layout invariance); ``None`` keeps
+            buffer order.
+
+    Returns:
+        One float per epoch: the sample-weighted mean alignment loss over the epoch's
+        minibatches (each measured before its step). One host synchronisation per epoch.
+    """
+    m = acts.shape[0]
+    if m < 1 or labels.shape != (m,) or true_grads.shape != acts.shape:
+        raise ValueError(
+            f"need M >= 1 and shapes acts (M, *F), labels (M,), true_grads (M, *F); got "
+            f"{tuple(acts.shape)}, {tuple(labels.shape)}, {tuple(true_grads.shape)}"
+        )
+    if epochs < 0 or batch_size < 1 or not lr > 0.0:
+        raise ValueError(
+            f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}"
+        )
+    opt = torch.optim.Adam(aux.parameters(), lr=lr)
+    losses: list[float] = []
+    for _ in range(epochs):
+        order = torch.randperm(m, generator=generator) if generator is not None else None
+        total = torch.zeros((), device=acts.device)
+        for start in range(0, m, batch_size):
+            stop = min(start + batch_size, m)
+            idx = order[start:stop].to(acts.device) if order is not None else slice(start, stop)
+            loss = alignment_loss(aux, acts[idx], labels[idx], true_grads[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total = total + loss.detach() * (stop - start)
+        losses.append(float(total) / m)
+    opt.zero_grad(set_to_none=True)  # leave no stale gradients on the aux model
+    return losses
+
+
+# --------------------------------------------------------------------------- buffer
+
+
+class ActivationBuffer:
+    """One client's FIFO of its last ``capacity`` (activation, label) samples.
+
+    ``add`` appends a batch and drops the oldest samples beyond ``capacity``; samples
+    are stored detached and copied (later in-place changes of the caller's tensors do
+    not reach the buffer), on the device they came from.
+    """
+
+    def __init__(self, capacity: int = 1000) -> None:
+        if capacity < 1:
+            raise ValueError(f"algorithm.buffer_size must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self._acts: Tensor | None = None  # (M, *F), oldest first
+        self._labels: Tensor | None = None  # (M,)
+
+    def __len__(self) -> int:
+        return 0 if self._acts is None else int(self._acts.shape[0])
+
+    def add(self, acts: Tensor, labels: Tensor) -> None:
+        """Append ``acts (B, *F)`` and ``labels (B,)``; keep only the newest ``capacity``."""
+        if acts.dim() < 1 or labels.shape != acts.shape[:1]:
+            raise ValueError(
+                f"need acts (B, *F) and labels (B,), got {tuple(acts.shape)}, {tuple(labels.shape)}"
+            )
+        if self._acts is not None and acts.shape[1:] != self._acts.shape[1:]:
+            raise ValueError(
+                f"activation shape {tuple(acts.shape[1:])} differs from the buffered "
+                f"{tuple(self._acts.shape[1:])}"
+            )
+        acts, labels = acts.detach(), labels.detach()
+        if self._acts is not None and self._labels is not None:
+            acts = torch.cat([self._acts, acts.to(self._acts.device)])  # (M + B, *F)
+            labels = torch.cat([self._labels, labels.to(self._labels.device)])  # (M + B,)
+        # clone: own, compact storage of exactly the kept samples (a slice of the
+        # concatenation would keep the dropped ones alive, and of the input would alias it)
+        self._acts = acts[-self.capacity :].clone()
+        self._labels = labels[-self.capacity :].clone()
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """``(acts (M, *F), labels (M,))``, oldest first (the stored tensors: read only)."""
+        if self._acts is None or self._labels is None:
+            raise ValueError("the activation buffer is empty")
+        return self._acts, self._labels
+
+    def state_dict(self) -> dict[str, object]:
+        """Checkpoint state: capacity and the stored tensors (``None`` when empty)."""
+        return {"capacity": self.capacity, "acts": self._acts, "labels": self._labels}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore from `state_dict`; keeps this buffer's capacity (trims to it)."""
+        acts, labels = state["acts"], state["labels"]
+        if acts is not None and not (isinstance(acts, Tensor) and isinstance(labels, Tensor)):
+            raise TypeError("state 'acts' and 'labels' must both be tensors or both None")
+        self._acts = self._labels = None
+        if isinstance(acts, Tensor) and isinstance(labels, Tensor):
+            self.add(acts, labels)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def server_step_due(step: int, q: int) -> bool:
+    """Whether activations go to the server at ``step``: every ``q``-th step, step 0 included."""
+    if q < 1:
+        raise ValueError(f"algorithm.server_interval must be >= 1, got {q}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return step % q == 0
+
+
+def alignment_due(round_index: int, l: int) -> bool:
+    """Whether the server aligns the aux models at the end of round ``round_index`` (0-based).
+
+    True after every ``l``-th completed round (rounds ``l - 1``, ``2l - 1``, ...): the
+    buffer has then been filled by at least one round of server steps, and the
+    convention matches `lightning_gapsl.algorithms.locfedmix.fedavg_due`.
+    """
+    if l < 1:
+        raise ValueError(f"algorithm.align_interval must be >= 1, got {l}")
+    if round_index < 0:
+        raise ValueError(f"round_index must be >= 0, got {round_index}")
+    return (round_index + 1) % l == 0

@@ -1,0 +1,153 @@
+"""SGLR: parallel split learning with SplitLr and SplitAvg.
+
+SGLR changes PSL in two places (DESIGN section 6):
+
+1. **SplitLr** (`server_lr`): the server segment is trained on the union of all ``N``
+   clients' batches while each client sees only its own, so the server takes a larger
+   learning rate, ``client_lr * N**a`` (``a`` in ``[0, 2]``, default 0.5).
+2. **SplitAvg** (`averaged_clients`, `split_avg`): each step a fraction ``phi`` of the
+   clients (default 0.5) receive, instead of their own cut-layer gradient, the
+   gradient averaged *slot by slot* over those clients: sample ``j`` of each chosen
+   client gets the mean of the chosen clients' sample-``j`` gradients. This damps the
+   client drift that non-IID labels cause, at no communication cost (the server holds
+   every client's gradient anyway). `averaging_active` optionally restricts SplitAvg
+   to an initial phase of training.
+
+The chosen clients depend on ``(seed, step)`` only, never on the process layout, so a
+run is the same on one process and on many (DESIGN section 2). Pure functions: no
+process groups, no Lightning, no globals, inputs never modified in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_gapsl.seeding import generator
+
+__all__ = ["averaged_clients", "averaging_active", "num_averaged", "server_lr", "split_avg"]
+
+
+def server_lr(client_lr: float, num_clients: int, exponent: float = 0.5) -> float:
+    """SplitLr: the server learning rate ``client_lr * num_clients ** exponent``.
+
+    Args:
+        client_lr: the clients' learning rate, ``> 0``.
+        num_clients: ``N >= 1``, the number of clients the server segment serves.
+        exponent: ``a`` in ``[0, 2]`` (``algorithm.lr_exponent``): 0 keeps the client
+            rate, 1 scales it linearly with the number of client batches per server step.
+
+    Raises:
+        ValueError: naming ``algorithm.lr_exponent`` for an exponent outside ``[0, 2]``,
+            or on a non-positive rate or client count.
+    """
+    if not 0.0 <= exponent <= 2.0:
+        raise ValueError(f"algorithm.lr_exponent must be in [0, 2], got {exponent}")
+    if num_clients < 1:
+        raise ValueError(f"the number of clients must be >= 1, got {num_clients}")
+    if not client_lr > 0.0:
+        raise ValueError(f"the client learning rate must be > 0, got {client_lr}")
+    return float(client_lr) * float(num_clients) ** float(exponent)
+
+
+def num_averaged(num_clients: int, fraction: float) -> int:
+    """How many clients SplitAvg averages: ``round(fraction * N)``, half rounded up.
+
+    At least 1 when ``fraction > 0`` (a positive fraction of a few clients should not
+    silently switch SplitAvg off) and 0 when ``fraction == 0``. Rounding is half-up
+    rather than Python's half-to-even, so ``0.5 * 3`` gives 2 and ``0.5 * 5`` gives 3
+    (not 2 and 2); ``fraction * N`` is first rounded to 9 decimals so float noise such as
+    ``0.15 * 10 = 1.4999999999999998`` does not decide the count.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"algorithm.avg_fraction must be in [0, 1], got {fraction}")
+    if num_clients < 1:
+        raise ValueError(f"the number of clients must be >= 1, got {num_clients}")
+    if fraction == 0.0:
+        return 0
+    return min(num_clients, max(1, math.floor(round(fraction * num_clients, 9) + 0.5)))
+
+
+def averaged_clients(num_clients: int, fraction: float, seed: int, step: int) -> Tensor:
+    """SplitAvg's client choice for one step: a bool mask ``(N,)`` of `num_averaged` clients.
+
+    Args:
+        num_clients: ``N >= 1``.
+        fraction: ``phi`` in ``[0, 1]`` (``algorithm.avg_fraction``).
+        seed: the run seed.
+        step: the global training step; a new set of clients is drawn every step.
+
+    Returns:
+        ``(N,)`` bool CPU tensor with exactly ``num_averaged(N, fraction)`` True entries.
+
+    The generator is seeded with ``(seed, "sglr", step)``: the choice is a function of
+    the step alone, so every process computes the same mask without communicating, and
+    the mask does not depend on how clients are spread over ranks.
+
+    Raises:
+        ValueError: naming ``algorithm.avg_fraction`` for a fraction outside ``[0, 1]``.
+    """
+    k = num_averaged(num_clients, fraction)
+    gen = generator(seed, "sglr", step)
+    chosen = torch.randperm(num_clients, generator=gen)[:k]  # (k,)
+    return torch.zeros(num_clients, dtype=torch.bool).index_fill(0, chosen, True)  # (N,)
+
+
+def split_avg(cut_grads: Tensor, mask: Tensor) -> Tensor:
+    """SplitAvg's gradient transform: masked clients get the slot-wise mean gradient.
+
+    Args:
+        cut_grads: ``(N, B, *F)`` each client's cut-layer gradient, sample ``j`` of
+            client ``i`` at ``[i, j]``.
+        mask: ``(N,)`` bool, the clients to average (see `averaged_clients`).
+
+    Returns:
+        A new ``(N, B, *F)`` tensor: row ``i`` is ``mean_{k in mask} cut_grads[k]`` for
+        masked ``i`` (the same tensor for all of them), and ``cut_grads[i]`` bit-for-bit
+        otherwise. With an all-False mask every row is the input's, bit-for-bit; with a
+        single masked client its row is its own gradient exactly (``g + 0 + ... / 1``).
+
+    The slot-wise mean pairs sample ``j`` of one client with sample ``j`` of another;
+    that is SplitAvg's definition (the samples are unrelated, the average is a variance
+    reduction of the per-slot gradient, not a per-sample quantity). No host-device
+    synchronisation: the empty-mask case is handled by clamping the count, not by a
+    Python ``if``.
+    """
+    if cut_grads.dim() < 2:
+        raise ValueError(f"cut_grads must be (N, B, *F), got shape {tuple(cut_grads.shape)}")
+    n = cut_grads.shape[0]
+    if tuple(mask.shape) != (n,) or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a bool (N,) = ({n},) tensor, got {mask.dtype} {tuple(mask.shape)}"
+        )
+    sel = mask.to(cut_grads.device).reshape(n, *([1] * (cut_grads.dim() - 1)))  # (N, 1, ...)
+    # where() rather than mask * grads: a non-finite unmasked row must not leak into the
+    # mean through 0 * inf = nan.
+    total = torch.where(sel, cut_grads, 0.0).sum(dim=0)  # (B, *F)
+    count = mask.sum().clamp_min(1).to(device=cut_grads.device, dtype=cut_grads.dtype)  # ()
+    mean = total / count  # (B, *F)
+    return torch.where(sel, mean.unsqueeze(0), cut_grads)  # (N, B, *F)
+
+
+def averaging_active(step: int, total_steps: int, phase_fraction: float | None) -> bool:
+    """Whether SplitAvg applies at ``step`` under the phased schedule.
+
+    Args:
+        step: 0-based global step.
+        total_steps: number of steps of the whole run, ``>= 1``.
+        phase_fraction: ``None``: SplitAvg on every step. Otherwise ``X`` in ``[0, 1]``
+            (``algorithm.avg_phase``): averaged gradients for the first ``X`` of
+            training, i.e. steps ``0 .. ceil(X * total_steps) - 1``, plain PSL after.
+
+    ``X * total_steps`` is rounded to 9 decimals before the comparison so that float
+    noise (``0.3 * 10 = 3.0000000000000004``) does not add a step.
+    """
+    if phase_fraction is None:
+        return True
+    if not 0.0 <= phase_fraction <= 1.0:
+        raise ValueError(f"algorithm.avg_phase must be in [0, 1] or null, got {phase_fraction}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return step < math.ceil(round(phase_fraction * total_steps, 9))
