@@ -22,11 +22,12 @@ import tempfile
 from lightning_gapsl.train import compose, run
 
 PRESETS = {
-    "cpu": dict(data=["data=mnist"], model="lenet", clients=20, batch=32, steps=30,
-                accelerator="cpu", devices=3),
-    "gpu": dict(data=["data=synthetic", "data.shape=[3,32,32]", "data.num_train=64000",
-                      "data.num_test=1000"],
-                model="resnet18", clients=100, batch=32, steps=10, accelerator="gpu", devices=2),
+    "cpu": {"data": ["data=mnist"], "model": "lenet", "clients": 20, "batch": 32, "steps": 30,
+            "accelerator": "cpu", "devices": 3},
+    "gpu": {"data": ["data=synthetic", "data.shape=[3,32,32]", "data.num_train=64000",
+                     "data.num_test=1000"],
+            "model": "resnet18", "clients": 100, "batch": 32, "steps": 10,
+            "accelerator": "gpu", "devices": 2},
 }
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 ALGORITHMS = ("centralized", "psl", "gapsl")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: runs on headless nodes
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 AXES = {
     "epoch": ("epoch", "epoch"),

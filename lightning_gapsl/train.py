@@ -16,10 +16,9 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
-
-from lightning.pytorch.callbacks import RichProgressBar
 
 from callbacks.logging import default_callbacks
 from callbacks.summary import SummaryCallback

@@ -73,7 +73,7 @@ def _rank_pids(parent: int, count: int, timeout: float = 60) -> list[int]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         path = f"/proc/{parent}/task/{parent}/children"
-        pids = sorted(int(p) for p in open(path).read().split()) if os.path.exists(path) else []
+        pids = sorted(int(p) for p in Path(path).read_text().split()) if os.path.exists(path) else []
         if len(pids) >= count:
             return pids[:count]
         time.sleep(0.2)
@@ -94,7 +94,7 @@ def test_sigusr1_to_server_checkpoints_and_resumes(tmp_path):
     server = _rank_pids(proc.pid, 3)[0]
     _wait_for(out / "checkpoints" / "last.ckpt", proc)  # first epoch done: training is on
     os.kill(server, signal.SIGUSR1)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
     assert "pre-empted" in stderr
     assert not (out / "summary.json").exists()  # no final numbers for a stopped run
@@ -103,7 +103,7 @@ def test_sigusr1_to_server_checkpoints_and_resumes(tmp_path):
     assert 6 <= stopped_at < 2400
     resumed = _cli(tmp_path / "resumed", "trainer.devices=3", "trainer.max_epochs=400",
                    f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "trainer.eval_every=400")
-    stdout, stderr = resumed.communicate(timeout=600)
+    _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     summary = load_summary(tmp_path / "resumed" / "summary.json")
     assert summary["steps"] == 2400 and len(summary["history"]) == 400
@@ -116,7 +116,7 @@ def test_killed_client_rank_stops_everyone(tmp_path):
     _wait_for(out / "checkpoints" / "last.ckpt", proc)
     start = time.time()
     os.kill(ranks[2], signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert time.time() - start < 30
     assert proc.returncode != 0
     assert "rank 2" in stderr, stderr[-2000:]
