@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("centralized", "psl", "gapsl")
+ALGORITHMS = ("centralized", "psl", "gapsl", "sglr")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -27,7 +27,7 @@ READINGS = ("cut", "client")
 ALIGN_MODES = ("norm", "norm_exact", "linear", "pcgrad")
 CLIENT_GRADS = ("own", "weighted")
 # Algorithms that run the PSL step protocol (server gathers, transforms, scatters).
-SPLIT_ALGORITHMS = ("psl", "gapsl")
+SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr")
 
 
 class ConfigError(ValueError):
@@ -108,6 +108,12 @@ class AlgorithmConfig:
     """GAPSL alignment coefficient lambda (0 = psl)."""
     align_mode: str = "norm"
     """GAPSL alignment form: norm | norm_exact | linear | pcgrad."""
+    lr_exponent: float = 0.5
+    """SGLR SplitLr: server learning rate = client rate * N ** lr_exponent, in [0, 2]."""
+    avg_fraction: float = 0.5
+    """SGLR SplitAvg: fraction of clients that receive slot-wise averaged cut gradients."""
+    avg_phase: float | None = None
+    """SGLR: average only during the first avg_phase share of training (null: always)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(a.tau is None or -1 <= a.tau <= 1, f"algorithm.tau={a.tau} must be in [-1, 1] or null")
     _check(0 <= a.beta < 1, f"algorithm.beta={a.beta} must be in [0, 1)")
     _check(0 <= a.lam <= 1, f"algorithm.lam={a.lam} must be in [0, 1]")
+    _check(0 <= a.lr_exponent <= 2, f"algorithm.lr_exponent={a.lr_exponent} must be in [0, 2]")
+    _check(0 <= a.avg_fraction <= 1, f"algorithm.avg_fraction={a.avg_fraction} must be in [0, 1]")
+    _check(a.avg_phase is None or 0 <= a.avg_phase <= 1,
+           f"algorithm.avg_phase={a.avg_phase} must be in [0, 1] or null")
     _check(m.cut_layer >= 1, f"model.cut_layer={m.cut_layer} must be >= 1")
     _check(t.devices >= 1, f"trainer.devices={t.devices} must be >= 1 (processes, server included)")
     _check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs} must be >= 1")

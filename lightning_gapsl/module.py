@@ -19,6 +19,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.algorithms.sglr import server_lr
 from lightning_gapsl.checkpoint import (
     CheckpointError,
     PreemptionFlag,
@@ -129,13 +130,24 @@ class SplitLearningModule(L.LightningModule):
             return [self._central_opt]
         layout = self.transport.layout
         client_opt = make_optimizer(self.clients.parameters(), optim) if self.clients else None
-        server_opt = make_optimizer(self.server.parameters(), optim) if layout.is_server else None
+        server_opt = None
+        if layout.is_server:
+            server_opt = make_optimizer(self.server.parameters(), optim, self._server_lr())
         weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
-        self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights)
+        total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
+        self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights,
+                               seed=self.cfg.seed, total_steps=total)
         if getattr(self, "_pending_state", None) is not None:
             self._restore_split_state(self._pending_state)  # loaded before optimizers existed
             self._pending_state = None
         return [o for o in (client_opt, server_opt) if o is not None]
+
+    def _server_lr(self) -> float:
+        """SGLR's SplitLr scales the server's rate by N ** a; every other method: the same."""
+        a = self.cfg.algorithm
+        if a.name == "sglr":
+            return server_lr(self.cfg.optim.lr, self.data.num_clients, a.lr_exponent)
+        return self.cfg.optim.lr
 
     # -- data -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -20,17 +20,18 @@ from lightning_gapsl.algorithms.gapsl import (
     gapsl_step,
 )
 from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.algorithms.sglr import averaged_clients, averaging_active, split_avg
 from lightning_gapsl.config import AlgorithmConfig, OptimConfig
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.models.stacked import StackedSegments
 
 
-def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """One optimizer per party; elementwise rules, so a stacked one is K independent ones."""
-    params = list(params)
+    params, lr = list(params), cfg.lr if lr is None else lr
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def gapsl_config(cfg: AlgorithmConfig) -> GapslConfig:
@@ -54,6 +55,8 @@ class Parties:
     client_opt: torch.optim.Optimizer | None
     server_opt: torch.optim.Optimizer | None  # server rank only
     loss_weights: torch.Tensor  # (N,) n_i / n, the server's per-client loss weights
+    seed: int = 0  # run seed: per-step random choices (SGLR's averaged clients)
+    total_steps: int = 1  # steps of the whole run (SGLR's phased schedule)
     leader_ema: torch.Tensor | None = None  # GAPSL's smoothed leader gradient (server)
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
 
@@ -116,6 +119,9 @@ def split_train_step(
         if algo.name == "gapsl" and algo.reading == "cut":
             g = batch_mean_flat(cut_grads)  # (N, D)
             cut_grads = cut_layer_shift(cut_grads, g, _align(parties, algo, g))
+        elif algo.name == "sglr" and averaging_active(step, parties.total_steps, algo.avg_phase):
+            mask = averaged_clients(layout.num_clients, algo.avg_fraction, parties.seed, step)
+            cut_grads = split_avg(cut_grads, mask.to(cut_grads.device))
 
     # 5. scatter each client its gradient; clients back-propagate it.
     mine = transport.scatter(step, "cut_grads", [cut_grads] if layout.is_server else None)

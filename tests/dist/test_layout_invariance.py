@@ -20,6 +20,7 @@ CASES = {
     "psl": ["algorithm=psl"],
     "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut"],
     "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client"],
+    "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5"],
 }
 
 

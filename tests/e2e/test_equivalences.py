@@ -59,3 +59,19 @@ def test_gapsl_lambda_zero_is_psl_bit_for_bit(compose_cfg, reading):
     moved = _record(compose_cfg("algorithm=gapsl", f"algorithm.reading={reading}",
                                 "algorithm.lam=0.5", *common, name="moved"))
     assert moved.losses != psl.losses
+
+
+class LrProbe(L.Callback):
+    def on_fit_start(self, trainer, pl_module):
+        self.server_lr = pl_module.parties.server_opt.param_groups[0]["lr"]
+        self.client_lr = pl_module.parties.client_opt.param_groups[0]["lr"]
+
+
+def test_sglr_server_learning_rate_scales_with_clients(compose_cfg):
+    probe = LrProbe()
+    cfg = compose_cfg("algorithm=sglr", "algorithm.lr_exponent=1.5", "optim.lr=0.01",
+                      "data.num_clients=4", "trainer.devices=1", "trainer.max_epochs=1",
+                      "data.steps_per_epoch=2")
+    run(cfg, extra_callbacks=[probe])
+    assert probe.client_lr == pytest.approx(0.01)
+    assert probe.server_lr == pytest.approx(0.01 * 4**1.5)  # SplitLr: N ** a
