@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("centralized", "psl", "gapsl", "sglr")
+ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -27,7 +27,9 @@ READINGS = ("cut", "client")
 ALIGN_MODES = ("norm", "norm_exact", "linear", "pcgrad")
 CLIENT_GRADS = ("own", "weighted")
 # Algorithms that run the PSL step protocol (server gathers, transforms, scatters).
-SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr")
+SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg")
+# Algorithms that average client segments (FedAvg) at the end of every round.
+FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg")
 
 
 class ConfigError(ValueError):
@@ -114,6 +116,9 @@ class AlgorithmConfig:
     """SGLR SplitAvg: fraction of clients that receive slot-wise averaged cut gradients."""
     avg_phase: float | None = None
     """SGLR: average only during the first avg_phase share of training (null: always)."""
+    round_steps: int | None = None
+    """SplitFed / FedAvg: steps per round, FedAvg after each (null: one epoch; must divide
+    the steps per epoch so every epoch's evaluation sees averaged models)."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0 <= a.avg_fraction <= 1, f"algorithm.avg_fraction={a.avg_fraction} must be in [0, 1]")
     _check(a.avg_phase is None or 0 <= a.avg_phase <= 1,
            f"algorithm.avg_phase={a.avg_phase} must be in [0, 1] or null")
+    _check(a.round_steps is None or a.round_steps >= 1,
+           f"algorithm.round_steps={a.round_steps} must be >= 1 or null")
     _check(m.cut_layer >= 1, f"model.cut_layer={m.cut_layer} must be >= 1")
     _check(t.devices >= 1, f"trainer.devices={t.devices} must be >= 1 (processes, server included)")
     _check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs} must be >= 1")

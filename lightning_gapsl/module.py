@@ -18,15 +18,17 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_gapsl.algorithms.fedavg import fedavg_stacked_
 from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.algorithms.sglr import server_lr
+from lightning_gapsl.averaging import fedavg_clients_, round_ends
 from lightning_gapsl.checkpoint import (
     CheckpointError,
     PreemptionFlag,
     last_checkpoint,
     requeue_slurm_job,
 )
-from lightning_gapsl.config import RunConfig
+from lightning_gapsl.config import FEDAVG_ALGORITHMS, RunConfig
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import (
@@ -41,7 +43,13 @@ from lightning_gapsl.models.split import (
     build_server_segment,
 )
 from lightning_gapsl.models.stacked import StackedSegments
-from lightning_gapsl.split_step import Parties, evaluate_hosted, make_optimizer, split_train_step
+from lightning_gapsl.split_step import (
+    Parties,
+    evaluate_hosted,
+    local_train_step,
+    make_optimizer,
+    split_train_step,
+)
 from lightning_gapsl.transport import make_transport
 
 
@@ -66,7 +74,8 @@ class SplitLearningModule(L.LightningModule):
         self.transport = None
         self.parties: Parties | None = None
         self.clients: StackedSegments | None = None
-        self.server = None
+        self.server = None  # trained server segment (SplitFed V1: stacked copies)
+        self.eval_server = None  # the single server segment clients evaluate with
         self.full_model = None  # centralized only
         self.history: list[dict] = []
         self._fit_start = 0.0
@@ -90,15 +99,35 @@ class SplitLearningModule(L.LightningModule):
         self.transport.check_agreement(self._fingerprint())
         name, shape, classes, cut = self._model_args()
         seed = self.cfg.seed
-        if self.cfg.algorithm.name == "centralized":
+        algo = self.cfg.algorithm.name
+        if algo == "centralized":
             self.full_model = build_full_model(name, shape, classes, cut, seed)
         else:
-            hosted = self.transport.layout.hosted
-            if hosted:
-                segments = [build_client_segment(name, shape, classes, cut, seed, c) for c in hosted]
-                self.clients = StackedSegments(segments)
-            self.server = build_server_segment(name, shape, classes, cut, seed)
+            self._build_split_models(algo, name, shape, classes, cut, seed)
         self._setup_latency(name, shape, classes, cut)
+
+    def _build_split_models(self, algo: str, name, shape, classes, cut, seed: int) -> None:
+        """Hosted client segments (stacked), the server, and the evaluation server copy."""
+        hosted = self.transport.layout.hosted
+        # FedAvg-family methods start every client from one global model (the usual
+        # protocol: the fed server sends it out); PSL-family clients start independently.
+        def build(client_id: int) -> torch.nn.Module:
+            if algo == "fedavg":
+                return build_full_model(name, shape, classes, cut, seed)
+            init_id = 0 if algo in FEDAVG_ALGORITHMS else client_id
+            return build_client_segment(name, shape, classes, cut, seed, init_id)
+
+        if hosted:
+            self.clients = StackedSegments([build(c) for c in hosted])
+        if algo == "fedavg":
+            self.server = self.eval_server = torch.nn.Identity()  # no server segment
+            return
+        self.eval_server = build_server_segment(name, shape, classes, cut, seed)
+        self.server = self.eval_server
+        if algo == "sfl_v1" and self.transport.layout.is_server:
+            copies = [build_server_segment(name, shape, classes, cut, seed)
+                      for _ in range(self.data.num_clients)]
+            self.server = StackedSegments(copies)  # one server copy per client
 
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
@@ -131,7 +160,7 @@ class SplitLearningModule(L.LightningModule):
         layout = self.transport.layout
         client_opt = make_optimizer(self.clients.parameters(), optim) if self.clients else None
         server_opt = None
-        if layout.is_server:
+        if layout.is_server and self.cfg.algorithm.name != "fedavg":
             server_opt = make_optimizer(self.server.parameters(), optim, self._server_lr())
         weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
         total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
@@ -200,10 +229,15 @@ class SplitLearningModule(L.LightningModule):
         if self.full_model is not None:
             loss = self._centralized_step(x[0], y[0])
         else:
-            out = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y)
+            if self.cfg.algorithm.name == "fedavg":
+                out = local_train_step(self.parties, self.transport, step, x, y)
+            else:
+                out = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y)
             loss, client_losses = out.loss, out.client_losses
             for key, value in self.parties.step_diagnostics.items():
                 self._epoch_diag.setdefault(key, []).append(value)
+            if self.cfg.algorithm.name in FEDAVG_ALGORITHMS and round_ends(step, self._round_steps):
+                self._end_round()
         self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
         self._train_loader.next_step = step + 1
         if loss is not None:
@@ -211,6 +245,30 @@ class SplitLearningModule(L.LightningModule):
                 raise FloatingPointError(_non_finite_message(loss, client_losses, step))
             self._epoch_losses.append(loss)
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+
+    @property
+    def _round_steps(self) -> int:
+        return self.cfg.algorithm.round_steps or self.data.steps_per_epoch
+
+    def _end_round(self) -> None:
+        """FedAvg of client segments across ranks; SplitFed V1 also of its server copies."""
+        hosted = self.transport.layout.hosted
+        weights = self.data.client_sizes[hosted] if hosted else torch.zeros(0)
+        fedavg_clients_(self.clients, weights, self._client_template, self.transport)
+        if self.cfg.algorithm.name == "sfl_v1" and self.transport.layout.is_server:
+            fedavg_stacked_(self.server.stacked_params(), self.data.client_sizes.float())
+
+    @property
+    def _client_template(self) -> dict[str, torch.Size]:
+        """Per-client parameter shapes in a fixed order, known on every rank."""
+        if not hasattr(self, "_template_shapes"):
+            name, shape, classes, cut = self._model_args()
+            if self.cfg.algorithm.name == "fedavg":
+                model = build_full_model(name, shape, classes, cut, self.cfg.seed)
+            else:
+                model = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
+            self._template_shapes = {n: p.shape for n, p in model.named_parameters()}
+        return self._template_shapes
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
@@ -237,25 +295,38 @@ class SplitLearningModule(L.LightningModule):
         if self.full_model is not None:
             flops = TRAIN_FLOPS_PER_FORWARD * (self._flops_client + self._flops_server) * b
             return flops / lat.server_flops
+        client_flops, server_flops = self._flops_client, self._flops_server * n
+        if self.cfg.algorithm.name == "fedavg":  # the whole model on the client, no server
+            client_flops, server_flops = self._flops_client + self._flops_server, 0.0
         return parallel_step_latency(
             lat,
             self._speeds,
-            TRAIN_FLOPS_PER_FORWARD * self._flops_client * b,
-            TRAIN_FLOPS_PER_FORWARD * self._flops_server * b * n,
+            TRAIN_FLOPS_PER_FORWARD * client_flops * b,
+            TRAIN_FLOPS_PER_FORWARD * server_flops * b,
             up / n,
             down / n,
         )
 
     # -- evaluation -----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        if self.server is not None:
+        if self.server is not None and any(True for _ in self.eval_server.parameters()):
             # Client ranks evaluate their clients locally with a copy of the server.
-            flat = parameters_to_vector(self.server.parameters()).detach().clone()
+            flat = self._server_vector()
             self.transport.broadcast_(flat)
             with torch.no_grad():
-                vector_to_parameters(flat, self.server.parameters())
+                vector_to_parameters(flat, self.eval_server.parameters())
         k = 1 if self.full_model is not None else len(self.transport.layout.hosted)
         self._eval_rows = torch.zeros(k, 3, dtype=torch.float64, device=self.device)
+
+    def _server_vector(self) -> torch.Tensor:
+        """The server weights clients evaluate with (SplitFed V1: its copies' average)."""
+        if isinstance(self.server, StackedSegments):
+            weights = self.data.client_sizes.to(self.device)
+            return torch.cat([
+                (p.detach().flatten(1).double() * weights[:, None]).sum(0).div(weights.sum()).float()
+                for p in self.server.stacked_params().values()
+            ])
+        return parameters_to_vector(self.eval_server.parameters()).detach().clone()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -266,8 +337,8 @@ class SplitLearningModule(L.LightningModule):
                                torch.tensor(float(len(y)), dtype=torch.float64)])
             self._eval_rows += row.to(self._eval_rows.device)
         elif self.clients is not None:
-            self.server.eval()
-            self._eval_rows += evaluate_hosted(self.clients, self.server, x, y).to(self.device)
+            self.eval_server.eval()
+            self._eval_rows += evaluate_hosted(self.clients, self.eval_server, x, y).to(self.device)
 
     def on_validation_epoch_end(self) -> None:
         rows = self._eval_rows if self.full_model is not None else self.transport.all_gather_rows(
@@ -301,7 +372,7 @@ class SplitLearningModule(L.LightningModule):
             if self._epoch_losses else None,
             "test_acc_mean": float(acc.mean()),
             "test_acc_min": float(acc.min()),
-            "test_acc_global": float(acc[0]) if self.full_model is not None else None,
+            "test_acc_global": float(acc[0]) if self._has_global_model() else None,
             "bytes_up": self.transport.counter.bytes_up,
             "bytes_down": self.transport.counter.bytes_down,
             "sim_latency_s": self._sim_latency,
@@ -319,6 +390,13 @@ class SplitLearningModule(L.LightningModule):
                 record[key] = sum(values) / len(values)
         self._record = record
         return record
+
+    def _has_global_model(self) -> bool:
+        """Centralized, or FedAvg-family runs evaluated right after averaging."""
+        if self.full_model is not None:
+            return True
+        return (self.cfg.algorithm.name in FEDAVG_ALGORITHMS
+                and self.data.steps_per_epoch % self._round_steps == 0)
 
     def on_train_epoch_end(self) -> None:
         record = self.epoch_record()

@@ -24,6 +24,7 @@ from lightning_gapsl.algorithms.sglr import averaged_clients, averaging_active, 
 from lightning_gapsl.config import AlgorithmConfig, OptimConfig
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.seeding import generator
 
 
 def make_optimizer(params, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
@@ -80,29 +81,85 @@ def _align(parties: Parties, algo: AlgorithmConfig, g: torch.Tensor) -> torch.Te
 
 
 def _server_forward_backward(
-    parties: Parties, algo: AlgorithmConfig, acts: torch.Tensor, labels: torch.Tensor
+    parties: Parties, algo: AlgorithmConfig, acts: torch.Tensor, labels: torch.Tensor, step: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Server segment on all clients at once; returns loss, per-client losses, cut grads."""
+    if algo.name == "sfl_v2":
+        return _server_sequential(parties, acts, labels, step)
     num_clients, batch = labels.shape
     acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
-    logits = parties.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))
-    loss, client_losses = weighted_client_loss(logits, labels, parties.loss_weights)
+    if algo.name == "sfl_v1":
+        # One server copy per client, run on that client's activations only; the plain
+        # sum of client losses gives each copy exactly its own client's gradient.
+        logits = parties.server(acts)  # (N, B, C)
+        train_weights = torch.ones_like(parties.loss_weights)
+    else:
+        logits = parties.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))
+        train_weights = parties.loss_weights
+    loss, client_losses = weighted_client_loss(logits, labels, train_weights)
     parties.server_opt.zero_grad(set_to_none=True)
     loss.backward()
     cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
-    if algo.client_grad == "own":
+    if algo.client_grad == "own" and algo.name != "sfl_v1":
         # Each client gets the gradient of its own mean loss: the server loss scales
         # client i by w_i ~ 1/N, which would silently cut client learning rates by N.
         shape = (num_clients,) + (1,) * (cut_grads.dim() - 1)
         cut_grads = cut_grads / parties.loss_weights.view(shape)
     parties.server_opt.step()
-    return loss.detach(), client_losses, cut_grads
+    reported = (client_losses * parties.loss_weights.to(client_losses.dtype)).sum()
+    return reported, client_losses, cut_grads
+
+
+def _server_sequential(
+    parties: Parties, acts: torch.Tensor, labels: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SplitFed V2: the server serves clients one at a time in a random order, stepping
+    its optimizer after each; the order is drawn from (seed, step), not from ranks."""
+    num_clients = labels.shape[0]
+    order = torch.randperm(num_clients, generator=generator(parties.seed, "sfl_v2", step))
+    cut_grads = torch.empty_like(acts)  # (N, B, *F)
+    client_losses = torch.empty(num_clients, device=acts.device)
+    for c in order.tolist():
+        a = acts[c].detach().requires_grad_(True)  # (B, *F)
+        loss = nn.functional.cross_entropy(parties.server(a), labels[c])
+        parties.server_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        parties.server_opt.step()
+        cut_grads[c] = a.grad
+        client_losses[c] = loss.detach()
+    reported = (client_losses * parties.loss_weights.to(client_losses.dtype)).sum()
+    return reported, client_losses, cut_grads
+
+
+def local_train_step(parties: Parties, transport, step: int, x: torch.Tensor, y: torch.Tensor
+                     ) -> StepOutput:
+    """FedAvg: each hosted client trains its full model on its own batch.
+
+    The only exchange is telemetry: per-client losses go to the server (not counted as
+    communication), which reports their size-weighted mean like every other method.
+    """
+    client_losses = None
+    if parties.clients is not None:
+        logits = parties.clients(x)  # (K, B, C)
+        client_losses = nn.functional.cross_entropy(
+            logits.flatten(0, 1), y.flatten(), reduction="none"
+        ).view(y.shape).mean(1)  # (K,)
+        parties.client_opt.zero_grad(set_to_none=True)
+        client_losses.sum().backward()  # each client's own mean loss: independent models
+        parties.client_opt.step()
+        client_losses = client_losses.detach()
+    rows = [client_losses.view(-1, 1)] if client_losses is not None else []
+    received = transport.gather(step, "losses", rows, count=False)
+    if not parties.layout.is_server:
+        return StepOutput(None, None)
+    all_losses = received[0].view(-1)  # (N,)
+    return StepOutput(float((all_losses * parties.loss_weights).sum()), all_losses)
 
 
 def split_train_step(
     parties: Parties, transport, algo: AlgorithmConfig, step: int, x: torch.Tensor, y: torch.Tensor
 ) -> StepOutput:
-    """One PSL/GAPSL step. x (K, B, C, H, W), y (K, B) for this rank's hosted clients."""
+    """One PSL/GAPSL/SGLR step. x (K, B, C, H, W), y (K, B) for this rank's hosted clients."""
     layout, has_clients = parties.layout, parties.clients is not None
     out = StepOutput(None, None)
 
@@ -114,7 +171,7 @@ def split_train_step(
     # 3-4. server: one forward/backward on every client's activations, then transform.
     cut_grads = None
     if layout.is_server:
-        loss, client_losses, cut_grads = _server_forward_backward(parties, algo, *received)
+        loss, client_losses, cut_grads = _server_forward_backward(parties, algo, *received, step)
         out = StepOutput(float(loss), client_losses)
         if algo.name == "gapsl" and algo.reading == "cut":
             g = batch_mean_flat(cut_grads)  # (N, D)

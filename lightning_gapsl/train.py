@@ -72,6 +72,13 @@ def preflight(cfg: RunConfig) -> FederatedData:
     data = build_federated_data(cfg)
     blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
     split_blocks(blocks, cfg.model.cut_layer)
+    rounds = cfg.algorithm.round_steps
+    if rounds is not None and data.steps_per_epoch % rounds:
+        raise ConfigError(
+            f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "
+            "epoch (set data.steps_per_epoch or pick a divisor), so every evaluation sees "
+            "averaged models"
+        )
     return data
 
 

@@ -64,9 +64,16 @@ class LocalTransport:
         self.layout = layout
         self.counter = CommCounter()
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Clients' rows (K, ...) -> server gets every client's rows (N, ...)."""
-        self.counter.bytes_up += payload_bytes(rows)
+    def gather(
+        self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True
+    ) -> list[torch.Tensor]:
+        """Clients' rows (K, ...) -> server gets every client's rows (N, ...).
+
+        ``count=False`` for telemetry (per-client losses) that a real deployment would
+        not need to send.
+        """
+        if count:
+            self.counter.bytes_up += payload_bytes(rows)
         return rows
 
     def scatter(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -80,6 +87,9 @@ class LocalTransport:
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-client rows (K, M) from every rank -> (N, M) on every rank."""
         return rows
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over all ranks, in place (one rank: nothing to add)."""
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise if ranks were started with different configurations (one rank: nothing)."""
@@ -156,7 +166,9 @@ class DistTransport:
                     f"(timeout {self.timeout.total_seconds():.0f}s): {err}"
                 ) from err
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    def gather(
+        self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True
+    ) -> list[torch.Tensor] | None:
         """Client ranks send their rows (K, ...); the server returns all rows (N, ...)."""
         what = f"'{kind}' gather at step {step}"
         if not self.layout.is_server:
@@ -174,7 +186,8 @@ class DistTransport:
             buffers[r] = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
         self._run([("recv", b, r) for r in ranks for b in buffers[r]], what)
         out = [torch.cat([buffers[r][i] for r in ranks]) for i in range(len(buffers[ranks[0]]))]
-        self.counter.bytes_up += payload_bytes(out)
+        if count:
+            self.counter.bytes_up += payload_bytes(out)
         return out
 
     def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -218,6 +231,11 @@ class DistTransport:
         parts = [torch.empty_like(padded) for _ in sizes]
         self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over all ranks, in place (FedAvg's partial sums)."""
+        self._wait(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
+                   "all-reduce")
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise, naming the rank, if ranks were started with different configurations."""

@@ -21,6 +21,9 @@ CASES = {
     "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut"],
     "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client"],
     "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5"],
+    "sfl_v1": ["algorithm=sfl_v1", "algorithm.round_steps=5"],
+    "sfl_v2": ["algorithm=sfl_v2", "algorithm.round_steps=5"],
+    "fedavg": ["algorithm=fedavg", "algorithm.round_steps=5"],
 }
 
 
@@ -31,7 +34,8 @@ def _close(a, b, tol=1e-5) -> bool:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_process_equals_three(compose_cfg, case):
     # Same threads per process on both sides: conv backward sums in thread-sized chunks.
-    common = [*CASES[case], "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1"]
+    common = [*CASES[case], "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1",
+              "data.steps_per_epoch=15"]
     single = load_summary(run(compose_cfg(*common, "trainer.devices=1", name="one")))
     multi = load_summary(run(compose_cfg(*common, "trainer.devices=3", name="three")))
 

@@ -101,3 +101,41 @@ def test_dead_rank_is_named_within_timeout():
     status, server = results[0]
     assert status == "ok" and server["error"] is not None, results
     assert "rank 2" in server["error"] and server["seconds"] < 15
+
+
+def _fedavg(rank: int, world_size: int) -> dict:
+    from lightning_gapsl.averaging import fedavg_clients_
+    from lightning_gapsl.models.stacked import StackedSegments
+
+    layout = Layout(rank, world_size, NUM_CLIENTS)
+    transport = (DistTransport(layout, torch.device("cpu"), 20) if world_size > 1
+                 else LocalTransport(layout))
+    # Client c's segment: a 2x3 linear layer whose weights are all c, bias all 10 c.
+    segments = []
+    for c in layout.hosted:
+        seg = torch.nn.Linear(3, 2)
+        torch.nn.init.constant_(seg.weight, float(c))
+        torch.nn.init.constant_(seg.bias, 10.0 * c)
+        segments.append(seg)
+    stacked = StackedSegments(segments) if segments else None
+    sizes = torch.tensor([1.0, 1.0, 2.0, 2.0, 4.0])  # data sizes of clients 0..4
+    template = {"weight": torch.Size([2, 3]), "bias": torch.Size([2])}
+    fedavg_clients_(stacked, sizes[layout.hosted], template, transport)
+    return {
+        "states": [stacked.segment_state(k) for k in range(len(layout.hosted))] if stacked else [],
+        "bytes": (transport.counter.bytes_up, transport.counter.bytes_down),
+    }
+
+
+def test_fedavg_across_ranks_equals_weighted_average():
+    expected = (0 * 1 + 1 * 1 + 2 * 2 + 3 * 2 + 4 * 4) / 10  # = 2.7
+    local = _fedavg(0, 1)
+    results = run_ranks(3, _fedavg)
+    assert all(status == "ok" for status, _ in results.values()), results
+    states = local["states"] + results[1][1]["states"] + results[2][1]["states"]
+    assert len(states) == 2 * NUM_CLIENTS  # 5 in-process + 3 + 2 over two client ranks
+    for state in states:  # every client now holds the weighted average
+        assert torch.allclose(state["weight"], torch.full((2, 3), expected))
+        assert torch.allclose(state["bias"], torch.full((2,), 10 * expected))
+    # Each of 5 clients uploads and downloads 8 float32 parameters: 5 * 32 bytes each way.
+    assert local["bytes"] == results[0][1]["bytes"] == (160, 160)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning_gapsl.train import run
+from tests.conftest import load_summary
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +76,26 @@ def test_sglr_server_learning_rate_scales_with_clients(compose_cfg):
     run(cfg, extra_callbacks=[probe])
     assert probe.client_lr == pytest.approx(0.01)
     assert probe.server_lr == pytest.approx(0.01 * 4**1.5)  # SplitLr: N ** a
+
+
+def test_splitfed_v1_is_fedavg(compose_cfg):
+    """SplitFed V1 (per-client server copies, both halves averaged each round) computes
+    exactly what FedAvg of the full model computes: the same losses and accuracies."""
+    common = ["trainer.devices=1", "trainer.max_epochs=2", "data.num_clients=4",
+              "trainer.threads=1", "algorithm.round_steps=5", "data.steps_per_epoch=20"]
+    sfl = load_summary(run(compose_cfg("algorithm=sfl_v1", *common, name="sfl")))
+    fed = load_summary(run(compose_cfg("algorithm=fedavg", *common, name="fed")))
+    for h1, h2 in zip(sfl["history"], fed["history"]):
+        assert abs(h1["train_loss"] - h2["train_loss"]) < 1e-5
+        assert abs(h1["test_acc_mean"] - h2["test_acc_mean"]) < 1e-5
+    # After the round-end average every client holds the same model: one global model.
+    assert sfl["test_acc_global"] == sfl["test_acc_mean"] == sfl["test_acc_min"]
+    # Bytes by hand. 2 epochs x 20 steps, rounds of 5 steps: 8 rounds; N=4, B=16.
+    # FedAvg: every round each client sends its full LeNet (13082 float32) up and down.
+    full, segment = 13082, 224  # parameters: whole LeNet on 1x8x8, its first block
+    assert fed["bytes_up"] == fed["bytes_down"] == 8 * 4 * full * 4
+    # SplitFed V1: each step N*B activations (8x4x4 float32) + labels (int64) up, the
+    # same activations' gradients down; each round the client segments up and down.
+    per_step_up, per_step_down = 4 * 16 * (128 * 4 + 8), 4 * 16 * 128 * 4
+    assert sfl["bytes_up"] == 40 * per_step_up + 8 * 4 * segment * 4
+    assert sfl["bytes_down"] == 40 * per_step_down + 8 * 4 * segment * 4
