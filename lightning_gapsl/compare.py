@@ -32,7 +32,7 @@ def run_one(base: list[str], overrides: list[str], seed: int, out: Path, threads
     summary = out / "summary.json"
     if not summary.is_file():
         cmd = [sys.executable, "-m", "lightning_gapsl.train", *base, *overrides, f"seed={seed}",
-               f"output_dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
+               f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "train.log", "w") as log:
             log.write(" ".join(cmd) + "\n")
