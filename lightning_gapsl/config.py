@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg")
+ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -27,9 +27,9 @@ READINGS = ("cut", "client")
 ALIGN_MODES = ("norm", "norm_exact", "linear", "pcgrad")
 CLIENT_GRADS = ("own", "weighted")
 # Algorithms that run the PSL step protocol (server gathers, transforms, scatters).
-SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg")
+SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix")
 # Algorithms that average client segments (FedAvg) at the end of every round.
-FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg")
+FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg", "locfedmix")
 
 
 class ConfigError(ValueError):
@@ -116,6 +116,14 @@ class AlgorithmConfig:
     """SGLR SplitAvg: fraction of clients that receive slot-wise averaged cut gradients."""
     avg_phase: float | None = None
     """SGLR: average only during the first avg_phase share of training (null: always)."""
+    rec_weight: float = 0.1
+    """LocFedMix: weight of the client-side reconstruction regularizer (decoder MSE)."""
+    fedavg_interval: int = 1
+    """LocFedMix: FedAvg of client segments every this many rounds (T_c)."""
+    mix_alpha: float = 2.0
+    """LocFedMix: server-side mixup coefficient lambda ~ Beta(mix_alpha, mix_alpha)."""
+    num_partners: int = 1
+    """LocFedMix: mixing partners per client (0: no mixup)."""
     round_steps: int | None = None
     """SplitFed / FedAvg: steps per round, FedAvg after each (null: one epoch; must divide
     the steps per epoch so every epoch's evaluation sees averaged models)."""
@@ -295,6 +303,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0 <= a.avg_fraction <= 1, f"algorithm.avg_fraction={a.avg_fraction} must be in [0, 1]")
     _check(a.avg_phase is None or 0 <= a.avg_phase <= 1,
            f"algorithm.avg_phase={a.avg_phase} must be in [0, 1] or null")
+    _check(a.rec_weight >= 0, f"algorithm.rec_weight={a.rec_weight} must be >= 0")
+    _check(a.fedavg_interval >= 1, f"algorithm.fedavg_interval={a.fedavg_interval} must be >= 1")
+    _check(a.mix_alpha > 0, f"algorithm.mix_alpha={a.mix_alpha} must be > 0")
+    _check(0 <= a.num_partners < max(d.num_clients, 2),
+           f"algorithm.num_partners={a.num_partners} must be in [0, data.num_clients - 1]")
     _check(a.round_steps is None or a.round_steps >= 1,
            f"algorithm.round_steps={a.round_steps} must be >= 1 or null")
     _check(m.cut_layer >= 1, f"model.cut_layer={m.cut_layer} must be >= 1")

@@ -19,6 +19,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gapsl.algorithms.fedavg import fedavg_stacked_
+from lightning_gapsl.algorithms.locfedmix import decoder_for, fedavg_due
 from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.algorithms.sglr import server_lr
 from lightning_gapsl.averaging import fedavg_clients_, round_ends
@@ -43,6 +44,7 @@ from lightning_gapsl.models.split import (
     build_server_segment,
 )
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.seeding import derive_seed
 from lightning_gapsl.split_step import (
     Parties,
     evaluate_hosted,
@@ -51,6 +53,13 @@ from lightning_gapsl.split_step import (
     split_train_step,
 )
 from lightning_gapsl.transport import make_transport
+
+
+def _seeded(make, seed: int, *key) -> torch.nn.Module:
+    """Build a module under its own seed without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, *key))
+        return make()
 
 
 def _non_finite_message(loss: float, client_losses: torch.Tensor | None, step: int) -> str:
@@ -77,6 +86,7 @@ class SplitLearningModule(L.LightningModule):
         self.server = None  # trained server segment (SplitFed V1: stacked copies)
         self.eval_server = None  # the single server segment clients evaluate with
         self.full_model = None  # centralized only
+        self.decoders = None  # LocFedMix only
         self.history: list[dict] = []
         self._fit_start = 0.0
         self.wall_offset = 0.0  # seconds of training before a resume
@@ -119,6 +129,11 @@ class SplitLearningModule(L.LightningModule):
 
         if hosted:
             self.clients = StackedSegments([build(c) for c in hosted])
+            if algo == "locfedmix":
+                cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
+                self.decoders = StackedSegments([
+                    _seeded(lambda: decoder_for(cut_shape, shape), seed, "decoder", c)
+                    for c in hosted])
         if algo == "fedavg":
             self.server = self.eval_server = torch.nn.Identity()  # no server segment
             return
@@ -158,14 +173,16 @@ class SplitLearningModule(L.LightningModule):
             self._central_opt = make_optimizer(self.full_model.parameters(), optim)
             return [self._central_opt]
         layout = self.transport.layout
-        client_opt = make_optimizer(self.clients.parameters(), optim) if self.clients else None
+        client_params = [*self.clients.parameters(), *self.decoders.parameters()] if self.decoders \
+            else list(self.clients.parameters()) if self.clients else []
+        client_opt = make_optimizer(client_params, optim) if self.clients else None
         server_opt = None
         if layout.is_server and self.cfg.algorithm.name != "fedavg":
             server_opt = make_optimizer(self.server.parameters(), optim, self._server_lr())
         weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
         total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
         self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights,
-                               seed=self.cfg.seed, total_steps=total)
+                               decoders=self.decoders, seed=self.cfg.seed, total_steps=total)
         if getattr(self, "_pending_state", None) is not None:
             self._restore_split_state(self._pending_state)  # loaded before optimizers existed
             self._pending_state = None
@@ -237,7 +254,7 @@ class SplitLearningModule(L.LightningModule):
             for key, value in self.parties.step_diagnostics.items():
                 self._epoch_diag.setdefault(key, []).append(value)
             if self.cfg.algorithm.name in FEDAVG_ALGORITHMS and round_ends(step, self._round_steps):
-                self._end_round()
+                self._end_round(step)
         self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
         self._train_loader.next_step = step + 1
         if loss is not None:
@@ -250,8 +267,12 @@ class SplitLearningModule(L.LightningModule):
     def _round_steps(self) -> int:
         return self.cfg.algorithm.round_steps or self.data.steps_per_epoch
 
-    def _end_round(self) -> None:
+    def _end_round(self, step: int) -> None:
         """FedAvg of client segments across ranks; SplitFed V1 also of its server copies."""
+        algo = self.cfg.algorithm
+        if algo.name == "locfedmix" and not fedavg_due(step // self._round_steps,
+                                                       algo.fedavg_interval):
+            return
         hosted = self.transport.layout.hosted
         weights = self.data.client_sizes[hosted] if hosted else torch.zeros(0)
         fedavg_clients_(self.clients, weights, self._client_template, self.transport)

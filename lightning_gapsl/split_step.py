@@ -19,6 +19,13 @@ from lightning_gapsl.algorithms.gapsl import (
     cut_layer_shift,
     gapsl_step,
 )
+from lightning_gapsl.algorithms.locfedmix import (
+    draw_lambda,
+    mix_partners,
+    mixup_smashed,
+    reconstruction_loss,
+    soft_cross_entropy,
+)
 from lightning_gapsl.algorithms.psl import weighted_client_loss
 from lightning_gapsl.algorithms.sglr import averaged_clients, averaging_active, split_avg
 from lightning_gapsl.config import AlgorithmConfig, OptimConfig
@@ -56,6 +63,7 @@ class Parties:
     client_opt: torch.optim.Optimizer | None
     server_opt: torch.optim.Optimizer | None  # server rank only
     loss_weights: torch.Tensor  # (N,) n_i / n, the server's per-client loss weights
+    decoders: StackedSegments | None = None  # LocFedMix: hosted clients' decoders
     seed: int = 0  # run seed: per-step random choices (SGLR's averaged clients)
     total_steps: int = 1  # steps of the whole run (SGLR's phased schedule)
     leader_ema: torch.Tensor | None = None  # GAPSL's smoothed leader gradient (server)
@@ -100,6 +108,8 @@ def _server_forward_backward(
     parties.server_opt.zero_grad(set_to_none=True)
     loss.backward()
     cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
+    if algo.name == "locfedmix" and algo.num_partners > 0:
+        _mixup_server_loss(parties, algo, acts, labels, logits.shape[-1], step).backward()
     if algo.client_grad == "own" and algo.name != "sfl_v1":
         # Each client gets the gradient of its own mean loss: the server loss scales
         # client i by w_i ~ 1/N, which would silently cut client learning rates by N.
@@ -108,6 +118,22 @@ def _server_forward_backward(
     parties.server_opt.step()
     reported = (client_losses * parties.loss_weights.to(client_losses.dtype)).sum()
     return reported, client_losses, cut_grads
+
+
+def _mixup_server_loss(parties: Parties, algo: AlgorithmConfig, acts: torch.Tensor,
+                       labels: torch.Tensor, num_classes: int, step: int) -> torch.Tensor:
+    """LocFedMix: the server's loss on smashed data mixed across clients.
+
+    Built from detached activations, so it adds to the server's gradients only; the
+    cut-layer gradients the clients receive are already computed and unchanged.
+    """
+    n = labels.shape[0]
+    partners = mix_partners(n, algo.num_partners, parties.seed, step)  # (N, P)
+    lam = draw_lambda(n, algo.num_partners, algo.mix_alpha, parties.seed, step)  # (N, P)
+    onehot = nn.functional.one_hot(labels, num_classes).float()  # (N, B, C)
+    mixed, targets = mixup_smashed(acts, onehot, partners, lam)  # (N*P, B, *F), (N*P, B, C)
+    logits = parties.server(mixed.flatten(0, 1))  # (N*P*B, C)
+    return soft_cross_entropy(logits, targets.flatten(0, 1))
 
 
 def _server_sequential(
@@ -184,7 +210,10 @@ def split_train_step(
     mine = transport.scatter(step, "cut_grads", [cut_grads] if layout.is_server else None)
     if has_clients:
         parties.client_opt.zero_grad(set_to_none=True)
-        acts.backward(mine[0])
+        if parties.decoders is not None:  # LocFedMix: + the local reconstruction loss
+            _backward_with_reconstruction(parties, algo, acts, mine[0], x)
+        else:
+            acts.backward(mine[0])
 
     if algo.name == "gapsl" and algo.reading == "client":
         _align_client_gradients(parties, transport, algo, step)
@@ -192,6 +221,15 @@ def split_train_step(
     if has_clients:
         parties.client_opt.step()
     return out
+
+
+def _backward_with_reconstruction(parties: Parties, algo: AlgorithmConfig, acts: torch.Tensor,
+                                  cut_grads: torch.Tensor, x: torch.Tensor) -> None:
+    """Back-propagate the server's gradient plus rec_weight * MSE(decoder(z), x) per client."""
+    decoded = parties.decoders(acts)  # (K, B, C, H, W)
+    rec = torch.stack([reconstruction_loss(decoded[k], x[k]) for k in range(x.shape[0])])
+    # (acts * g).sum() has gradient g w.r.t. acts: the server's signal, unchanged.
+    ((acts * cut_grads).sum() + algo.rec_weight * rec.sum()).backward()
 
 
 def _align_client_gradients(parties: Parties, transport, algo: AlgorithmConfig, step: int) -> None:

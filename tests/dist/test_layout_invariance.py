@@ -24,6 +24,7 @@ CASES = {
     "sfl_v1": ["algorithm=sfl_v1", "algorithm.round_steps=5"],
     "sfl_v2": ["algorithm=sfl_v2", "algorithm.round_steps=5"],
     "fedavg": ["algorithm=fedavg", "algorithm.round_steps=5"],
+    "locfedmix": ["algorithm=locfedmix", "algorithm.round_steps=5", "algorithm.fedavg_interval=2"],
 }
 
 
