@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix")
+ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix",
+              "cse_fsl", "fsl_sage")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -27,9 +28,12 @@ READINGS = ("cut", "client")
 ALIGN_MODES = ("norm", "norm_exact", "linear", "pcgrad")
 CLIENT_GRADS = ("own", "weighted")
 # Algorithms that run the PSL step protocol (server gathers, transforms, scatters).
-SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix")
+SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix", "cse_fsl",
+                    "fsl_sage")
 # Algorithms that average client segments (FedAvg) at the end of every round.
-FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg", "locfedmix")
+FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg", "locfedmix", "cse_fsl", "fsl_sage")
+# Algorithms whose clients learn from a local auxiliary model (aux_step.py).
+AUX_ALGORITHMS = ("cse_fsl", "fsl_sage")
 
 
 class ConfigError(ValueError):
@@ -124,6 +128,16 @@ class AlgorithmConfig:
     """LocFedMix: server-side mixup coefficient lambda ~ Beta(mix_alpha, mix_alpha)."""
     num_partners: int = 1
     """LocFedMix: mixing partners per client (0: no mixup)."""
+    server_interval: int = 5
+    """CSE-FSL / FSL-SAGE: activations go to the server every q steps (step 0 included)."""
+    align_interval: int = 10
+    """FSL-SAGE: fit the clients' auxiliary models every l rounds."""
+    buffer_size: int = 1000
+    """FSL-SAGE: activations kept per client on the server for the alignment."""
+    align_epochs: int = 5
+    """FSL-SAGE: epochs over the buffer per alignment."""
+    align_lr: float = 0.001
+    """FSL-SAGE: Adam learning rate of the alignment."""
     round_steps: int | None = None
     """SplitFed / FedAvg: steps per round, FedAvg after each (null: one epoch; must divide
     the steps per epoch so every epoch's evaluation sees averaged models)."""
@@ -308,6 +322,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(a.mix_alpha > 0, f"algorithm.mix_alpha={a.mix_alpha} must be > 0")
     _check(0 <= a.num_partners < max(d.num_clients, 2),
            f"algorithm.num_partners={a.num_partners} must be in [0, data.num_clients - 1]")
+    for key in ("server_interval", "align_interval", "buffer_size", "align_epochs"):
+        _check(getattr(a, key) >= 1, f"algorithm.{key}={getattr(a, key)} must be >= 1")
+    _check(a.align_lr > 0, f"algorithm.align_lr={a.align_lr} must be > 0")
     _check(a.round_steps is None or a.round_steps >= 1,
            f"algorithm.round_steps={a.round_steps} must be >= 1 or null")
     _check(m.cut_layer >= 1, f"model.cut_layer={m.cut_layer} must be >= 1")

@@ -19,9 +19,11 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gapsl.algorithms.fedavg import fedavg_stacked_
+from lightning_gapsl.algorithms.fsl_sage import ActivationBuffer, alignment_due, aux_model_for
 from lightning_gapsl.algorithms.locfedmix import decoder_for, fedavg_due
 from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.algorithms.sglr import server_lr
+from lightning_gapsl.aux_step import AuxState, align_auxiliaries, aux_train_step
 from lightning_gapsl.averaging import fedavg_clients_, round_ends
 from lightning_gapsl.checkpoint import (
     CheckpointError,
@@ -29,7 +31,7 @@ from lightning_gapsl.checkpoint import (
     last_checkpoint,
     requeue_slurm_job,
 )
-from lightning_gapsl.config import FEDAVG_ALGORITHMS, RunConfig
+from lightning_gapsl.config import AUX_ALGORITHMS, FEDAVG_ALGORITHMS, RunConfig
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import (
@@ -87,6 +89,9 @@ class SplitLearningModule(L.LightningModule):
         self.eval_server = None  # the single server segment clients evaluate with
         self.full_model = None  # centralized only
         self.decoders = None  # LocFedMix only
+        self.client_aux = None  # CSE-FSL heads / FSL-SAGE estimators of the hosted clients
+        self.server_aux = None  # FSL-SAGE: the server's copy of every client's estimator
+        self._act_buffers: list = []  # FSL-SAGE: per-client activation buffers (server)
         self.history: list[dict] = []
         self._fit_start = 0.0
         self.wall_offset = 0.0  # seconds of training before a resume
@@ -129,6 +134,14 @@ class SplitLearningModule(L.LightningModule):
 
         if hosted:
             self.clients = StackedSegments([build(c) for c in hosted])
+            if algo in AUX_ALGORITHMS:
+                cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
+                # CSE-FSL heads are averaged: one shared initialisation; FSL-SAGE
+                # estimators are per client, the server's copy starts equal to the client's.
+                key = (lambda c: 0) if algo == "cse_fsl" else (lambda c: c)
+                self.client_aux = StackedSegments([
+                    _seeded(lambda: aux_model_for(cut_shape, classes), seed, "aux", key(c))
+                    for c in hosted])
             if algo == "locfedmix":
                 cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
                 self.decoders = StackedSegments([
@@ -139,6 +152,14 @@ class SplitLearningModule(L.LightningModule):
             return
         self.eval_server = build_server_segment(name, shape, classes, cut, seed)
         self.server = self.eval_server
+        if algo == "fsl_sage" and self.transport.layout.is_server:
+            client = build_client_segment(name, shape, classes, cut, seed, 0)
+            cut_shape = tuple(client(torch.zeros(1, *shape)).shape[1:])
+            self.server_aux = torch.nn.ModuleList([
+                _seeded(lambda: aux_model_for(cut_shape, classes), seed, "aux", c)
+                for c in range(self.data.num_clients)])
+            self._act_buffers = [ActivationBuffer(self.cfg.algorithm.buffer_size)
+                             for _ in range(self.data.num_clients)]
         if algo == "sfl_v1" and self.transport.layout.is_server:
             copies = [build_server_segment(name, shape, classes, cut, seed)
                       for _ in range(self.data.num_clients)]
@@ -173,8 +194,11 @@ class SplitLearningModule(L.LightningModule):
             self._central_opt = make_optimizer(self.full_model.parameters(), optim)
             return [self._central_opt]
         layout = self.transport.layout
-        client_params = [*self.clients.parameters(), *self.decoders.parameters()] if self.decoders \
-            else list(self.clients.parameters()) if self.clients else []
+        client_params = list(self.clients.parameters()) if self.clients else []
+        for extra in (self.decoders, self.client_aux if self.cfg.algorithm.name == "cse_fsl"
+                      else None):
+            if extra is not None and self.clients is not None:
+                client_params += list(extra.parameters())
         client_opt = make_optimizer(client_params, optim) if self.clients else None
         server_opt = None
         if layout.is_server and self.cfg.algorithm.name != "fedavg":
@@ -183,6 +207,7 @@ class SplitLearningModule(L.LightningModule):
         total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
         self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights,
                                decoders=self.decoders, seed=self.cfg.seed, total_steps=total)
+        self.aux = AuxState(self.client_aux, list(self.server_aux or []), self._act_buffers)
         if getattr(self, "_pending_state", None) is not None:
             self._restore_split_state(self._pending_state)  # loaded before optimizers existed
             self._pending_state = None
@@ -248,6 +273,9 @@ class SplitLearningModule(L.LightningModule):
         else:
             if self.cfg.algorithm.name == "fedavg":
                 out = local_train_step(self.parties, self.transport, step, x, y)
+            elif self.cfg.algorithm.name in AUX_ALGORITHMS:
+                out = aux_train_step(self.parties, self.aux, self.transport, self.cfg.algorithm,
+                                     step, x, y)
             else:
                 out = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y)
             loss, client_losses = out.loss, out.client_losses
@@ -276,6 +304,11 @@ class SplitLearningModule(L.LightningModule):
         hosted = self.transport.layout.hosted
         weights = self.data.client_sizes[hosted] if hosted else torch.zeros(0)
         fedavg_clients_(self.clients, weights, self._client_template, self.transport)
+        if algo.name == "cse_fsl":  # the auxiliary heads are averaged too
+            fedavg_clients_(self.client_aux, weights, self._aux_template, self.transport)
+        if algo.name == "fsl_sage" and alignment_due(step // self._round_steps,
+                                                     algo.align_interval):
+            align_auxiliaries(self.parties, self.aux, self.transport, algo, step)
         if self.cfg.algorithm.name == "sfl_v1" and self.transport.layout.is_server:
             fedavg_stacked_(self.server.stacked_params(), self.data.client_sizes.float())
 
@@ -290,6 +323,13 @@ class SplitLearningModule(L.LightningModule):
                 model = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
             self._template_shapes = {n: p.shape for n, p in model.named_parameters()}
         return self._template_shapes
+
+    @property
+    def _aux_template(self) -> dict[str, torch.Size]:
+        name, shape, classes, cut = self._model_args()
+        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
+        model = aux_model_for(tuple(client(torch.zeros(1, *shape)).shape[1:]), classes)
+        return {n: p.shape for n, p in model.named_parameters()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
@@ -440,6 +480,7 @@ class SplitLearningModule(L.LightningModule):
             "wall_s": self.elapsed(),
             "history": self.history,
             "epoch_stats": [self._epoch_losses, self._epoch_diag],
+            "buffers": [b.state_dict() for b in self._act_buffers],
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -466,6 +507,8 @@ class SplitLearningModule(L.LightningModule):
         self.wall_offset = state["wall_s"]
         self.history = list(state["history"])
         self._pending_epoch_stats = state.get("epoch_stats")
+        for buffer, saved in zip(self._act_buffers, state.get("buffers", [])):
+            buffer.load_state_dict(saved)
 
     def teardown(self, stage: str) -> None:
         if self.transport is not None:

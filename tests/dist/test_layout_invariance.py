@@ -25,6 +25,8 @@ CASES = {
     "sfl_v2": ["algorithm=sfl_v2", "algorithm.round_steps=5"],
     "fedavg": ["algorithm=fedavg", "algorithm.round_steps=5"],
     "locfedmix": ["algorithm=locfedmix", "algorithm.round_steps=5", "algorithm.fedavg_interval=2"],
+    "cse_fsl": ["algorithm=cse_fsl", "algorithm.round_steps=5", "algorithm.server_interval=3"],
+    "fsl_sage": ["algorithm=fsl_sage", "algorithm.round_steps=5", "algorithm.align_interval=2"],
 }
 
 

@@ -99,3 +99,24 @@ def test_splitfed_v1_is_fedavg(compose_cfg):
     per_step_up, per_step_down = 4 * 16 * (128 * 4 + 8), 4 * 16 * 128 * 4
     assert sfl["bytes_up"] == 40 * per_step_up + 8 * 4 * segment * 4
     assert sfl["bytes_down"] == 40 * per_step_down + 8 * 4 * segment * 4
+
+
+def test_cse_fsl_and_fsl_sage_bytes_by_hand(compose_cfg):
+    """Activations go up only every q=5 steps and no gradient comes down; CSE-FSL
+    averages segment + head each round, FSL-SAGE averages the segment and sends fitted
+    estimators down every l=2 rounds. 6 clients (digits default), B=16, 40 steps."""
+    common = ["trainer.devices=1", "trainer.max_epochs=2", "data.steps_per_epoch=20",
+              "algorithm.round_steps=5", "algorithm.server_interval=5"]
+    cse = load_summary(run(compose_cfg("algorithm=cse_fsl", *common, name="cse")))
+    sage = load_summary(run(compose_cfg("algorithm=fsl_sage", "algorithm.align_interval=2",
+                                        *common, name="sage")))
+    n, b, act, segment, head = 6, 16, 8 * 4 * 4, 224, 128 * 10 + 10
+    uploads = 8 * n * b * (act * 4 + 8)  # steps 0, 5, ..., 35: activations + labels
+    rounds = 8  # 40 steps / 5
+    assert cse["bytes_up"] == uploads + rounds * n * (segment + head) * 4
+    assert cse["bytes_down"] == rounds * n * (segment + head) * 4  # model averages only
+    assert sage["bytes_up"] == uploads + rounds * n * segment * 4
+    alignments = 4  # after rounds 1, 3, 5, 7
+    assert sage["bytes_down"] == rounds * n * segment * 4 + alignments * n * head * 4
+    assert cse["history"][-1]["train_loss"] < cse["history"][0]["train_loss"]
+    assert sage["history"][-1]["train_loss"] < sage["history"][0]["train_loss"]
