@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix",
-              "cse_fsl", "fsl_sage")
+              "cse_fsl", "fsl_sage", "sl")
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -29,7 +29,7 @@ ALIGN_MODES = ("norm", "norm_exact", "linear", "pcgrad")
 CLIENT_GRADS = ("own", "weighted")
 # Algorithms that run the PSL step protocol (server gathers, transforms, scatters).
 SPLIT_ALGORITHMS = ("psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg", "locfedmix", "cse_fsl",
-                    "fsl_sage")
+                    "fsl_sage", "sl")
 # Algorithms that average client segments (FedAvg) at the end of every round.
 FEDAVG_ALGORITHMS = ("sfl_v1", "sfl_v2", "fedavg", "locfedmix", "cse_fsl", "fsl_sage")
 # Algorithms whose clients learn from a local auxiliary model (aux_step.py).
@@ -339,6 +339,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         "so the final models are evaluated (or 0: never evaluate)",
     )
     _check(t.threads is None or t.threads >= 1, f"trainer.threads={t.threads} must be >= 1 or null")
+    _check(a.name != "sl" or o.name == "sgd",
+           "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd")
     if t.devices > 1:
         _check(
             cfg.is_split,

@@ -4,7 +4,7 @@ Compute time = FLOPs counted from the models / device speed; link time = counted
 payload bytes / bandwidth. Client speeds are spread log-normally around the median
 (seeded by run seed and client id, so the same for every layout). A parallel step
 waits for its slowest client: max_i(client compute_i + upload_i + download_i) plus the
-server's compute on all clients' activations.
+server's compute on all clients' activations; sequential SL sums the clients' turns.
 """
 
 from __future__ import annotations
@@ -56,3 +56,21 @@ def parallel_step_latency(
     links = up_bytes * 8 / cfg.uplink_bps + down_bytes * 8 / cfg.downlink_bps
     slowest = (client_flops / speeds + links).max().item()
     return slowest + server_flops / cfg.server_flops
+
+
+def sequential_step_latency(
+    cfg: LatencyConfig,
+    speeds: torch.Tensor,
+    client_flops: float,
+    server_flops_per_client: float,
+    up_bytes: float,
+    down_bytes: float,
+) -> float:
+    """Seconds of one sequential (SL) step: the clients' turns add up.
+
+    Per turn: client compute + its links + the server's compute on that client's batch.
+    up/down_bytes: per client (activations, gradient, and the segment hand-off).
+    """
+    links = up_bytes * 8 / cfg.uplink_bps + down_bytes * 8 / cfg.downlink_bps
+    turns = client_flops / speeds + links + server_flops_per_client / cfg.server_flops
+    return turns.sum().item()

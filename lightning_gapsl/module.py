@@ -39,6 +39,7 @@ from lightning_gapsl.latency import (
     client_speeds,
     forward_flops,
     parallel_step_latency,
+    sequential_step_latency,
 )
 from lightning_gapsl.models.split import (
     build_client_segment,
@@ -47,6 +48,7 @@ from lightning_gapsl.models.split import (
 )
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.seeding import derive_seed
+from lightning_gapsl.sl_step import share_segment, sl_train_step
 from lightning_gapsl.split_step import (
     Parties,
     evaluate_hosted,
@@ -132,7 +134,10 @@ class SplitLearningModule(L.LightningModule):
             init_id = 0 if algo in FEDAVG_ALGORITHMS else client_id
             return build_client_segment(name, shape, classes, cut, seed, init_id)
 
-        if hosted:
+        if hosted and algo == "sl":  # one travelling segment: a physical copy per rank
+            self.clients = StackedSegments([build_client_segment(name, shape, classes, cut,
+                                                                 seed, 0)])
+        elif hosted:
             self.clients = StackedSegments([build(c) for c in hosted])
             if algo in AUX_ALGORITHMS:
                 cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
@@ -273,6 +278,9 @@ class SplitLearningModule(L.LightningModule):
         else:
             if self.cfg.algorithm.name == "fedavg":
                 out = local_train_step(self.parties, self.transport, step, x, y)
+            elif self.cfg.algorithm.name == "sl":
+                numel = sum(s.numel() for s in self._client_template.values())
+                out = sl_train_step(self.parties, self.transport, step, x, y, numel)
             elif self.cfg.algorithm.name in AUX_ALGORITHMS:
                 out = aux_train_step(self.parties, self.aux, self.transport, self.cfg.algorithm,
                                      step, x, y)
@@ -359,6 +367,10 @@ class SplitLearningModule(L.LightningModule):
         client_flops, server_flops = self._flops_client, self._flops_server * n
         if self.cfg.algorithm.name == "fedavg":  # the whole model on the client, no server
             client_flops, server_flops = self._flops_client + self._flops_server, 0.0
+        if self.cfg.algorithm.name == "sl":  # turns, not parallel: the sum over clients
+            return sequential_step_latency(
+                lat, self._speeds, TRAIN_FLOPS_PER_FORWARD * client_flops * b,
+                TRAIN_FLOPS_PER_FORWARD * self._flops_server * b, up / n, down / n)
         return parallel_step_latency(
             lat,
             self._speeds,
@@ -370,6 +382,9 @@ class SplitLearningModule(L.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        if self.cfg.algorithm.name == "sl":  # every rank evaluates the current segment
+            numel = sum(s.numel() for s in self._client_template.values())
+            share_segment(self.parties, self.transport, -1 - self.current_epoch, numel)
         if self.server is not None and any(True for _ in self.eval_server.parameters()):
             # Client ranks evaluate their clients locally with a copy of the server.
             flat = self._server_vector()
@@ -399,7 +414,10 @@ class SplitLearningModule(L.LightningModule):
             self._eval_rows += row.to(self._eval_rows.device)
         elif self.clients is not None:
             self.eval_server.eval()
-            self._eval_rows += evaluate_hosted(self.clients, self.eval_server, x, y).to(self.device)
+            rows = evaluate_hosted(self.clients, self.eval_server, x, y)  # (K, 3)
+            if self.cfg.algorithm.name == "sl":  # one shared segment: the same for all hosted
+                rows = rows.expand(len(self.transport.layout.hosted), 3)
+            self._eval_rows += rows.to(self.device)
 
     def on_validation_epoch_end(self) -> None:
         rows = self._eval_rows if self.full_model is not None else self.transport.all_gather_rows(
@@ -454,7 +472,7 @@ class SplitLearningModule(L.LightningModule):
 
     def _has_global_model(self) -> bool:
         """Centralized, or FedAvg-family runs evaluated right after averaging."""
-        if self.full_model is not None:
+        if self.full_model is not None or self.cfg.algorithm.name == "sl":
             return True
         return (self.cfg.algorithm.name in FEDAVG_ALGORITHMS
                 and self.data.steps_per_epoch % self._round_steps == 0)

@@ -81,6 +81,20 @@ class LocalTransport:
         self.counter.bytes_down += payload_bytes(rows)
         return rows
 
+    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None:
+        """One client's tensors to the server (sequential split learning)."""
+        if count:
+            self.counter.bytes_up += payload_bytes(rows)
+        return rows
+
+    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None:
+        """The server's tensors to one client (returned on the rank hosting it)."""
+        if count:
+            self.counter.bytes_down += payload_bytes(rows)
+        return rows
+
     def broadcast_(self, tensor: torch.Tensor) -> None:
         """Overwrite ``tensor`` on every rank with the server's copy (nothing to do here)."""
 
@@ -215,6 +229,49 @@ class DistTransport:
         header = self._header(step, kind, part)
         header[3], header[4] = ids[0], len(ids)
         return header
+
+    # -- one client at a time (sequential split learning) -------------------------
+    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None:
+        """The rank hosting ``client_id`` sends ``rows``; the server returns them."""
+        owner = self.layout.rank_of(client_id)
+        what = f"'{kind}' of client {client_id} at step {step}"
+        if self.layout.rank == owner:
+            header = self._header_for(step, kind, rows, [client_id])
+            self._run([("send", header, SERVER_RANK)]
+                      + [("send", t.detach().contiguous(), SERVER_RANK) for t in rows], what)
+            return None
+        if not self.layout.is_server:
+            return None
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        self._run([("recv", header, owner)], what)
+        specs = self._read_header(header, owner, step, kind, [client_id])
+        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
+        self._run([("recv", t, owner) for t in out], what)
+        if count:
+            self.counter.bytes_up += payload_bytes(out)
+        return out
+
+    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None:
+        """The server sends ``rows`` to the rank hosting ``client_id``, which returns them."""
+        owner = self.layout.rank_of(client_id)
+        what = f"'{kind}' to client {client_id} at step {step}"
+        if self.layout.is_server:
+            header = self._header_for(step, kind, rows, [client_id])
+            self._run([("send", header, owner)]
+                      + [("send", t.detach().contiguous(), owner) for t in rows], what)
+            if count:
+                self.counter.bytes_down += payload_bytes(rows)
+            return None
+        if self.layout.rank != owner:
+            return None
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        self._run([("recv", header, SERVER_RANK)], what)
+        specs = self._read_header(header, SERVER_RANK, step, kind, [client_id])
+        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
+        self._run([("recv", t, SERVER_RANK) for t in out], what)
+        return out
 
     # -- collectives ------------------------------------------------------------
     def broadcast_(self, tensor: torch.Tensor) -> None:

@@ -27,6 +27,7 @@ CASES = {
     "locfedmix": ["algorithm=locfedmix", "algorithm.round_steps=5", "algorithm.fedavg_interval=2"],
     "cse_fsl": ["algorithm=cse_fsl", "algorithm.round_steps=5", "algorithm.server_interval=3"],
     "fsl_sage": ["algorithm=fsl_sage", "algorithm.round_steps=5", "algorithm.align_interval=2"],
+    "sl": ["algorithm=sl"],
 }
 
 

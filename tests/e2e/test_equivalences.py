@@ -120,3 +120,17 @@ def test_cse_fsl_and_fsl_sage_bytes_by_hand(compose_cfg):
     assert sage["bytes_down"] == rounds * n * segment * 4 + alignments * n * head * 4
     assert cse["history"][-1]["train_loss"] < cse["history"][0]["train_loss"]
     assert sage["history"][-1]["train_loss"] < sage["history"][0]["train_loss"]
+
+
+def test_sequential_sl_passes_one_segment_bytes_by_hand(compose_cfg):
+    """SL: 5 clients take turns with one segment; every turn sends activations + labels
+    up and the gradient down, and every hand-off but the very first moves the segment's
+    224 parameters (counted leaving and arriving). B=16, 2 epochs x 10 steps."""
+    sl = load_summary(run(compose_cfg("algorithm=sl", "data.num_clients=5", "trainer.devices=1",
+                                      "trainer.max_epochs=2", "data.steps_per_epoch=10",
+                                      name="sl")))
+    turns, handoffs, act = 20 * 5, 20 * 5 - 1, 8 * 4 * 4
+    assert sl["bytes_up"] == turns * 16 * (act * 4 + 8) + handoffs * 224 * 4
+    assert sl["bytes_down"] == turns * 16 * act * 4 + handoffs * 224 * 4
+    # One segment for everybody: every client's model is the same model.
+    assert sl["test_acc_global"] == sl["test_acc_mean"] == sl["test_acc_min"] > 0.3
