@@ -99,16 +99,26 @@ def main(cfg: DictConfig) -> None:
 
     def work(job):
         label, overrides, seed = job
-        return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", cfg.threads)
+        try:
+            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", cfg.threads)
+        except RuntimeError as err:  # keep going: one failed run must not cost the others
+            return err
 
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        summaries = list(pool.map(work, jobs))
+        outcomes = list(pool.map(work, jobs))
+    failed = [(job, out) for job, out in zip(jobs, outcomes) if isinstance(out, Exception)]
+    for (label, _, seed), err in failed:
+        print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
+    jobs = [job for job, out in zip(jobs, outcomes) if not isinstance(out, Exception)]
+    summaries = [out for out in outcomes if not isinstance(out, Exception)]
     rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
             for (label, _, seed), s in zip(jobs, summaries)]
     command = f"python -m lightning_gapsl.compare experiment={exp.name}"
     write_results(rows, summaries, out_dir, exp.title, command)
     print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
     print((out_dir / "results.md").read_text())
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
