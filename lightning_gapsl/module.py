@@ -472,10 +472,15 @@ class SplitLearningModule(L.LightningModule):
 
     def _has_global_model(self) -> bool:
         """Centralized, or FedAvg-family runs evaluated right after averaging."""
-        if self.full_model is not None or self.cfg.algorithm.name == "sl":
+        algo = self.cfg.algorithm
+        if self.full_model is not None or algo.name == "sl":
             return True
-        return (self.cfg.algorithm.name in FEDAVG_ALGORITHMS
-                and self.data.steps_per_epoch % self._round_steps == 0)
+        if algo.name not in FEDAVG_ALGORITHMS or self.data.steps_per_epoch % self._round_steps:
+            return False
+        if algo.name == "locfedmix":  # averaged only every T_c rounds
+            rounds = (self.current_epoch + 1) * self.data.steps_per_epoch // self._round_steps
+            return fedavg_due(rounds - 1, algo.fedavg_interval)
+        return True
 
     def on_train_epoch_end(self) -> None:
         record = self.epoch_record()
