@@ -19,8 +19,8 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gapsl.algorithms.fedavg import fedavg_stacked_
-from lightning_gapsl.algorithms.fsl_sage import ActivationBuffer, alignment_due, aux_model_for
-from lightning_gapsl.algorithms.locfedmix import decoder_for, fedavg_due
+from lightning_gapsl.algorithms.fsl_sage import alignment_due
+from lightning_gapsl.algorithms.locfedmix import fedavg_due
 from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.algorithms.sglr import server_lr
 from lightning_gapsl.aux_step import AuxState, align_auxiliaries, aux_train_step
@@ -43,11 +43,10 @@ from lightning_gapsl.latency import (
 )
 from lightning_gapsl.models.split import (
     build_client_segment,
-    build_full_model,
     build_server_segment,
 )
 from lightning_gapsl.models.stacked import StackedSegments
-from lightning_gapsl.seeding import derive_seed
+from lightning_gapsl.rank_models import aux_template, build_rank_models, client_template
 from lightning_gapsl.sl_step import share_segment, sl_train_step
 from lightning_gapsl.split_step import (
     Parties,
@@ -57,13 +56,6 @@ from lightning_gapsl.split_step import (
     split_train_step,
 )
 from lightning_gapsl.transport import make_transport
-
-
-def _seeded(make, seed: int, *key) -> torch.nn.Module:
-    """Build a module under its own seed without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, *key))
-        return make()
 
 
 def _non_finite_message(loss: float, client_losses: torch.Tensor | None, step: int) -> str:
@@ -114,61 +106,13 @@ class SplitLearningModule(L.LightningModule):
         device = self.trainer.strategy.root_device
         self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
         self.transport.check_agreement(self._fingerprint())
-        name, shape, classes, cut = self._model_args()
-        seed = self.cfg.seed
-        algo = self.cfg.algorithm.name
-        if algo == "centralized":
-            self.full_model = build_full_model(name, shape, classes, cut, seed)
-        else:
-            self._build_split_models(algo, name, shape, classes, cut, seed)
-        self._setup_latency(name, shape, classes, cut)
-
-    def _build_split_models(self, algo: str, name, shape, classes, cut, seed: int) -> None:
-        """Hosted client segments (stacked), the server, and the evaluation server copy."""
-        hosted = self.transport.layout.hosted
-        # FedAvg-family methods start every client from one global model (the usual
-        # protocol: the fed server sends it out); PSL-family clients start independently.
-        def build(client_id: int) -> torch.nn.Module:
-            if algo == "fedavg":
-                return build_full_model(name, shape, classes, cut, seed)
-            init_id = 0 if algo in FEDAVG_ALGORITHMS else client_id
-            return build_client_segment(name, shape, classes, cut, seed, init_id)
-
-        if hosted and algo == "sl":  # one travelling segment: a physical copy per rank
-            self.clients = StackedSegments([build_client_segment(name, shape, classes, cut,
-                                                                 seed, 0)])
-        elif hosted:
-            self.clients = StackedSegments([build(c) for c in hosted])
-            if algo in AUX_ALGORITHMS:
-                cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
-                # CSE-FSL heads are averaged: one shared initialisation; FSL-SAGE
-                # estimators are per client, the server's copy starts equal to the client's.
-                key = (lambda c: 0) if algo == "cse_fsl" else (lambda c: c)
-                self.client_aux = StackedSegments([
-                    _seeded(lambda: aux_model_for(cut_shape, classes), seed, "aux", key(c))
-                    for c in hosted])
-            if algo == "locfedmix":
-                cut_shape = tuple(self.clients.segment(0)(torch.zeros(1, *shape)).shape[1:])
-                self.decoders = StackedSegments([
-                    _seeded(lambda: decoder_for(cut_shape, shape), seed, "decoder", c)
-                    for c in hosted])
-        if algo == "fedavg":
-            self.server = self.eval_server = torch.nn.Identity()  # no server segment
-            return
-        self.eval_server = build_server_segment(name, shape, classes, cut, seed)
-        self.server = self.eval_server
-        if algo == "fsl_sage" and self.transport.layout.is_server:
-            client = build_client_segment(name, shape, classes, cut, seed, 0)
-            cut_shape = tuple(client(torch.zeros(1, *shape)).shape[1:])
-            self.server_aux = torch.nn.ModuleList([
-                _seeded(lambda: aux_model_for(cut_shape, classes), seed, "aux", c)
-                for c in range(self.data.num_clients)])
-            self._act_buffers = [ActivationBuffer(self.cfg.algorithm.buffer_size)
-                             for _ in range(self.data.num_clients)]
-        if algo == "sfl_v1" and self.transport.layout.is_server:
-            copies = [build_server_segment(name, shape, classes, cut, seed)
-                      for _ in range(self.data.num_clients)]
-            self.server = StackedSegments(copies)  # one server copy per client
+        m = build_rank_models(self.cfg, self.data, self.transport.layout)
+        # Attributes, so nn.Module registers them (state_dict, device moves, checkpoints).
+        self.clients, self.server, self.eval_server = m.clients, m.server, m.eval_server
+        self.full_model, self.decoders = m.full_model, m.decoders
+        self.client_aux, self.server_aux, self._act_buffers = m.client_aux, m.server_aux, \
+            m.act_buffers
+        self._setup_latency(*self._model_args())
 
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
@@ -322,22 +266,13 @@ class SplitLearningModule(L.LightningModule):
 
     @property
     def _client_template(self) -> dict[str, torch.Size]:
-        """Per-client parameter shapes in a fixed order, known on every rank."""
         if not hasattr(self, "_template_shapes"):
-            name, shape, classes, cut = self._model_args()
-            if self.cfg.algorithm.name == "fedavg":
-                model = build_full_model(name, shape, classes, cut, self.cfg.seed)
-            else:
-                model = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
-            self._template_shapes = {n: p.shape for n, p in model.named_parameters()}
+            self._template_shapes = client_template(self.cfg, self.data)
         return self._template_shapes
 
     @property
     def _aux_template(self) -> dict[str, torch.Size]:
-        name, shape, classes, cut = self._model_args()
-        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
-        model = aux_model_for(tuple(client(torch.zeros(1, *shape)).shape[1:]), classes)
-        return {n: p.shape for n, p in model.named_parameters()}
+        return aux_template(self.cfg, self.data)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
