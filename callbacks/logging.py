@@ -7,8 +7,8 @@ server rank only: W&B (`logger=wandb`) or CSV (`logger=csv`) get the same keys.
 Keys (per epoch):
 - client metrics: ``train_loss_epoch``, ``test_acc_mean``, ``test_acc_min``,
   ``test_acc_max``, ``test_acc_std``, ``client_acc/<id>``, ``client_test_loss/<id>``;
-- communication: ``bytes_up``, ``bytes_down`` (cumulative), ``sim_latency_s``,
-  ``samples_per_s``;
+- communication: ``bytes_up``, ``bytes_down`` (cumulative), ``bytes_up_epoch``,
+  ``bytes_down_epoch`` (this epoch), ``sim_latency_s``, ``samples_per_s``;
 - GAPSL diagnostics: ``gapsl/leaders`` (leader-set size), ``gapsl/cos_before``,
   ``gapsl/cos_after`` (mean cosine to the leader gradient before/after alignment),
   ``gapsl/leader_freq/<id>`` (share of the epoch's steps client id was a leader).
@@ -64,7 +64,8 @@ class CommunicationLogger(L.Callback):
         if rec is None or not trainer.is_global_zero:
             return
         _log(pl_module, {key: rec[key] for key in
-                         ("bytes_up", "bytes_down", "sim_latency_s", "samples_per_s")})
+                         ("bytes_up", "bytes_down", "bytes_up_epoch", "bytes_down_epoch",
+                          "sim_latency_s", "samples_per_s")})
 
 
 class AlignmentDiagnostics(L.Callback):

@@ -379,6 +379,7 @@ class SplitLearningModule(L.LightningModule):
         nan = torch.full((self.data.num_clients,), math.nan)
         acc = self._client_acc if evaluated else nan
         test_loss = self._client_test_loss if evaluated else nan
+        previous = self.history[-1] if self.history else {}
         record = {
             "epoch": self.current_epoch + 1,
             "steps": (self.current_epoch + 1) * steps,
@@ -387,8 +388,10 @@ class SplitLearningModule(L.LightningModule):
             "test_acc_mean": float(acc.mean()),
             "test_acc_min": float(acc.min()),
             "test_acc_global": float(acc[0]) if self._has_global_model() else None,
-            "bytes_up": self.transport.counter.bytes_up,
+            "bytes_up": self.transport.counter.bytes_up,  # cumulative
             "bytes_down": self.transport.counter.bytes_down,
+            "bytes_up_epoch": self.transport.counter.bytes_up - previous.get("bytes_up", 0),
+            "bytes_down_epoch": self.transport.counter.bytes_down - previous.get("bytes_down", 0),
             "sim_latency_s": self._sim_latency,
             "wall_s": self.elapsed(),
             "samples_per_s": samples / train_s if train_s > 0 else None,
