@@ -22,6 +22,7 @@ import csv
 import math
 import os
 import statistics
+import sys
 
 import lightning as L
 
@@ -118,8 +119,8 @@ class EpochPrinter(L.Callback):
         bar = trainer.progress_bar_callback
         if bar is not None and bar.is_enabled:
             bar.print(line)
-        else:
-            print(line, flush=True)
+        else:  # stderr: stdout stays for machine-read output (summary path, bench JSON)
+            print(line, file=sys.stderr, flush=True)
 
 
 class FinalSummaryTable(L.Callback):
