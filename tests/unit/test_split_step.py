@@ -42,31 +42,32 @@ def _batch():
     return torch.randn(N, B, *SHAPE, generator=gen), torch.randint(0, 10, (N, B), generator=gen)
 
 
-def test_locfedmix_mixup_moves_server_not_client_gradients():
-    with_mix = AlgorithmConfig(name="locfedmix", num_partners=1, rec_weight=0.1)
-    without = dataclasses.replace(with_mix, num_partners=0)
-    a = _parties(with_mix)
+def _one_step_each(cfg_a: AlgorithmConfig, cfg_b: AlgorithmConfig) -> tuple[Parties, Parties]:
+    """Two identical parties, one step each on the same batch under two configs."""
+    a = _parties(cfg_a)
     b = copy.deepcopy(a)
     x, y = _batch()
-    split_train_step(a, LocalTransport(Layout(0, 1, N)), with_mix, 0, x, y)
-    split_train_step(b, LocalTransport(Layout(0, 1, N)), without, 0, x, y)
+    for parties, cfg in ((a, cfg_a), (b, cfg_b)):
+        split_train_step(parties, LocalTransport(Layout(0, 1, N)), cfg, 0, x, y)
+    return a, b
+
+
+def _same(modules_a, modules_b) -> bool:
+    return all(torch.equal(pa, pb) for pa, pb in zip(modules_a.parameters(),
+                                                    modules_b.parameters()))
+
+
+def test_locfedmix_mixup_moves_server_not_client_gradients():
+    with_mix = AlgorithmConfig(name="locfedmix", num_partners=1, rec_weight=0.1)
+    a, b = _one_step_each(with_mix, dataclasses.replace(with_mix, num_partners=0))
     # Clients received the same cut-layer gradients, so they took the same step ...
-    for pa, pb in zip(a.clients.parameters(), b.clients.parameters()):
-        assert torch.equal(pa, pb)
+    assert _same(a.clients, b.clients)
     # ... while the server's update included the mixup loss.
-    assert any(not torch.equal(pa, pb) for pa, pb in zip(a.server.parameters(),
-                                                         b.server.parameters()))
+    assert not _same(a.server, b.server)
 
 
 def test_locfedmix_reconstruction_changes_only_the_client_side():
     with_rec = AlgorithmConfig(name="locfedmix", num_partners=0, rec_weight=1.0)
-    without = dataclasses.replace(with_rec, rec_weight=0.0)
-    a = _parties(with_rec)
-    b = copy.deepcopy(a)
-    x, y = _batch()
-    split_train_step(a, LocalTransport(Layout(0, 1, N)), with_rec, 0, x, y)
-    split_train_step(b, LocalTransport(Layout(0, 1, N)), without, 0, x, y)
-    for pa, pb in zip(a.server.parameters(), b.server.parameters()):
-        assert torch.equal(pa, pb)
-    assert any(not torch.equal(pa, pb) for pa, pb in zip(a.clients.parameters(),
-                                                         b.clients.parameters()))
+    a, b = _one_step_each(with_rec, dataclasses.replace(with_rec, rec_weight=0.0))
+    assert _same(a.server, b.server)
+    assert not _same(a.clients, b.clients)
