@@ -110,8 +110,8 @@ class AlgorithmConfig:
     """GAPSL: average unit-normalised leader gradients."""
     beta: float = 0.9
     """GAPSL EMA factor of the leader gradient."""
-    lam: float = 0.5
-    """GAPSL alignment coefficient lambda (0 = psl)."""
+    lam: float = 1.0
+    """GAPSL alignment coefficient lambda (0 = psl; 1.0 measured best, see README)."""
     align_mode: str = "norm"
     """GAPSL alignment form: norm | norm_exact | linear | pcgrad."""
     lr_exponent: float = 0.5
