@@ -9,7 +9,7 @@ import os
 import lightning as L
 
 
-def build_summary(cfg, history: list[dict], wall_s: float) -> dict:
+def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int) -> dict:
     """The summary.json dict from the run config and the per-epoch history.
 
     ``samples_per_s`` is training samples (all clients) over training time, which
@@ -20,7 +20,7 @@ def build_summary(cfg, history: list[dict], wall_s: float) -> dict:
     samples = sum(h["samples"] for h in history)
     return {
         "algorithm": cfg.algorithm.name,
-        "num_clients": 1 if cfg.algorithm.name == "centralized" else cfg.data.num_clients,
+        "num_clients": num_clients,
         "devices": cfg.trainer.devices,
         "epochs": len(history),
         "steps": last.get("steps", 0),
@@ -28,6 +28,9 @@ def build_summary(cfg, history: list[dict], wall_s: float) -> dict:
         "test_acc_mean": last.get("test_acc_mean"),
         "test_acc_min": last.get("test_acc_min"),
         "test_acc_global": last.get("test_acc_global"),
+        "val_acc_mean": last.get("val_acc_mean"),
+        "val_acc_min": last.get("val_acc_min"),
+        "client_class_acc": last.get("client_class_acc"),
         "train_loss_final": last.get("train_loss"),
         "bytes_up": last.get("bytes_up", 0),
         "bytes_down": last.get("bytes_down", 0),
@@ -58,7 +61,8 @@ class SummaryCallback(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or pl_module.preempted_at is not None:
             return  # a pre-empted run has no final numbers; its resumed run writes them
-        summary = build_summary(self.cfg, pl_module.history, pl_module.elapsed())
+        summary = build_summary(self.cfg, pl_module.history, pl_module.elapsed(),
+                                pl_module.data.num_clients)
         path = os.path.join(self.cfg.output_dir, "summary.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -50,7 +50,9 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
     n_train = len(dataset.train_y)
     # Centralized trains one model on the pooled data: one "client" holding every
     # sample, so it draws exactly the batches a single-client PSL run draws.
-    num_clients = 1 if cfg.algorithm.name == "centralized" else d.num_clients
+    from lightning_gapsl.methods import get_method  # methods build on this module
+
+    num_clients = 1 if get_method(cfg.algorithm.name).pools_data else d.num_clients
     if num_clients == 1:
         parts = [torch.arange(n_train)]
     else:

@@ -1,9 +1,9 @@
-"""The LightningModule: manual optimization, thin glue around `split_step` and the transport.
+"""The LightningModule: manual optimization, thin glue around the method and the transport.
 
-Models are built in ``setup`` (after the process group exists), so each rank builds
-only what it hosts: its client segments (stacked), and the server segment (trained
-on rank 0, an evaluation copy elsewhere). Per-epoch records go to ``self.history``,
-from which `callbacks.summary` writes summary.json.
+Everything method-specific lives in `lightning_gapsl.methods` (looked up once, by name,
+in the registry). Models are built in ``setup`` (after the process group exists), so
+each rank builds only what it hosts. Per-epoch records go to ``self.history``, from
+which `callbacks.summary` writes summary.json.
 """
 
 from __future__ import annotations
@@ -15,46 +15,29 @@ import zlib
 
 import lightning as L
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_gapsl.algorithms.fedavg import fedavg_stacked_
-from lightning_gapsl.algorithms.fsl_sage import alignment_due
-from lightning_gapsl.algorithms.locfedmix import fedavg_due
-from lightning_gapsl.algorithms.psl import client_loss_weights
-from lightning_gapsl.algorithms.sglr import server_lr
-from lightning_gapsl.aux_step import AuxState, align_auxiliaries, aux_train_step
-from lightning_gapsl.averaging import fedavg_clients_, round_ends
 from lightning_gapsl.checkpoint import (
     CheckpointError,
     PreemptionFlag,
     last_checkpoint,
     requeue_slurm_job,
 )
-from lightning_gapsl.config import AUX_ALGORITHMS, FEDAVG_ALGORITHMS, RunConfig
+from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
+from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import (
-    TRAIN_FLOPS_PER_FORWARD,
     client_speeds,
     forward_flops,
     parallel_step_latency,
     sequential_step_latency,
 )
-from lightning_gapsl.models.split import (
-    build_client_segment,
-    build_server_segment,
-)
-from lightning_gapsl.models.stacked import StackedSegments
-from lightning_gapsl.rank_models import aux_template, build_rank_models, client_template
-from lightning_gapsl.sl_step import share_segment, sl_train_step
-from lightning_gapsl.split_step import (
-    Parties,
-    evaluate_hosted,
-    local_train_step,
-    make_optimizer,
-    split_train_step,
-)
+from lightning_gapsl.methods import get_method
+from lightning_gapsl.methods.base import make_optimizers, model_args
+from lightning_gapsl.metrics import EpochInputs, epoch_record
+from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.transport import make_transport
 
 
@@ -63,41 +46,28 @@ def _non_finite_message(loss: float, client_losses: torch.Tensor | None, step: i
     if client_losses is None:
         return f"training loss became {loss} at step {step} (centralized model)"
     bad = [c for c, v in enumerate(client_losses.tolist()) if not math.isfinite(v)]
-    first = bad[0] if bad else None
-    return (
-        f"training loss became {loss} at step {step}: client {first} first "
-        f"(non-finite clients: {bad}); lower optim.lr or check the data"
-    )
+    return (f"training loss became {loss} at step {step}: client {bad[0] if bad else None} "
+            f"first (non-finite clients: {bad}); lower optim.lr or check the data")
 
 
 class SplitLearningModule(L.LightningModule):
     def __init__(self, cfg: RunConfig, data: FederatedData):
         super().__init__()
         self.automatic_optimization = False
-        self.cfg = cfg
-        self.data = data
+        self.cfg, self.data = cfg, data
+        self.method = get_method(cfg.algorithm.name)
         self.transport = None
-        self.parties: Parties | None = None
-        self.clients: StackedSegments | None = None
-        self.server = None  # trained server segment (SplitFed V1: stacked copies)
-        self.eval_server = None  # the single server segment clients evaluate with
-        self.full_model = None  # centralized only
-        self.decoders = None  # LocFedMix only
-        self.client_aux = None  # CSE-FSL heads / FSL-SAGE estimators of the hosted clients
-        self.server_aux = None  # FSL-SAGE: the server's copy of every client's estimator
-        self._act_buffers: list = []  # FSL-SAGE: per-client activation buffers (server)
+        self.state = None  # the method's RankState
         self.history: list[dict] = []
-        self._fit_start = 0.0
         self.wall_offset = 0.0  # seconds of training before a resume
-        self._sim_latency = 0.0
+        self.sim_latency = 0.0
         self.preempted_at: int | None = None
         self._preemption = PreemptionFlag()
+        self._pending_state: dict | None = None
+        self._pending_epoch_stats = None
+        self._evaluated: dict[str, dict] = {}
 
     # -- construction ---------------------------------------------------------------
-    def _model_args(self) -> tuple:
-        m, ds = self.cfg.model, self.data.dataset
-        return m.name, ds.input_shape, ds.num_classes, m.cut_layer
-
     def setup(self, stage: str) -> None:
         if self.transport is not None:
             return
@@ -106,85 +76,52 @@ class SplitLearningModule(L.LightningModule):
         device = self.trainer.strategy.root_device
         self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
         self.transport.check_agreement(self._fingerprint())
-        m = build_rank_models(self.cfg, self.data, self.transport.layout)
-        # Attributes, so nn.Module registers them (state_dict, device moves, checkpoints).
-        self.clients, self.server, self.eval_server = m.clients, m.server, m.eval_server
-        self.full_model, self.decoders = m.full_model, m.decoders
-        self.client_aux, self.server_aux, self._act_buffers = m.client_aux, m.server_aux, \
-            m.act_buffers
-        self._setup_latency(*self._model_args())
+        self.state = self.method.build(self.cfg, self.data, self.transport.layout)
+        # Registered, so Lightning moves them to the device and checkpoints them.
+        self.models = nn.ModuleDict(self.state.modules())
+        name, shape, classes, cut = model_args(self.cfg, self.data)
+        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
+        server = build_server_segment(name, shape, classes, cut, self.cfg.seed)
+        cut_shape = client(torch.zeros(1, *shape)).shape[1:]
+        self._cost = self.method.cost(self.state, forward_flops(client, shape),
+                                      forward_flops(server, cut_shape))
+        self._speeds = client_speeds(self.cfg.latency, self.data.num_clients, self.cfg.seed)
 
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
         c = self.cfg
-        return {
-            "algorithm": repr(c.algorithm),
-            "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
-            "model": repr(c.model),
-            "optim": repr(c.optim),
-            "seed": str(c.seed),
-            "trainer.devices": str(c.trainer.devices),
-        }
+        return {"algorithm": repr(c.algorithm),
+                "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
+                "model": repr(c.model), "optim": repr(c.optim), "seed": str(c.seed),
+                "trainer.devices": str(c.trainer.devices)}
 
     def _fingerprint(self) -> int:
         return zlib.crc32(repr(self._identity()).encode())
 
-    def _setup_latency(self, name, shape, classes, cut) -> None:
-        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
-        server = build_server_segment(name, shape, classes, cut, self.cfg.seed)
-        cut_shape = client(torch.zeros(1, *shape)).shape[1:]
-        self._flops_client = forward_flops(client, shape)  # per sample
-        self._flops_server = forward_flops(server, cut_shape)
-        self._speeds = client_speeds(self.cfg.latency, self.data.num_clients, self.cfg.seed)
-
     def configure_optimizers(self):
-        optim = self.cfg.optim
-        if self.full_model is not None:
-            self._central_opt = make_optimizer(self.full_model.parameters(), optim)
-            return [self._central_opt]
-        layout = self.transport.layout
-        client_params = list(self.clients.parameters()) if self.clients else []
-        for extra in (self.decoders, self.client_aux if self.cfg.algorithm.name == "cse_fsl"
-                      else None):
-            if extra is not None and self.clients is not None:
-                client_params += list(extra.parameters())
-        client_opt = make_optimizer(client_params, optim) if self.clients else None
-        server_opt = None
-        if layout.is_server and self.cfg.algorithm.name != "fedavg":
-            server_opt = make_optimizer(self.server.parameters(), optim, self._server_lr())
-        weights = client_loss_weights(self.data.client_sizes).to(self.trainer.strategy.root_device)
-        total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
-        self.parties = Parties(layout, self.clients, self.server, client_opt, server_opt, weights,
-                               decoders=self.decoders, seed=self.cfg.seed, total_steps=total)
-        self.aux = AuxState(self.client_aux, list(self.server_aux or []), self._act_buffers)
-        if getattr(self, "_pending_state", None) is not None:
-            self._restore_split_state(self._pending_state)  # loaded before optimizers existed
-            self._pending_state = None
-        return [o for o in (client_opt, server_opt) if o is not None]
-
-    def _server_lr(self) -> float:
-        """SGLR's SplitLr scales the server's rate by N ** a; every other method: the same."""
-        a = self.cfg.algorithm
-        if a.name == "sglr":
-            return server_lr(self.cfg.optim.lr, self.data.num_clients, a.lr_exponent)
-        return self.cfg.optim.lr
+        optimizers = make_optimizers(self.method, self.state, self.trainer.strategy.root_device)
+        if self._pending_state is not None:  # loaded before the optimizers existed
+            self._restore(self._pending_state)
+        return optimizers
 
     # -- data -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        ds = self.data.dataset
-        hosted = [0] if self.full_model is not None else self.transport.layout.hosted
+        ds, hosted = self.data.dataset, self.transport.layout.hosted
         indices = {c: self.data.client_indices[c] for c in hosted}
-        total = self.data.steps_per_epoch * self.cfg.trainer.max_epochs
-        batches = ClientBatches(
-            ds.train_x, ds.train_y, indices, self.data.batch_size, self.cfg.seed, total
-        )
+        batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
+                                self.cfg.seed, self.state.total_steps)
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
-    def val_dataloader(self) -> DataLoader:
-        ds = self.data.dataset
-        test = TensorDataset(ds.test_x, ds.test_y)
-        return DataLoader(test, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
+    def val_dataloader(self) -> list[DataLoader]:
+        """The test set, and the validation split when the dataset has one."""
+        ds, size = self.data.dataset, self.cfg.data.eval_batch_size
+        self._eval_splits = ["test"]
+        loaders = [DataLoader(TensorDataset(ds.test_x, ds.test_y), batch_size=size)]
+        if getattr(ds, "val_x", None) is not None and len(ds.val_y):
+            self._eval_splits.append("val")
+            loaders.append(DataLoader(TensorDataset(ds.val_x, ds.val_y), batch_size=size))
+        return loaders
 
     # -- training -------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -203,76 +140,34 @@ class SplitLearningModule(L.LightningModule):
         self._reset_epoch_stats()
 
     def _reset_epoch_stats(self) -> None:
-        self._epoch_start = time.perf_counter()
-        self._last_batch_end = self._epoch_start
+        self._epoch_start = self._last_batch_end = time.perf_counter()
         # Restored from a mid-epoch checkpoint when resuming (Lightning then skips
         # on_train_epoch_start), so a pre-empted epoch still averages all its steps.
-        pending = getattr(self, "_pending_epoch_stats", None)
-        self._epoch_losses, self._epoch_diag = pending or ([], {})
+        self._epoch_losses, self._epoch_diag = self._pending_epoch_stats or ([], {})
         self._pending_epoch_stats = None
 
     def training_step(self, batch, batch_idx: int) -> None:
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
-        step = int(step)
-        counter = self.transport.counter
+        step, counter = int(step), self.transport.counter
         up0, down0 = counter.bytes_up, counter.bytes_down
-        client_losses = None
-        if self.full_model is not None:
-            loss = self._centralized_step(x[0], y[0])
-        else:
-            if self.cfg.algorithm.name == "fedavg":
-                out = local_train_step(self.parties, self.transport, step, x, y)
-            elif self.cfg.algorithm.name == "sl":
-                numel = sum(s.numel() for s in self._client_template.values())
-                out = sl_train_step(self.parties, self.transport, step, x, y, numel)
-            elif self.cfg.algorithm.name in AUX_ALGORITHMS:
-                out = aux_train_step(self.parties, self.aux, self.transport, self.cfg.algorithm,
-                                     step, x, y)
-            else:
-                out = split_train_step(self.parties, self.transport, self.cfg.algorithm, step, x, y)
-            loss, client_losses = out.loss, out.client_losses
-            for key, value in self.parties.step_diagnostics.items():
-                self._epoch_diag.setdefault(key, []).append(value)
-            if self.cfg.algorithm.name in FEDAVG_ALGORITHMS and round_ends(step, self._round_steps):
-                self._end_round(step)
-        self._sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
+        out = self.method.train_step(self.state, self.transport, step, x, y)
+        for key, value in self.state.step_diagnostics.items():
+            self._epoch_diag.setdefault(key, []).append(value)
+        if self.method.after_step is not None:
+            self.method.after_step(self.state, self.transport, step)
+        self.sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
         self._train_loader.next_step = step + 1
-        if loss is not None:
-            if not math.isfinite(loss):
-                raise FloatingPointError(_non_finite_message(loss, client_losses, step))
-            self._epoch_losses.append(loss)
-            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if out.loss is not None:
+            if not math.isfinite(out.loss):
+                raise FloatingPointError(_non_finite_message(out.loss, out.client_losses, step))
+            self._epoch_losses.append(out.loss)
+            self.log("train_loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
 
-    @property
-    def _round_steps(self) -> int:
-        return self.cfg.algorithm.round_steps or self.data.steps_per_epoch
-
-    def _end_round(self, step: int) -> None:
-        """FedAvg of client segments across ranks; SplitFed V1 also of its server copies."""
-        algo = self.cfg.algorithm
-        if algo.name == "locfedmix" and not fedavg_due(step // self._round_steps,
-                                                       algo.fedavg_interval):
-            return
-        hosted = self.transport.layout.hosted
-        weights = self.data.client_sizes[hosted] if hosted else torch.zeros(0)
-        fedavg_clients_(self.clients, weights, self._client_template, self.transport)
-        if algo.name == "cse_fsl":  # the auxiliary heads are averaged too
-            fedavg_clients_(self.client_aux, weights, self._aux_template, self.transport)
-        if algo.name == "fsl_sage" and alignment_due(step // self._round_steps,
-                                                     algo.align_interval):
-            align_auxiliaries(self.parties, self.aux, self.transport, algo, step)
-        if self.cfg.algorithm.name == "sfl_v1" and self.transport.layout.is_server:
-            fedavg_stacked_(self.server.stacked_params(), self.data.client_sizes.float())
-
-    @property
-    def _client_template(self) -> dict[str, torch.Size]:
-        if not hasattr(self, "_template_shapes"):
-            self._template_shapes = client_template(self.cfg, self.data)
-        return self._template_shapes
-
-    @property
-    def _aux_template(self) -> dict[str, torch.Size]:
-        return aux_template(self.cfg, self.data)
+    def _step_latency(self, up: int, down: int) -> float:
+        n, cost = self.data.num_clients, self._cost
+        step_latency = sequential_step_latency if cost.sequential else parallel_step_latency
+        return step_latency(self.cfg.latency, self._speeds, cost.client, cost.server,
+                            up / n, down / n)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
@@ -286,81 +181,43 @@ class SplitLearningModule(L.LightningModule):
             if self.transport.layout.is_server:
                 requeue_slurm_job()
 
-    def _centralized_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        self._central_opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.full_model(x), y)
-        loss.backward()
-        self._central_opt.step()
-        return float(loss.detach())
-
-    def _step_latency(self, up: int, down: int) -> float:
-        n, b = self.data.num_clients, self.data.batch_size
-        lat = self.cfg.latency
-        if self.full_model is not None:
-            flops = TRAIN_FLOPS_PER_FORWARD * (self._flops_client + self._flops_server) * b
-            return flops / lat.server_flops
-        client_flops, server_flops = self._flops_client, self._flops_server * n
-        if self.cfg.algorithm.name == "fedavg":  # the whole model on the client, no server
-            client_flops, server_flops = self._flops_client + self._flops_server, 0.0
-        if self.cfg.algorithm.name == "sl":  # turns, not parallel: the sum over clients
-            return sequential_step_latency(
-                lat, self._speeds, TRAIN_FLOPS_PER_FORWARD * client_flops * b,
-                TRAIN_FLOPS_PER_FORWARD * self._flops_server * b, up / n, down / n)
-        return parallel_step_latency(
-            lat,
-            self._speeds,
-            TRAIN_FLOPS_PER_FORWARD * client_flops * b,
-            TRAIN_FLOPS_PER_FORWARD * server_flops * b,
-            up / n,
-            down / n,
-        )
-
     # -- evaluation -----------------------------------------------------------------
+    def _evaluation_due(self) -> bool:
+        every, epoch = self.cfg.trainer.eval_every, self.current_epoch + 1
+        return every > 0 and (epoch % every == 0 or epoch == self.cfg.trainer.max_epochs)
+
     def on_validation_epoch_start(self) -> None:
-        if self.cfg.algorithm.name == "sl":  # every rank evaluates the current segment
-            numel = sum(s.numel() for s in self._client_template.values())
-            share_segment(self.parties, self.transport, -1 - self.current_epoch, numel)
-        if self.server is not None and any(True for _ in self.eval_server.parameters()):
-            # Client ranks evaluate their clients locally with a copy of the server.
-            flat = self._server_vector()
-            self.transport.broadcast_(flat)
-            with torch.no_grad():
-                vector_to_parameters(flat, self.eval_server.parameters())
-        k = 1 if self.full_model is not None else len(self.transport.layout.hosted)
-        self._eval_rows = torch.zeros(k, 3, dtype=torch.float64, device=self.device)
+        self._eval_now = self._evaluation_due()
+        if not self._eval_now:
+            return
+        self.method.before_eval(self.state, self.transport, self.current_epoch)
+        self._identical = self._global_model()
+        k, width = len(self.transport.layout.hosted), row_width(self.data.dataset.num_classes)
+        self._eval_rows = {s: torch.zeros(k, width, dtype=torch.float64, device=self.device)
+                           for s in self._eval_splits}
 
-    def _server_vector(self) -> torch.Tensor:
-        """The server weights clients evaluate with (SplitFed V1: its copies' average)."""
-        if isinstance(self.server, StackedSegments):
-            weights = self.data.client_sizes.to(self.device)
-            return torch.cat([
-                (p.detach().flatten(1).double() * weights[:, None]).sum(0).div(weights.sum()).float()
-                for p in self.server.stacked_params().values()
-            ])
-        return parameters_to_vector(self.eval_server.parameters()).detach().clone()
+    def _global_model(self) -> bool:
+        global_model = self.method.global_model
+        return bool(global_model and global_model(self.state, self.current_epoch))
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self._eval_now or self.state.clients is None:
+            return
         x, y = batch
-        if self.full_model is not None:
-            logits = self.full_model(x)
-            loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-            row = torch.stack([(logits.argmax(-1) == y).sum().double(), loss.double(),
-                               torch.tensor(float(len(y)), dtype=torch.float64)])
-            self._eval_rows += row.to(self._eval_rows.device)
-        elif self.clients is not None:
-            self.eval_server.eval()
-            rows = evaluate_hosted(self.clients, self.eval_server, x, y)  # (K, 3)
-            if self.cfg.algorithm.name == "sl":  # one shared segment: the same for all hosted
-                rows = rows.expand(len(self.transport.layout.hosted), 3)
-            self._eval_rows += rows.to(self.device)
+        self.state.eval_server.eval()
+        rows = evaluate_clients(self.state.clients, self.state.eval_server, x, y,
+                                self.data.dataset.num_classes, only_first=self._identical)
+        split = self._eval_splits[dataloader_idx]
+        self._eval_rows[split] += rows.expand(self._eval_rows[split].shape[0], -1)
 
     def on_validation_epoch_end(self) -> None:
-        rows = self._eval_rows if self.full_model is not None else self.transport.all_gather_rows(
-            self._eval_rows
-        )  # (N, 3)
-        self._client_acc = (rows[:, 0] / rows[:, 2]).cpu()  # (N,)
+        if not self._eval_now:
+            return
+        classes = self.data.dataset.num_classes
+        self._evaluated = {
+            split: summarize(self.transport.all_gather_rows(rows), classes)  # (N, 2C + 1)
+            for split, rows in self._eval_rows.items()}
         self._evaluated_epoch = self.current_epoch
-        self._client_test_loss = (rows[:, 1] / rows[:, 2]).cpu()
 
     def epoch_record(self) -> dict | None:
         """This epoch's numbers (computed once; callbacks log them, history keeps them).
@@ -372,53 +229,18 @@ class SplitLearningModule(L.LightningModule):
         cached = getattr(self, "_record", None)
         if cached is not None and cached["epoch"] == self.current_epoch + 1:
             return cached
-        train_s = self._last_batch_end - self._epoch_start
-        steps = self.data.steps_per_epoch
-        samples = steps * self.data.batch_size * self.data.num_clients
+        steps, counter = self.data.steps_per_epoch, self.transport.counter
         evaluated = getattr(self, "_evaluated_epoch", -1) == self.current_epoch
-        nan = torch.full((self.data.num_clients,), math.nan)
-        acc = self._client_acc if evaluated else nan
-        test_loss = self._client_test_loss if evaluated else nan
-        previous = self.history[-1] if self.history else {}
-        record = {
-            "epoch": self.current_epoch + 1,
-            "steps": (self.current_epoch + 1) * steps,
-            "train_loss": (sum(self._epoch_losses) / len(self._epoch_losses))
-            if self._epoch_losses else None,
-            "test_acc_mean": float(acc.mean()),
-            "test_acc_min": float(acc.min()),
-            "test_acc_global": float(acc[0]) if self._has_global_model() else None,
-            "bytes_up": self.transport.counter.bytes_up,  # cumulative
-            "bytes_down": self.transport.counter.bytes_down,
-            "bytes_up_epoch": self.transport.counter.bytes_up - previous.get("bytes_up", 0),
-            "bytes_down_epoch": self.transport.counter.bytes_down - previous.get("bytes_down", 0),
-            "sim_latency_s": self._sim_latency,
-            "wall_s": self.elapsed(),
-            "samples_per_s": samples / train_s if train_s > 0 else None,
-            "train_s": train_s,
-            "samples": samples,
-            "client_acc": [round(float(a), 6) for a in acc],
-            "client_test_loss": [round(float(v), 6) for v in test_loss],
-        }
-        for key, values in self._epoch_diag.items():
-            if key == "gapsl/leader_mask":  # per-client share of steps spent as a leader
-                record["leader_freq"] = [round(float(f), 4) for f in torch.stack(values).mean(0)]
-            else:
-                record[key] = sum(values) / len(values)
-        self._record = record
-        return record
-
-    def _has_global_model(self) -> bool:
-        """Centralized, or FedAvg-family runs evaluated right after averaging."""
-        algo = self.cfg.algorithm
-        if self.full_model is not None or algo.name == "sl":
-            return True
-        if algo.name not in FEDAVG_ALGORITHMS or self.data.steps_per_epoch % self._round_steps:
-            return False
-        if algo.name == "locfedmix":  # averaged only every T_c rounds
-            rounds = (self.current_epoch + 1) * self.data.steps_per_epoch // self._round_steps
-            return fedavg_due(rounds - 1, algo.fedavg_interval)
-        return True
+        self._record = epoch_record(EpochInputs(
+            epoch=self.current_epoch + 1, steps=(self.current_epoch + 1) * steps,
+            losses=self._epoch_losses, evaluated=self._evaluated if evaluated else {},
+            num_clients=self.data.num_clients, global_model=self._global_model(),
+            bytes_up=counter.bytes_up, bytes_down=counter.bytes_down,
+            sim_latency_s=self.sim_latency, wall_s=self.elapsed(),
+            train_s=self._last_batch_end - self._epoch_start,
+            samples=steps * self.data.batch_size * self.data.num_clients,
+            diagnostics=self._epoch_diag), self.history[-1] if self.history else None)
+        return self._record
 
     def on_train_epoch_end(self) -> None:
         record = self.epoch_record()
@@ -431,17 +253,16 @@ class SplitLearningModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        counter = self.transport.counter
+        counter, save = self.transport.counter, self.method.state_dict
         checkpoint["split_state"] = {
             "identity": self._identity(),
             "rank": self.transport.layout.rank,
-            "leader_ema": self.parties.leader_ema if self.parties else None,
+            "method": save(self.state) if save else {},
             "bytes": [counter.bytes_up, counter.bytes_down],
-            "sim_latency_s": self._sim_latency,
+            "sim_latency_s": self.sim_latency,
             "wall_s": self.elapsed(),
             "history": self.history,
             "epoch_stats": [self._epoch_losses, self._epoch_diag],
-            "buffers": [b.state_dict() for b in self._act_buffers],
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -453,23 +274,21 @@ class SplitLearningModule(L.LightningModule):
             if mine.get(key) != value:
                 raise CheckpointError(
                     f"checkpoint is from a different configuration: {key} was {value}, "
-                    f"this run has {mine.get(key)}"
-                )
-        if self.parties is not None or self.full_model is not None:
-            self._restore_split_state(state)
+                    f"this run has {mine.get(key)}")
+        if self.state is not None and self.state.loss_weights is not None:
+            self._restore(state)
         else:
             self._pending_state = state
 
-    def _restore_split_state(self, state: dict) -> None:
-        if self.parties is not None:
-            self.parties.leader_ema = state["leader_ema"]
-        self.transport.counter.bytes_up, self.transport.counter.bytes_down = state["bytes"]
-        self._sim_latency = state["sim_latency_s"]
-        self.wall_offset = state["wall_s"]
-        self.history = list(state["history"])
-        self._pending_epoch_stats = state.get("epoch_stats")
-        for buffer, saved in zip(self._act_buffers, state.get("buffers", [])):
-            buffer.load_state_dict(saved)
+    def _restore(self, saved: dict) -> None:
+        if self.method.load_state_dict is not None:
+            self.method.load_state_dict(self.state, saved["method"])
+        self.transport.counter.bytes_up, self.transport.counter.bytes_down = saved["bytes"]
+        self.sim_latency = saved["sim_latency_s"]
+        self.wall_offset = saved["wall_s"]
+        self.history = list(saved["history"])
+        self._pending_epoch_stats = saved.get("epoch_stats")
+        self._pending_state = None
 
     def teardown(self, stage: str) -> None:
         if self.transport is not None:

@@ -72,7 +72,7 @@ def preflight(cfg: RunConfig) -> FederatedData:
     data = build_federated_data(cfg)
     blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
     split_blocks(blocks, cfg.model.cut_layer)
-    rounds = cfg.algorithm.round_steps
+    rounds = getattr(cfg.algorithm, "round_steps", None)  # methods with FedAvg rounds
     if rounds is not None and data.steps_per_epoch % rounds:
         raise ConfigError(
             f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "

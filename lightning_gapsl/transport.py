@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -56,13 +57,63 @@ def kind_code(kind: str) -> int:
     return zlib.crc32(kind.encode()) & 0x7FFF_FFFF
 
 
+class Transport(Protocol):
+    """What step code may ask of the transport; `LocalTransport` and `DistTransport` both
+    satisfy it. Every byte of split-learning traffic is counted here and nowhere else."""
+
+    layout: Layout
+    counter: CommCounter
+    device: torch.device
+
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor],
+               count: bool = True) -> list[torch.Tensor] | None: ...
+
+    def scatter(self, step: int, kind: str,
+                rows: list[torch.Tensor] | None) -> list[torch.Tensor]: ...
+
+    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None: ...
+
+    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
+                  count: bool = True) -> list[torch.Tensor] | None: ...
+
+    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
+                         rows: list[torch.Tensor] | None,
+                         counted_bytes: int) -> list[torch.Tensor] | None: ...
+
+    def broadcast_(self, tensor: torch.Tensor, count: bool = False) -> None: ...
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None: ...
+
+    def check_agreement(self, fingerprint: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _count_fedavg(transport: Transport, per_client_bytes: int) -> None:
+    """A FedAvg round: every client uploads its parameters and downloads the average."""
+    if per_client_bytes and transport.layout.is_server:
+        transport.counter.bytes_up += transport.layout.num_clients * per_client_bytes
+        transport.counter.bytes_down += transport.layout.num_clients * per_client_bytes
+
+
+def _count_hand_off(transport: Transport, counted_bytes: int) -> None:
+    """Client to client (SL's segment): it leaves one client and reaches another."""
+    if transport.layout.is_server:
+        transport.counter.bytes_up += counted_bytes
+        transport.counter.bytes_down += counted_bytes
+
+
 class LocalTransport:
     """Server and all clients in one process: tensors are passed, bytes still counted."""
 
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, device: torch.device | None = None):
         assert layout.in_process
         self.layout = layout
         self.counter = CommCounter()
+        self.device = device or torch.device("cpu")
 
     def gather(
         self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True
@@ -95,15 +146,28 @@ class LocalTransport:
             self.counter.bytes_down += payload_bytes(rows)
         return rows
 
-    def broadcast_(self, tensor: torch.Tensor) -> None:
-        """Overwrite ``tensor`` on every rank with the server's copy (nothing to do here)."""
+    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
+                         rows: list[torch.Tensor] | None,
+                         counted_bytes: int) -> list[torch.Tensor] | None:
+        """One client's tensors to another (SL's travelling segment); ``counted_bytes``
+        is what the method sends logically (a relay through the server is not doubled)."""
+        _count_hand_off(self, counted_bytes)
+        return rows
+
+    def broadcast_(self, tensor: torch.Tensor, count: bool = False) -> None:
+        """Overwrite ``tensor`` on every rank with the server's copy (nothing to do here).
+        ``count``: a downlink broadcast every client receives, counted once (EPSL)."""
+        if count:
+            self.counter.bytes_down += payload_bytes([tensor])
 
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-client rows (K, M) from every rank -> (N, M) on every rank."""
         return rows
 
-    def all_reduce_sum_(self, tensor: torch.Tensor) -> None:
-        """Sum ``tensor`` over all ranks, in place (one rank: nothing to add)."""
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None:
+        """Sum ``tensor`` over all ranks, in place (one rank: nothing to add).
+        ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
+        _count_fedavg(self, per_client_bytes)
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise if ranks were started with different configurations (one rank: nothing)."""
@@ -128,11 +192,12 @@ class DistTransport:
         )
 
     # -- header -----------------------------------------------------------------
-    def _header(self, step: int, kind: str, rows: list[torch.Tensor]) -> torch.Tensor:
+    def _header(self, step: int, kind: str, rows: list[torch.Tensor], ids: list[int]
+                ) -> torch.Tensor:
+        """Step, exchange, the clients the rows belong to, each tensor's dtype and shape."""
         if len(rows) > _MAX_TENSORS:
             raise TransportError(f"at most {_MAX_TENSORS} tensors per exchange, got {len(rows)}")
-        hosted = self.layout.hosted
-        values = [_MAGIC, step, kind_code(kind), hosted[0] if hosted else -1, len(hosted), len(rows)]
+        values = [_MAGIC, step, kind_code(kind), ids[0] if ids else -1, len(ids), len(rows)]
         for t in rows:
             if t.dim() > _MAX_DIMS or t.dtype not in _DTYPES:
                 raise TransportError(f"cannot send {kind}: dtype {t.dtype}, {t.dim()} dims")
@@ -186,10 +251,7 @@ class DistTransport:
         """Client ranks send their rows (K, ...); the server returns all rows (N, ...)."""
         what = f"'{kind}' gather at step {step}"
         if not self.layout.is_server:
-            header = self._header(step, kind, rows)
-            ops = [("send", header, SERVER_RANK)]
-            ops += [("send", t.detach().contiguous(), SERVER_RANK) for t in rows]
-            self._run(ops, what)
+            self._send(SERVER_RANK, step, kind, rows, self.layout.hosted, what)
             return None
         ranks = self.layout.client_ranks
         headers = {r: torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device) for r in ranks}
@@ -213,22 +275,29 @@ class DistTransport:
             for r in self.layout.client_ranks:
                 ids = self.layout.clients_of(r)
                 part = [t[ids[0] : ids[-1] + 1].contiguous() for t in rows]
-                ops.append(("send", self._header_for(step, kind, part, ids), r))
+                ops.append(("send", self._header(step, kind, part, ids), r))
                 ops += [("send", t, r) for t in part]
             self._run(ops, what)
             self.counter.bytes_down += payload_bytes(rows)
             return []
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
-        self._run([("recv", header, SERVER_RANK)], what)
-        specs = self._read_header(header, SERVER_RANK, step, kind, self.layout.hosted)
-        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
-        self._run([("recv", t, SERVER_RANK) for t in out], what)
-        return out
+        return self._recv(SERVER_RANK, step, kind, self.layout.hosted, what)
 
-    def _header_for(self, step: int, kind: str, part: list[torch.Tensor], ids: list[int]):
-        header = self._header(step, kind, part)
-        header[3], header[4] = ids[0], len(ids)
-        return header
+    def _send(self, peer: int, step: int, kind: str, rows: list[torch.Tensor],
+              ids: list[int], what: str) -> None:
+        """Header (naming clients ``ids``), then the tensors, to one peer."""
+        header = self._header(step, kind, rows, ids)
+        self._run([("send", header, peer)]
+                  + [("send", t.detach().contiguous(), peer) for t in rows], what)
+
+    def _recv(self, peer: int, step: int, kind: str, expect_clients: list[int],
+              what: str) -> list[torch.Tensor]:
+        """The header from one peer, checked, then the tensors it announces."""
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        self._run([("recv", header, peer)], what)
+        specs = self._read_header(header, peer, step, kind, expect_clients)
+        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
+        self._run([("recv", t, peer) for t in out], what)
+        return out
 
     # -- one client at a time (sequential split learning) -------------------------
     def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
@@ -237,17 +306,11 @@ class DistTransport:
         owner = self.layout.rank_of(client_id)
         what = f"'{kind}' of client {client_id} at step {step}"
         if self.layout.rank == owner:
-            header = self._header_for(step, kind, rows, [client_id])
-            self._run([("send", header, SERVER_RANK)]
-                      + [("send", t.detach().contiguous(), SERVER_RANK) for t in rows], what)
+            self._send(SERVER_RANK, step, kind, rows, [client_id], what)
             return None
         if not self.layout.is_server:
             return None
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
-        self._run([("recv", header, owner)], what)
-        specs = self._read_header(header, owner, step, kind, [client_id])
-        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
-        self._run([("recv", t, owner) for t in out], what)
+        out = self._recv(owner, step, kind, [client_id], what)
         if count:
             self.counter.bytes_up += payload_bytes(out)
         return out
@@ -258,26 +321,34 @@ class DistTransport:
         owner = self.layout.rank_of(client_id)
         what = f"'{kind}' to client {client_id} at step {step}"
         if self.layout.is_server:
-            header = self._header_for(step, kind, rows, [client_id])
-            self._run([("send", header, owner)]
-                      + [("send", t.detach().contiguous(), owner) for t in rows], what)
+            self._send(owner, step, kind, rows, [client_id], what)
             if count:
                 self.counter.bytes_down += payload_bytes(rows)
             return None
         if self.layout.rank != owner:
             return None
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
-        self._run([("recv", header, SERVER_RANK)], what)
-        specs = self._read_header(header, SERVER_RANK, step, kind, [client_id])
-        out = [torch.empty(shape, dtype=dt, device=self.device) for dt, shape in specs]
-        self._run([("recv", t, SERVER_RANK) for t in out], what)
-        return out
+        return self._recv(SERVER_RANK, step, kind, [client_id], what)
+
+    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
+                         rows: list[torch.Tensor] | None,
+                         counted_bytes: int) -> list[torch.Tensor] | None:
+        """``giver``'s rank sends ``rows``; ``taker``'s rank returns them (relayed through
+        the server when the two clients live on different ranks)."""
+        giver_rank, taker_rank = self.layout.rank_of(giver), self.layout.rank_of(taker)
+        if giver_rank != taker_rank:
+            got = self.to_server(step, kind, giver, rows, count=False)
+            rows = self.to_client(step, kind, taker, got, count=False)
+        _count_hand_off(self, counted_bytes)
+        return rows if self.layout.rank == taker_rank else None
 
     # -- collectives ------------------------------------------------------------
-    def broadcast_(self, tensor: torch.Tensor) -> None:
-        """Overwrite ``tensor`` on every rank with the server's copy."""
+    def broadcast_(self, tensor: torch.Tensor, count: bool = False) -> None:
+        """Overwrite ``tensor`` on every rank with the server's copy; ``count``: a downlink
+        broadcast every client receives, counted once (EPSL)."""
         self._wait(dist.broadcast(tensor, src=SERVER_RANK, group=self.group, async_op=True),
                    "broadcast from the server")
+        if count and self.layout.is_server:
+            self.counter.bytes_down += payload_bytes([tensor])
 
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-client rows (K, M) from every rank -> all clients' rows (N, M) on every rank."""
@@ -289,10 +360,12 @@ class DistTransport:
         self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
-    def all_reduce_sum_(self, tensor: torch.Tensor) -> None:
-        """Sum ``tensor`` over all ranks, in place (FedAvg's partial sums)."""
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None:
+        """Sum ``tensor`` over all ranks, in place (FedAvg's partial sums);
+        ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
         self._wait(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
                    "all-reduce")
+        _count_fedavg(self, per_client_bytes)
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise, naming the rank, if ranks were started with different configurations."""
@@ -325,4 +398,4 @@ def make_transport(num_clients: int, device: torch.device, timeout_s: float):
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         layout = Layout(dist.get_rank(), dist.get_world_size(), num_clients)
         return DistTransport(layout, device, timeout_s)
-    return LocalTransport(Layout(0, 1, num_clients))
+    return LocalTransport(Layout(0, 1, num_clients), device)

@@ -14,7 +14,7 @@ therefore split in two halves around one collective:
 3. `combine_partials` divides, and `assign_slices_` writes the average into every
    hosted slice.
 
-With one process `fedavg_stacked_` does all of it in place. Everything is pure tensor
+`fedavg_` does all three, with the collective passed in as a function. Everything is pure tensor
 math: no process groups, no Lightning, no globals; only the functions whose name ends
 in ``_`` modify their arguments, as their docstrings say.
 
@@ -24,18 +24,12 @@ it is the caller's choice, not part of the parameter average.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "assign_slices_",
-    "combine_partials",
-    "fedavg_stacked_",
-    "partial_sums",
-    "weighted_average",
-]
+__all__ = ["assign_slices_", "combine_partials", "fedavg_", "partial_sums"]
 
 
 def _check_weights(weights: Tensor, k: int, *, need_positive_total: bool) -> None:
@@ -104,15 +98,6 @@ def combine_partials(partials: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     return total_sum / total_weight  # (...)
 
 
-def weighted_average(stacked: Tensor, weights: Tensor) -> Tensor:
-    """``sum_k w_k stacked[k] / sum_k w_k``: ``(K, ...)``, ``(K,)`` -> ``(...)``.
-
-    The weights need not be normalised; at least one must be positive. The result is a
-    new detached tensor; neither input is modified.
-    """
-    return combine_partials([partial_sums(stacked, weights)])
-
-
 def assign_slices_(params: dict[str, Tensor], averages: dict[str, Tensor]) -> None:
     """In place: set every client slice ``params[name][k]`` to ``averages[name]``.
 
@@ -139,25 +124,51 @@ def assign_slices_(params: dict[str, Tensor], averages: dict[str, Tensor]) -> No
             stacked.copy_(avg.to(stacked.dtype).unsqueeze(0).expand_as(stacked))
 
 
-def fedavg_stacked_(params: dict[str, Tensor], weights: Tensor) -> None:
-    """In place: FedAvg of the ``K`` clients held in ``params`` (one process, all clients).
+def fedavg_(
+    params: dict[str, Tensor] | None,
+    weights: Tensor | None,
+    shapes: dict[str, torch.Size],
+    reduce_: Callable[[Tensor], None] | None = None,
+    dtype: torch.dtype = torch.float64,
+    assign: bool = True,
+    device: torch.device | None = None,
+) -> Tensor:
+    """FedAvg: the weighted average of every client's parameters; the one FedAvg that runs.
 
     Args:
-        params: name -> stacked ``(K, *shape)`` tensor. MODIFIED in place (under
-            ``no_grad``): afterwards all ``K`` slices of every tensor equal the weighted
-            average of the slices before the call.
-        weights: ``(K,)`` non-negative client weights, at least one positive.
+        params: name -> stacked ``(K, *shape)`` tensors of the clients this rank holds
+            (None on a rank that holds none; it still takes part in ``reduce_``).
+            With ``assign`` every slice is set to the average IN PLACE (under
+            ``no_grad``, so optimizers keep their references).
+        weights: ``(K,)`` non-negative client weights (data sizes), None with ``params``.
+        shapes: name -> per-client shape, identical on every rank: it fixes the order
+            of the flat vector the ranks add up.
+        reduce_: adds a tensor over all ranks in place (an all-reduce); None: one rank
+            holds every client.
+        dtype: accumulation dtype. float64 by default, so the average does not depend
+            on how clients are grouped per rank (float32 partial sums would round
+            differently for 20 clients in one process than for 2 x 10).
+        assign: write the average into ``params`` (False: only return it).
+        device: where the flat vector lives on a rank without ``params``.
 
-    All averages are computed before any tensor is written, so a failure (bad shape)
-    leaves ``params`` untouched. Multi-rank runs use `partial_sums`, an all-reduce,
-    `combine_partials` and `assign_slices_` instead.
+    Returns:
+        ``(D,)`` the flat average in ``shapes`` order, in ``dtype``.
     """
-    if weights.dim() != 1:
-        raise ValueError(f"weights must be (K,), got shape {tuple(weights.shape)}")
-    for name, stacked in params.items():
-        if stacked.dim() < 1 or stacked.shape[0] != weights.shape[0]:
-            raise ValueError(
-                f"{name}: leading dim must be K = {weights.shape[0]}, got {tuple(stacked.shape)}"
-            )
-    averages = {name: weighted_average(stacked, weights) for name, stacked in params.items()}
-    assign_slices_(params, averages)
+    sizes = [shape.numel() for shape in shapes.values()]
+    total = sum(sizes)
+    if params:
+        device = next(iter(params.values())).device
+    device = device or torch.device("cpu")
+    flat = torch.zeros(total + 1, dtype=dtype, device=device)  # (D + 1,): sums, weight
+    if params:
+        w = weights.to(device, dtype)  # (K,)
+        parts = [partial_sums(params[n].detach().flatten(1).to(dtype), w)[0] for n in shapes]
+        flat[:total] = torch.cat(parts)
+        flat[total] = w.sum()
+    if reduce_ is not None:
+        reduce_(flat)
+    average = combine_partials([(flat[:total], flat[total])])  # (D,)
+    if params and assign:
+        pieces = average.split(sizes)
+        assign_slices_(params, {n: p.view(s) for (n, s), p in zip(shapes.items(), pieces)})
+    return average

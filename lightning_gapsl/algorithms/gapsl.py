@@ -417,12 +417,14 @@ class GapslConfig:
         mode: alignment mode, one of `ALIGN_MODES`.
     """
 
-    rho: float = 0.5
-    tau: float | None = None
-    normalize_leader: bool = False
-    beta: float = 0.9
-    lam: float = 0.5
-    mode: str = "norm"
+    # No defaults here: the one set of defaults is the method's config
+    # (`lightning_gapsl.methods.gapsl.GapslMethodConfig`, conf/algorithm/gapsl.yaml).
+    rho: float
+    tau: float | None
+    normalize_leader: bool
+    beta: float
+    lam: float
+    mode: str
 
     def __post_init__(self) -> None:
         self.validate()

@@ -75,7 +75,7 @@ def weighted_client_loss(logits: Tensor, labels: Tensor, weights: Tensor) -> tup
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (N, B, C), got shape {tuple(logits.shape)}")
-    n, b, c = logits.shape
+    n, b, _ = logits.shape
     if tuple(labels.shape) != (n, b):
         raise ValueError(
             f"labels must be (N, B) = {(n, b)} to match logits, got {tuple(labels.shape)}"
@@ -85,16 +85,23 @@ def weighted_client_loss(logits: Tensor, labels: Tensor, weights: Tensor) -> tup
     if b == 0:
         raise ValueError("every client batch must hold at least one sample (B >= 1)")
 
-    per_sample = F.cross_entropy(
-        logits.reshape(n * b, c),  # (N*B, C)
-        labels.reshape(n * b),  # (N*B,)
-        reduction="none",
-    )  # (N*B,)
-    per_client = per_sample.reshape(n, b).mean(dim=1)  # (N,)
+    per_client = per_client_cross_entropy(logits, labels)  # (N,)
     # Weights are data (client sizes), not parameters: cast to the loss dtype so a
     # float64 model is not silently downcast, and never differentiate through them.
     loss = (weights.detach().to(per_client.dtype) * per_client).sum()  # ()
     return loss, per_client.detach()
+
+
+def per_client_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Each client's mean cross-entropy, differentiable: (N, B, C), (N, B) -> (N,).
+
+    One ``F.cross_entropy`` call over the flattened N*B samples, then a per-client mean.
+    """
+    n, b, c = logits.shape
+    per_sample = F.cross_entropy(
+        logits.reshape(n * b, c), labels.reshape(n * b), reduction="none"
+    )  # (N*B,)
+    return per_sample.reshape(n, b).mean(dim=1)
 
 
 def identity_transform(cut_grads: Tensor) -> Tensor:

@@ -104,7 +104,7 @@ def test_dead_rank_is_named_within_timeout():
 
 
 def _fedavg(rank: int, world_size: int) -> dict:
-    from lightning_gapsl.averaging import fedavg_clients_
+    from lightning_gapsl.methods.rounds import fedavg_stacked_
     from lightning_gapsl.models.stacked import StackedSegments
 
     layout = Layout(rank, world_size, NUM_CLIENTS)
@@ -120,7 +120,7 @@ def _fedavg(rank: int, world_size: int) -> dict:
     stacked = StackedSegments(segments) if segments else None
     sizes = torch.tensor([1.0, 1.0, 2.0, 2.0, 4.0])  # data sizes of clients 0..4
     template = {"weight": torch.Size([2, 3]), "bias": torch.Size([2])}
-    fedavg_clients_(stacked, sizes[layout.hosted], template, transport)
+    fedavg_stacked_(stacked, sizes[layout.hosted] if stacked else None, template, transport)
     return {
         "states": [stacked.segment_state(k) for k in range(len(layout.hosted))] if stacked else [],
         "bytes": (transport.counter.bytes_up, transport.counter.bytes_down),

@@ -64,8 +64,8 @@ def test_gapsl_lambda_zero_is_psl_bit_for_bit(compose_cfg, reading):
 
 class LrProbe(L.Callback):
     def on_fit_start(self, trainer, pl_module):
-        self.server_lr = pl_module.parties.server_opt.param_groups[0]["lr"]
-        self.client_lr = pl_module.parties.client_opt.param_groups[0]["lr"]
+        self.server_lr = pl_module.state.server_opt.param_groups[0]["lr"]
+        self.client_lr = pl_module.state.client_opt.param_groups[0]["lr"]
 
 
 def test_sglr_server_learning_rate_scales_with_clients(compose_cfg):

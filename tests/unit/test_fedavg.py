@@ -13,11 +13,22 @@ from torch import nn
 from lightning_gapsl.algorithms.fedavg import (
     assign_slices_,
     combine_partials,
-    fedavg_stacked_,
+    fedavg_,
     partial_sums,
-    weighted_average,
 )
 from lightning_gapsl.models.stacked import StackedSegments
+
+
+def weighted_average(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The average `fedavg_` computes for one stacked tensor, without writing it back."""
+    return fedavg_({"x": stacked}, weights, {"x": stacked.shape[1:]}, dtype=stacked.dtype,
+                   assign=False).view(stacked.shape[1:])
+
+
+def fedavg_stacked_(params: dict, weights: torch.Tensor) -> None:
+    """`fedavg_` in place on one rank, accumulating in the parameters' dtype."""
+    fedavg_(params, weights, {n: p.shape[1:] for n, p in params.items()},
+            dtype=next(iter(params.values())).dtype)
 
 
 def test_weighted_average_hand_example() -> None:
@@ -107,12 +118,29 @@ def test_fedavg_stacked_on_stacked_segments() -> None:
     assert torch.equal(out[0], out[3])
 
 
-def test_fedavg_stacked_rejects_wrong_leading_dim_without_writing() -> None:
+def test_fedavg_rejects_wrong_leading_dim_without_writing() -> None:
     a = torch.tensor([[1.0], [3.0]])
     b = torch.zeros(3, 1)
-    with pytest.raises(ValueError, match="leading dim"):
+    with pytest.raises(ValueError, match="weights must be"):
         fedavg_stacked_({"a": a, "b": b}, torch.ones(2))
     assert torch.equal(a, torch.tensor([[1.0], [3.0]]))
+
+
+def test_fedavg_reduce_adds_other_ranks_partials() -> None:
+    """Two ranks, simulated by adding the other rank's flat partial sums in ``reduce_``:
+    every slice on both gets the average over all clients (hand values)."""
+    rank_a = {"w": torch.tensor([[1.0], [3.0]])}  # clients 0, 1 (weights 1, 1)
+    rank_b = {"w": torch.tensor([[8.0]])}  # client 2 (weight 2)
+    shapes = {"w": torch.Size([1])}
+    other_b = fedavg_(dict(rank_b), torch.tensor([2.0]), shapes, reduce_=None, assign=False)
+    flat_b = torch.cat([other_b * 2.0, torch.tensor([2.0], dtype=torch.float64)])
+
+    def add_b(flat: torch.Tensor) -> None:
+        flat += flat_b
+
+    avg = fedavg_(rank_a, torch.tensor([1.0, 1.0]), shapes, reduce_=add_b)
+    assert torch.equal(avg, torch.tensor([5.0], dtype=torch.float64))  # (1 + 3 + 16) / 4
+    assert torch.equal(rank_a["w"], torch.tensor([[5.0], [5.0]]))
 
 
 def test_assign_slices_checks_names_and_shapes() -> None:

@@ -27,6 +27,10 @@ from lightning_gapsl.algorithms.gapsl import (
 
 LAM_MODES = ("norm", "norm_exact", "linear")  # the modes that use lam
 
+# Hand-checkable hyper-parameters for the pure step (the method's defaults live in
+# lightning_gapsl/methods/gapsl.py).
+HAND = dict(rho=0.5, tau=None, normalize_leader=False, beta=0.9, lam=0.5, mode="norm")
+
 
 def five_clients() -> torch.Tensor:
     """3 clients roughly along +x, 2 along -x (float64 so hand values match to 1e-12)."""
@@ -473,7 +477,7 @@ def test_cut_layer_shift_rejects_bad_shapes() -> None:
 
 def test_gapsl_step_first_and_second_step() -> None:
     g = five_clients()
-    cfg = GapslConfig()  # rho 0.5, beta 0.9, lam 0.5, norm
+    cfg = GapslConfig(**HAND)  # rho 0.5, beta 0.9, lam 0.5, norm
     aligned, state, diag = gapsl_step(g, None, cfg)
     # First step: the EMA is the leader gradient itself, (1, 0).
     assert torch.equal(state, torch.tensor([1.0, 0.0], dtype=torch.float64))
@@ -503,7 +507,7 @@ def test_gapsl_step_first_and_second_step() -> None:
 
 def test_gapsl_step_lam_zero_is_psl() -> None:
     g = _tricky_g()
-    aligned, _, _ = gapsl_step(g, None, GapslConfig(lam=0.0))
+    aligned, _, _ = gapsl_step(g, None, GapslConfig(**{**HAND, "lam": 0.0}))
     assert torch.equal(bits(aligned), bits(g))
 
 
@@ -519,8 +523,8 @@ def test_gapsl_step_lam_zero_is_psl() -> None:
 )
 def test_gapsl_config_validation(field: str, value: object, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        GapslConfig(**{field: value})  # type: ignore[arg-type]
-    cfg = GapslConfig()
+        GapslConfig(**{**HAND, field: value})  # type: ignore[arg-type]
+    cfg = GapslConfig(**HAND)
     setattr(cfg, field, value)  # mutated after construction: gapsl_step re-validates
     with pytest.raises(ValueError, match=key):
         gapsl_step(torch.ones(2, 3), None, cfg)

@@ -1,0 +1,223 @@
+"""The method protocol: what every `algorithm=` key provides, and the state it runs on.
+
+A method is a `Method` record of small functions (torchtitan's train specs, Flower's
+`Strategy`): its typed config, what each rank builds, its training step, what happens
+after a step (FedAvg at a round's end, estimator fitting), what happens before an
+evaluation, its cost model for the latency simulation, whether a single global model
+exists, and its checkpoint state. The runtime (`module.py`) calls these and never
+branches on a method's name; `methods/__init__.py` is the one registry.
+
+Everything a method builds lives in one `RankState`: the hosted clients' stacked
+segments, the server segment, the optimizers, and method-owned extras (decoders,
+auxiliary models, buffers, GAPSL's leader EMA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.config import OptimConfig, RunConfig
+from lightning_gapsl.federated import FederatedData
+from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
+from lightning_gapsl.layout import Layout
+from lightning_gapsl.models.flat import flatten, load_flat_
+from lightning_gapsl.models.split import build_client_segment, build_server_segment
+from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.seeding import derive_seed
+from lightning_gapsl.transport import Transport
+
+
+@dataclass
+class RankState:
+    """The models, optimizers and method state that live on this rank."""
+
+    cfg: RunConfig
+    data: FederatedData
+    layout: Layout
+    clients: StackedSegments | None  # hosted clients' segments, params (K, ...)
+    server: nn.Module | None  # trained server segment (SplitFed V1: stacked copies)
+    eval_server: nn.Module  # the single server segment clients evaluate with
+    # Modules trained by the client optimizer besides the segments (decoders, heads).
+    client_extras: dict[str, nn.Module] = field(default_factory=dict)
+    # Modules the method keeps but no optimizer of ours trains (FSL-SAGE's estimators).
+    other_modules: dict[str, nn.Module] = field(default_factory=dict)
+    # Method state that is not a module (GAPSL's EMA, FSL-SAGE's buffers): checkpointed
+    # through the method's `state_dict` / `load_state_dict`.
+    extras: dict[str, Any] = field(default_factory=dict)
+    client_opt: torch.optim.Optimizer | None = None
+    server_opt: torch.optim.Optimizer | None = None  # server rank only
+    step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
+    loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def total_steps(self) -> int:
+        return self.data.steps_per_epoch * self.cfg.trainer.max_epochs
+
+    @property
+    def round_steps(self) -> int:
+        """Steps per round for the averaging methods (default: one epoch)."""
+        return getattr(self.cfg.algorithm, "round_steps", None) or self.data.steps_per_epoch
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module on this rank, by a stable name (registered by the LightningModule)."""
+        named = {"clients": self.clients, "server": self.server, "eval_server": self.eval_server,
+                 **self.client_extras, **self.other_modules}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+@dataclass
+class StepOutput:
+    loss: float | None  # server loss (server rank only)
+    client_losses: torch.Tensor | None  # (N,) per-client mean CE (server rank only)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Training FLOPs of one step for the latency model (`lightning_gapsl.latency`)."""
+
+    client: float  # what one client computes in the step
+    server: float  # what the server computes in the step (sequential: per client turn)
+    sequential: bool = False  # clients take turns (SL) instead of running in parallel
+
+
+def parallel_cost(state: RankState, client_flops: float, server_flops: float) -> StepCost:
+    """Every client trains its segment on B samples; the server its segment on N * B."""
+    b, n = state.data.batch_size, state.data.num_clients
+    return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b,
+                    TRAIN_FLOPS_PER_FORWARD * (server_flops * n) * b)
+
+
+def broadcast_server(state: RankState, transport: Transport, epoch: int) -> None:
+    """Client ranks evaluate their clients locally with a copy of the server segment."""
+    if not any(True for _ in state.eval_server.parameters()):
+        return
+    flat = flatten(state.eval_server.parameters())
+    transport.broadcast_(flat)
+    load_flat_(state.eval_server.parameters(), flat)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One `algorithm=` key: its config and the functions the runtime calls."""
+
+    name: str
+    config: type  # the method's config dataclass (validated by its ``validate(run_cfg)``)
+    build: Callable[[RunConfig, FederatedData, Layout], RankState]
+    train_step: Callable[[RankState, Transport, int, torch.Tensor, torch.Tensor], StepOutput]
+    # After every step (FedAvg at a round's end, FSL-SAGE's fitting); None: nothing.
+    after_step: Callable[[RankState, Transport, int], None] | None = None
+    # Before every evaluation: give client ranks the server weights they evaluate with.
+    before_eval: Callable[[RankState, Transport, int], None] | None = None  # set below
+    # (state, client forward FLOPs/sample, server forward FLOPs/sample) -> a step's cost.
+    cost: Callable[[RankState, float, float], StepCost] | None = None  # set below
+    # Whether, after ``epoch`` (0-based) ends, every client holds the same model.
+    global_model: Callable[[RankState, int], bool] | None = None
+    server_lr: Callable[[RunConfig, FederatedData], float] | None = None
+    state_dict: Callable[[RankState], dict] | None = None
+    load_state_dict: Callable[[RankState, dict], None] | None = None
+    # One "client" holding the pooled data (centralized), whatever data.num_clients says.
+    pools_data: bool = False
+
+
+# --------------------------------------------------------------------- construction
+
+
+def model_args(cfg: RunConfig, data: FederatedData) -> tuple:
+    ds = data.dataset
+    return cfg.model.name, ds.input_shape, ds.num_classes, cfg.model.cut_layer
+
+
+def seeded(make: Callable[[], nn.Module], seed: int, *key) -> nn.Module:
+    """Build a module under its own seed without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, *key))
+        return make()
+
+
+def cut_shape(cfg: RunConfig, data: FederatedData) -> tuple[int, ...]:
+    """Per-sample shape of the cut-layer activations."""
+    name, shape, classes, cut = model_args(cfg, data)
+    client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
+    with torch.no_grad():
+        return tuple(client(torch.zeros(1, *shape)).shape[1:])
+
+
+def split_state(cfg: RunConfig, data: FederatedData, layout: Layout,
+                shared_init: bool) -> RankState:
+    """Hosted client segments and the server segment, as every split method starts.
+
+    ``shared_init``: every client starts from one model (client id 0's initialisation,
+    as a federated server sends it out); otherwise from (seed, client id).
+    """
+    name, shape, classes, cut = model_args(cfg, data)
+    clients = None
+    if layout.hosted:
+        clients = StackedSegments([
+            build_client_segment(name, shape, classes, cut, cfg.seed, 0 if shared_init else c)
+            for c in layout.hosted])
+    server = build_server_segment(name, shape, classes, cut, cfg.seed)
+    return RankState(cfg, data, layout, clients, server, server)
+
+
+def make_optimizer(params, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """One optimizer per party; elementwise rules, so a stacked one is K independent ones."""
+    params, lr = list(params), cfg.lr if lr is None else lr
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_optimizers(method: Method, state: RankState,
+                    device: torch.device) -> list[torch.optim.Optimizer]:
+    """The client optimizer (segments + client-trained extras) and the server's.
+
+    Called once the modules sit on ``device`` (Lightning moves them after ``setup``).
+    """
+    optim = state.cfg.optim
+    state.loss_weights = client_loss_weights(state.data.client_sizes).to(device)
+    if state.clients is not None:
+        params = list(state.clients.parameters())
+        for extra in state.client_extras.values():
+            params += list(extra.parameters())
+        state.client_opt = make_optimizer(params, optim)
+    server_params = list(state.server.parameters()) if state.server is not None else []
+    if state.layout.is_server and server_params:
+        lr = method.server_lr(state.cfg, state.data) if method.server_lr else optim.lr
+        state.server_opt = make_optimizer(server_params, optim, lr)
+    return [o for o in (state.client_opt, state.server_opt) if o is not None]
+
+
+# --------------------------------------------------------------------- shared step parts
+
+
+def report_client_losses(state: RankState, transport: Transport, step: int,
+                         hosted_losses: torch.Tensor | None) -> StepOutput:
+    """Methods whose clients compute their own loss: per-client losses (K,) go to the
+    server as telemetry (not counted as communication), which reports their size-weighted
+    sum like every other method."""
+    rows = [hosted_losses.view(-1, 1)] if hosted_losses is not None else []
+    received = transport.gather(step, "losses", rows, count=False)
+    if not state.layout.is_server:
+        return StepOutput(None, None)
+    all_losses = received[0].view(-1)  # (N,)
+    return StepOutput(float((all_losses * state.loss_weights).sum()), all_losses)
+
+
+
+
+def with_defaults(method: Method) -> Method:
+    """Fill the hooks every split method shares unless it brings its own."""
+    import dataclasses
+
+    return dataclasses.replace(method, before_eval=method.before_eval or broadcast_server,
+                               cost=method.cost or parallel_cost)

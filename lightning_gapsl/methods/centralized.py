@@ -1,0 +1,42 @@
+"""Centralized: the same full model trained in one piece on the pooled data, the accuracy
+and speed reference. One "client" holds every sample and draws exactly the batches a
+single-client PSL run draws; it runs in one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightning_gapsl.config import check
+from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
+from lightning_gapsl.methods.base import Method, StepCost, StepOutput
+from lightning_gapsl.methods.fedavg import full_model_state
+
+
+@dataclass(frozen=True)
+class CentralizedConfig:
+    name: str = "centralized"
+    """The method's registry name (``algorithm=``)."""
+
+    def validate(self, run) -> None:
+        check(run.trainer.devices == 1,
+              "algorithm=centralized runs in one process; set trainer.devices=1")
+
+
+def train_step(state, transport, step, x, y):
+    state.client_opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(state.clients(x)[0], y[0])  # one client
+    loss.backward()
+    state.client_opt.step()
+    return StepOutput(float(loss.detach()), None)
+
+
+def cost(state, client_flops: float, server_flops: float) -> StepCost:
+    """The whole model on the server, one batch per step."""
+    b = state.data.batch_size
+    return StepCost(0.0, TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b)
+
+
+METHOD = Method("centralized", CentralizedConfig, full_model_state, train_step, cost=cost,
+                global_model=lambda state, epoch: True, pools_data=True)

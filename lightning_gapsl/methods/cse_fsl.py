@@ -1,0 +1,68 @@
+"""CSE-FSL (Mu and Shen): each client trains its segment and a small auxiliary head on
+its own loss, CE(head(z), y); every q steps its activations go to the server, which
+steps on them; nothing comes down. Segments and heads are averaged every round."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_gapsl.algorithms.fsl_sage import aux_model_for
+from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.config import check
+from lightning_gapsl.methods.aux import aux_exchange
+from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
+from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.methods.rounds import (
+    every_round_global,
+    fedavg_clients_,
+    segment_shapes,
+    shapes_of,
+)
+from lightning_gapsl.models.stacked import StackedSegments
+
+
+@dataclass(frozen=True)
+class CseFslConfig(RoundConfig):
+    name: str = "cse_fsl"
+    """The method's registry name (``algorithm=``)."""
+    server_interval: int = 5
+    """Activations go to the server every q steps (step 0 included)."""
+
+    def validate(self, run) -> None:
+        super().validate(run)
+        check(self.server_interval >= 1,
+              f"algorithm.server_interval={self.server_interval} must be >= 1")
+
+
+def build(cfg, data, layout):
+    state = split_state(cfg, data, layout, shared_init=True)
+    act, classes = cut_shape(cfg, data), data.dataset.num_classes
+    if layout.hosted:  # the heads are averaged: one shared initialisation
+        state.client_extras["heads"] = StackedSegments([
+            seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0)
+            for _ in layout.hosted])
+    state.extras["client_shapes"] = segment_shapes(cfg, data)
+    state.extras["head_shapes"] = shapes_of(seeded(lambda: aux_model_for(act, classes),
+                                                  cfg.seed, "aux", 0))
+    return state
+
+
+def _local_backward(state, acts, y):
+    losses = per_client_cross_entropy(state.client_extras["heads"](acts), y)  # (K,)
+    losses.sum().backward()  # segment + head, each client its own loss
+    return losses
+
+
+def train_step(state, transport, step, x, y):
+    return aux_exchange(state, transport, step, x, y, _local_backward)
+
+
+def after_step(state, transport, step) -> None:
+    if round_ends(step, state.round_steps):
+        fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+        fedavg_clients_(state, state.client_extras.get("heads"), state.extras["head_shapes"],
+                        transport)
+
+
+METHOD = Method("cse_fsl", CseFslConfig, build, train_step, after_step=after_step,
+                global_model=every_round_global)

@@ -1,0 +1,125 @@
+"""The PSL-family exchange (DESIGN section 3), shared by every method that sends
+activations up and cut-layer gradients down each step: psl, gapsl, sglr, epsl, sfl_v1,
+sfl_v2, locfedmix. They differ only by the hooks they pass, never by an ``if`` on a name.
+
+Every rank runs the roles it has (client, server, or both in one process) and the
+transport carries tensors between the phases, so in-process and multi-process runs
+execute the same arithmetic in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.methods.base import RankState, StepOutput
+from lightning_gapsl.transport import Transport
+
+# (state, acts (N, B, *F) leaf, labels (N, B), logits, step) -> an extra server loss.
+ExtraServerLoss = Callable[[RankState, torch.Tensor, torch.Tensor, torch.Tensor, int],
+                           torch.Tensor]
+# (state, cut_grads (N, B, *F), step) -> what each client receives (N, B, *F).
+Transform = Callable[[RankState, torch.Tensor, int], torch.Tensor]
+# (state, acts (K, B, *F), received grads (K, B, *F), x (K, B, ...)) -> backward done.
+ClientBackward = Callable[[RankState, torch.Tensor, torch.Tensor, torch.Tensor], None]
+# (state, transport, step): between the client backward and the client step.
+AfterBackward = Callable[[RankState, Transport, int], None]
+# (state, transport, step, cut grads (N, B, *F) on the server, else None) -> this rank's
+# clients' gradients (K, B, *F) (an empty list on a dedicated server rank).
+Downlink = Callable[[RankState, Transport, int, torch.Tensor | None], list[torch.Tensor]]
+# (state, acts (N, B, *F), labels (N, B), step) -> (loss, client losses (N,), cut grads).
+ServerPass = Callable[[RankState, torch.Tensor, torch.Tensor, int],
+                      tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How a PSL-family method differs from plain PSL; every field defaults to PSL."""
+
+    server_pass: ServerPass | None = None  # None: `batched_server_pass`
+    extra_server_loss: ExtraServerLoss | None = None  # server update only (LocFedMix mixup)
+    transform: Transform | None = None  # GAPSL 'cut', SGLR's SplitAvg
+    client_backward: ClientBackward | None = None  # None: acts.backward(grads)
+    after_backward: AfterBackward | None = None  # GAPSL 'client'
+    downlink: Downlink | None = None  # None: `scatter_down` (EPSL: part broadcast)
+
+
+def split_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,
+                   y: torch.Tensor, hooks: Hooks) -> StepOutput:
+    """One step. x (K, B, C, H, W), y (K, B) for this rank's hosted clients."""
+    layout, has_clients = state.layout, state.clients is not None
+    out = StepOutput(None, None)
+
+    # 1-2. clients: forward their segments and send activations + labels up.
+    acts = state.clients(x) if has_clients else None  # (K, B, *F)
+    received = transport.gather(step, "activations", [acts, y] if has_clients else [])
+
+    # 3-4. server: one forward/backward on every client's activations, then transform.
+    cut_grads = None
+    if layout.is_server:
+        server_pass = hooks.server_pass or batched_server_pass
+        if hooks.extra_server_loss is not None:
+            server_pass = _with_extra_loss(hooks.extra_server_loss)
+        loss, client_losses, cut_grads = server_pass(state, *received, step)
+        out = StepOutput(float(loss), client_losses)
+        if hooks.transform is not None:
+            cut_grads = hooks.transform(state, cut_grads, step)
+
+    # 5. scatter each client its gradient; clients back-propagate it.
+    mine = (hooks.downlink or scatter_down)(state, transport, step, cut_grads)
+    if has_clients:
+        state.client_opt.zero_grad(set_to_none=True)
+        if hooks.client_backward is not None:
+            hooks.client_backward(state, acts, mine[0], x)
+        else:
+            acts.backward(mine[0])
+    if hooks.after_backward is not None:
+        hooks.after_backward(state, transport, step)
+    if has_clients:
+        state.client_opt.step()
+    return out
+
+
+def scatter_down(state: RankState, transport: Transport, step: int,
+                 cut_grads: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each client receives its own rows of the server's (N, B, *F) gradients."""
+    return transport.scatter(step, "cut_grads", [cut_grads] if state.layout.is_server else None)
+
+
+def batched_server_pass(state: RankState, acts: torch.Tensor, labels: torch.Tensor, step: int,
+                        extra_loss: ExtraServerLoss | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The server segment on all clients at once; returns loss, per-client losses, cut grads.
+
+    Server loss: size-weighted sum of per-client mean losses. With ``client_grad=own``
+    each client receives the gradient of its own mean loss: the server loss scales
+    client i by w_i ~ 1/N, which would silently cut client learning rates by N.
+    """
+    num_clients, batch = labels.shape
+    acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
+    logits = state.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))  # (N, B, C)
+    loss, client_losses = weighted_client_loss(logits, labels, state.loss_weights)
+    state.server_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
+    if extra_loss is not None:
+        extra_loss(state, acts, labels, logits, step).backward()
+    if state.cfg.algorithm.client_grad == "own":
+        shape = (num_clients,) + (1,) * (cut_grads.dim() - 1)
+        cut_grads = cut_grads / state.loss_weights.view(shape)
+    state.server_opt.step()
+    return reported_loss(state, client_losses), client_losses, cut_grads
+
+
+def _with_extra_loss(extra: ExtraServerLoss) -> ServerPass:
+    def server_pass(state, acts, labels, step):
+        return batched_server_pass(state, acts, labels, step, extra_loss=extra)
+    return server_pass
+
+
+def reported_loss(state: RankState, client_losses: torch.Tensor) -> torch.Tensor:
+    """The size-weighted mean of per-client losses: the training loss every method reports."""
+    return (client_losses * state.loss_weights.to(client_losses.dtype)).sum()

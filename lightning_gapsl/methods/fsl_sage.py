@@ -1,0 +1,132 @@
+"""FSL-SAGE (Nair et al.): each client's auxiliary model estimates the server's cut-layer
+gradient, d CE(aux(z), y) / dz, and the client back-propagates that estimate; every q
+steps the activations go up, the server steps on them and keeps the last `buffer_size`
+samples per client; every l rounds it fits each client's auxiliary model so its
+input-gradient matches the server's true cut-layer gradients on that buffer (MSE), and
+sends it down. Client segments are averaged every round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_gapsl.algorithms.fsl_sage import (
+    ActivationBuffer,
+    align_aux_,
+    alignment_due,
+    aux_model_for,
+    server_cut_grads,
+)
+from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.config import check
+from lightning_gapsl.methods.aux import aux_exchange
+from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
+from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
+from lightning_gapsl.models.flat import flatten, load_flat_
+from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.seeding import generator
+
+
+@dataclass(frozen=True)
+class FslSageConfig(RoundConfig):
+    name: str = "fsl_sage"
+    """The method's registry name (``algorithm=``)."""
+    server_interval: int = 5
+    """Activations go to the server every q steps (step 0 included)."""
+    align_interval: int = 10
+    """Fit the clients' auxiliary models every l rounds."""
+    buffer_size: int = 1000
+    """Activations kept per client on the server for the alignment."""
+    align_epochs: int = 5
+    """Epochs over the buffer per alignment."""
+    align_lr: float = 0.001
+    """Adam learning rate of the alignment."""
+
+    def validate(self, run) -> None:
+        super().validate(run)
+        for key in ("server_interval", "align_interval", "buffer_size", "align_epochs"):
+            check(getattr(self, key) >= 1, f"algorithm.{key}={getattr(self, key)} must be >= 1")
+        check(self.align_lr > 0, f"algorithm.align_lr={self.align_lr} must be > 0")
+
+
+def build(cfg, data, layout):
+    state = split_state(cfg, data, layout, shared_init=True)
+    act, classes = cut_shape(cfg, data), data.dataset.num_classes
+
+    def estimator(client_id: int) -> nn.Module:
+        return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", client_id)
+
+    if layout.hosted:
+        state.other_modules["estimators"] = StackedSegments([estimator(c) for c in layout.hosted])
+    if layout.is_server:  # the server's copy of every estimator starts equal to the client's
+        state.other_modules["server_estimators"] = nn.ModuleList(
+            [estimator(c) for c in range(data.num_clients)])
+        state.extras["buffers"] = [ActivationBuffer(cfg.algorithm.buffer_size)
+                                   for _ in range(data.num_clients)]
+    state.extras["client_shapes"] = segment_shapes(cfg, data)
+    return state
+
+
+def _local_backward(state, acts, y):
+    """The estimator's input-gradient of each client's own mean loss stands in for the
+    server's cut-layer gradient."""
+    leaf = acts.detach().requires_grad_(True)  # (K, B, *F)
+    losses = per_client_cross_entropy(state.other_modules["estimators"](leaf), y)  # (K,)
+    (estimate,) = torch.autograd.grad(losses.sum(), leaf)  # (K, B, *F)
+    acts.backward(estimate)
+    return losses
+
+
+def _buffer(state, acts, labels) -> None:
+    for c, buffer in enumerate(state.extras["buffers"]):
+        buffer.add(acts[c], labels[c])
+
+
+def train_step(state, transport, step, x, y):
+    return aux_exchange(state, transport, step, x, y, _local_backward, _buffer)
+
+
+def _align(state, transport, step: int) -> None:
+    """Fit every client's estimator to the server's true gradients; send it down."""
+    algo, rows = state.cfg.algorithm, None
+    if state.layout.is_server:
+        server_aux = state.other_modules["server_estimators"]
+        for c, (model, buffer) in enumerate(zip(server_aux, state.extras["buffers"])):
+            if len(buffer):
+                acts, labels = buffer.tensors()
+                true = server_cut_grads(state.server, acts, labels)  # (M, *F)
+                align_aux_(model, acts, labels, true, epochs=algo.align_epochs,
+                           lr=algo.align_lr, batch_size=128,
+                           generator=generator(state.seed, "fsl_sage", "align", step, c))
+        rows = [torch.stack([flatten(m.parameters()) for m in server_aux])]  # (N, P_aux)
+    mine = transport.scatter(step, "aux_models", rows)
+    estimators = state.other_modules.get("estimators")
+    if estimators is not None:
+            for k in range(estimators.num_segments):
+                load_flat_([p[k] for p in estimators.stacked_params().values()], mine[0][k])
+
+
+def after_step(state, transport, step) -> None:
+    if not round_ends(step, state.round_steps):
+        return
+    fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    if alignment_due(step // state.round_steps, state.cfg.algorithm.align_interval):
+        _align(state, transport, step)
+
+
+def state_dict(state) -> dict:
+    return {"buffers": [b.state_dict() for b in state.extras.get("buffers", [])]}
+
+
+def load_state_dict(state, saved: dict) -> None:
+    for buffer, entry in zip(state.extras.get("buffers", []), saved["buffers"]):
+        buffer.load_state_dict(entry)
+
+
+METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
+                global_model=every_round_global, state_dict=state_dict,
+                load_state_dict=load_state_dict)

@@ -1,0 +1,30 @@
+"""PSL: parallel split learning (DESIGN section 3), the plain exchange.
+
+Server loss: the size-weighted sum of per-client mean losses; the gradient transform is
+the identity; client segments are never averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_gapsl.methods.base import Method, split_state
+from lightning_gapsl.methods.configs import SplitConfig
+from lightning_gapsl.methods.exchange import Hooks, split_exchange
+
+
+@dataclass(frozen=True)
+class PslConfig(SplitConfig):
+    name: str = "psl"
+    """The method's registry name (``algorithm=``)."""
+
+
+def build(cfg, data, layout):
+    return split_state(cfg, data, layout, shared_init=False)
+
+
+def train_step(state, transport, step, x, y):
+    return split_exchange(state, transport, step, x, y, Hooks())
+
+
+METHOD = Method("psl", PslConfig, build, train_step)

@@ -1,0 +1,83 @@
+"""SplitFed V1 (Thapa et al.): one server copy per client, FedAvg of the client segments
+and of the server copies at the end of every round.
+
+The copies are one stacked module run on each client's activations only; the plain sum
+of client losses gives each copy exactly its own client's gradient, and each client
+receives the gradient of its own loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.methods.base import Method, RankState, split_state
+from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.methods.exchange import Hooks, reported_loss, split_exchange
+from lightning_gapsl.methods.rounds import (
+    average_copies,
+    every_round_global,
+    fedavg_clients_,
+    segment_shapes,
+)
+from lightning_gapsl.models.flat import load_flat_
+from lightning_gapsl.models.split import build_server_segment
+from lightning_gapsl.models.stacked import StackedSegments
+
+
+@dataclass(frozen=True)
+class SflV1Config(RoundConfig):
+    name: str = "sfl_v1"
+    """The method's registry name (``algorithm=``)."""
+
+
+def build(cfg, data, layout) -> RankState:
+    state = split_state(cfg, data, layout, shared_init=True)
+    if layout.is_server:
+        name, shape, classes, cut = cfg.model.name, data.dataset.input_shape, \
+            data.dataset.num_classes, cfg.model.cut_layer
+        state.server = StackedSegments([build_server_segment(name, shape, classes, cut, cfg.seed)
+                                        for _ in range(data.num_clients)])  # a copy per client
+    state.extras["client_shapes"] = segment_shapes(cfg, data)
+    return state
+
+
+def _per_copy_server_pass(state, acts, labels, step):
+    acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
+    logits = state.server(acts)  # (N, B, C): copy i on client i's activations
+    loss, client_losses = weighted_client_loss(logits, labels,
+                                               torch.ones_like(state.loss_weights))
+    state.server_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    state.server_opt.step()
+    return reported_loss(state, client_losses), client_losses, acts.grad
+
+
+def train_step(state, transport, step, x, y):
+    return split_exchange(state, transport, step, x, y, Hooks(server_pass=_per_copy_server_pass))
+
+
+def after_step(state, transport, step) -> None:
+    if not round_ends(step, state.round_steps):
+        return
+    fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    if state.layout.is_server:
+        average_copies(state.server, state.data.client_sizes, assign=True)
+
+
+def before_eval(state, transport, epoch) -> None:
+    """Client ranks evaluate with the copies' average (equal to every copy after a round)."""
+    if state.layout.is_server:
+        flat = average_copies(state.server, state.data.client_sizes.to(transport.device),
+                              assign=False)
+    else:
+        flat = torch.zeros(sum(p.numel() for p in state.eval_server.parameters()),
+                           device=transport.device)
+    transport.broadcast_(flat)
+    load_flat_(state.eval_server.parameters(), flat)
+
+
+METHOD = Method("sfl_v1", SflV1Config, build, train_step, after_step=after_step,
+                before_eval=before_eval, global_model=every_round_global)

@@ -1,0 +1,63 @@
+"""SGLR: PSL with SplitLr (server rate = client rate x N^a) and SplitAvg (a fraction of
+clients receive cut-layer gradients averaged slot by slot over those clients).
+The math: `lightning_gapsl.algorithms.sglr`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_gapsl.algorithms.sglr import (
+    averaged_clients,
+    averaging_active,
+    server_lr,
+    split_avg,
+)
+from lightning_gapsl.config import check
+from lightning_gapsl.methods.base import Method, split_state
+from lightning_gapsl.methods.configs import SplitConfig
+from lightning_gapsl.methods.exchange import Hooks, split_exchange
+
+
+@dataclass(frozen=True)
+class SglrConfig(SplitConfig):
+    name: str = "sglr"
+    """The method's registry name (``algorithm=``)."""
+    lr_exponent: float = 0.5
+    """SplitLr: server learning rate = client rate * N ** lr_exponent, in [0, 2]."""
+    avg_fraction: float = 0.5
+    """SplitAvg: fraction of clients that receive slot-wise averaged cut gradients."""
+    avg_phase: float | None = None
+    """Average only during the first avg_phase share of training (null: always)."""
+
+    def validate(self, run) -> None:
+        super().validate(run)
+        check(0 <= self.lr_exponent <= 2,
+              f"algorithm.lr_exponent={self.lr_exponent} must be in [0, 2]")
+        check(0 <= self.avg_fraction <= 1,
+              f"algorithm.avg_fraction={self.avg_fraction} must be in [0, 1]")
+        check(self.avg_phase is None or 0 <= self.avg_phase <= 1,
+              f"algorithm.avg_phase={self.avg_phase} must be in [0, 1] or null")
+
+
+def _split_avg(state, cut_grads, step):
+    algo = state.cfg.algorithm
+    if not averaging_active(step, state.total_steps, algo.avg_phase):
+        return cut_grads
+    mask = averaged_clients(state.layout.num_clients, algo.avg_fraction, state.seed, step)
+    return split_avg(cut_grads, mask.to(cut_grads.device))
+
+
+def build(cfg, data, layout):
+    return split_state(cfg, data, layout, shared_init=False)
+
+
+def train_step(state, transport, step, x, y):
+    return split_exchange(state, transport, step, x, y, Hooks(transform=_split_avg))
+
+
+def _server_lr(cfg, data) -> float:
+    return server_lr(cfg.optim.lr, data.num_clients, cfg.algorithm.lr_exponent)
+
+
+METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr)

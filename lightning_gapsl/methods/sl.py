@@ -1,0 +1,140 @@
+"""Sequential split learning (SL): one client segment travels from client to client.
+
+Each step the clients take turns in id order: client c receives the segment (with its
+SGD momentum) from client c-1, runs it on its batch, the server runs its segment on
+those activations and steps, client c back-propagates the returned gradient, steps,
+and passes the segment on (client N-1 hands it to client 0 of the next step). Every
+rank walks the same sequence, so ranks stay in lockstep; each client rank holds one
+physical copy of the segment (a stack of one), current whenever one of its clients
+has the turn.
+
+Traffic counted per turn: activations + labels up, the gradient down, and the
+segment's P parameters passed on (counted once up and once down: it leaves one client
+and reaches another), whether or not the two clients share a process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_gapsl.config import check
+from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
+from lightning_gapsl.methods.base import (
+    Method,
+    StepCost,
+    StepOutput,
+    broadcast_server,
+    model_args,
+    split_state,
+)
+from lightning_gapsl.models.flat import flatten, load_flat_
+from lightning_gapsl.models.split import build_client_segment
+from lightning_gapsl.models.stacked import StackedSegments
+
+
+@dataclass(frozen=True)
+class SlConfig:
+    name: str = "sl"
+    """The method's registry name (``algorithm=``)."""
+
+    def validate(self, run) -> None:
+        check(run.optim.name == "sgd",
+              "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd")
+
+
+def build(cfg, data, layout):
+    state = split_state(cfg, data, layout, shared_init=True)
+    if layout.hosted:  # one travelling segment: a physical copy per rank
+        state.clients = StackedSegments([build_client_segment(*model_args(cfg, data),
+                                                              cfg.seed, 0)])
+    state.extras["segment_numel"] = sum(
+        p.numel() for p in build_client_segment(*model_args(cfg, data), cfg.seed, 0).parameters())
+    return state
+
+
+def _state_vector(state) -> torch.Tensor:
+    """Parameters and SGD momentum of the travelling segment, flat (2P,)."""
+    params = list(state.clients.parameters())
+    opt_state = state.client_opt.state
+    moments = [opt_state.get(p, {}).get("momentum_buffer") for p in params]
+    return flatten(params + [m if m is not None else torch.zeros_like(p)
+                             for m, p in zip(moments, params)])
+
+
+def _load_state_vector(state, flat: torch.Tensor) -> None:
+    params = list(state.clients.parameters())
+    offset = load_flat_(params, flat)
+    for p in params:
+        buf = flat[offset: offset + p.numel()].view_as(p).clone()
+        state.client_opt.state.setdefault(p, {})["momentum_buffer"] = buf
+        offset += p.numel()
+
+
+def _hand_off(state, transport, step: int, giver: int, taker: int) -> None:
+    """The segment goes from client ``giver`` to client ``taker``, relayed if needed."""
+    layout = state.layout
+    giver_rank, taker_rank = layout.rank_of(giver), layout.rank_of(taker)
+    rows = [_state_vector(state)] if layout.rank == giver_rank else None
+    got = transport.client_to_client(step, "sl_handoff", giver, taker, rows,
+                                     counted_bytes=4 * state.extras["segment_numel"])
+    if giver_rank != taker_rank and layout.rank == taker_rank:
+        _load_state_vector(state, got[0])
+
+
+def train_step(state, transport, step, x, y):
+    """Every client's turn in order. x (K, B, ...), y (K, B) hosted batches."""
+    layout = state.layout
+    n, hosted = layout.num_clients, layout.hosted
+    losses = torch.zeros(n) if layout.is_server else None
+    for c in range(n):
+        if step > 0 or c > 0:  # at step 0 client 0 starts from the shared initialisation
+            _hand_off(state, transport, step, (c - 1) % n, c)
+        mine = c in hosted
+        acts = state.clients.forward_one(0, x[hosted.index(c)]) if mine else None  # (B, *F)
+        got = transport.to_server(step, f"sl_acts/{c}", c,
+                                  [acts, y[hosted.index(c)]] if mine else None)
+        grads = None
+        if layout.is_server:
+            z = got[0].detach().requires_grad_(True)  # (B, *F)
+            loss = nn.functional.cross_entropy(state.server(z), got[1])
+            state.server_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            state.server_opt.step()
+            grads, losses[c] = [z.grad], loss.detach()
+        back = transport.to_client(step, f"sl_grads/{c}", c, grads)
+        if mine:
+            state.client_opt.zero_grad(set_to_none=True)
+            acts.backward(back[0])
+            state.client_opt.step()
+    if not layout.is_server:
+        return StepOutput(None, None)
+    return StepOutput(float((losses * state.loss_weights.cpu()).sum()), losses)
+
+
+def before_eval(state, transport, epoch: int) -> None:
+    """Every rank gets the current segment (held by client N-1's rank), then the server."""
+    layout = state.layout
+    last = layout.num_clients - 1
+    step = -1 - epoch
+    rows = [_state_vector(state)] if layout.rank == layout.rank_of(last) else None
+    got = transport.to_server(step, "sl_share", last, rows, count=False)
+    numel = state.extras["segment_numel"]
+    flat = got[0] if layout.is_server else torch.zeros(2 * numel, device=transport.device)
+    transport.broadcast_(flat)
+    if state.clients is not None and layout.rank != layout.rank_of(last):
+        _load_state_vector(state, flat)
+    broadcast_server(state, transport, epoch)
+
+
+def cost(state, client_flops: float, server_flops: float) -> StepCost:
+    """Turns, not parallel: per turn one client's batch on both segments."""
+    b = state.data.batch_size
+    return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b,
+                    TRAIN_FLOPS_PER_FORWARD * server_flops * b, sequential=True)
+
+
+METHOD = Method("sl", SlConfig, build, train_step, before_eval=before_eval, cost=cost,
+                global_model=lambda state, epoch: True)

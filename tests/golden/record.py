@@ -1,0 +1,66 @@
+"""Golden numbers of every method on a small fixed setting, kept to prove refactors exact.
+
+    python -m tests.golden.record            # rewrites tests/golden/methods_digits.json
+
+Recorded once before a refactor of the runtime; `tests/dist/test_layout_invariance.py`
+re-runs the same cases in 1 and 3 processes and requires every recorded number to be
+equal to the last bit (JSON keeps Python floats exactly). Regenerate only when numbers
+change on purpose, and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+GOLDEN = Path(__file__).with_name("methods_digits.json")
+
+# Per-epoch keys compared to the last bit (timing keys are left out: they vary).
+EXACT_KEYS = ("train_loss", "test_acc_mean", "test_acc_min", "test_acc_global", "bytes_up",
+              "bytes_down", "sim_latency_s", "client_acc", "client_test_loss", "leader_freq",
+              "gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after")
+
+# Every method, with settings that exercise its round and schedule logic in 2 epochs.
+CASES = {
+    "psl": ["algorithm=psl"],
+    "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut"],
+    "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client"],
+    "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5"],
+    "sfl_v1": ["algorithm=sfl_v1", "algorithm.round_steps=5"],
+    "sfl_v2": ["algorithm=sfl_v2", "algorithm.round_steps=5"],
+    "fedavg": ["algorithm=fedavg", "algorithm.round_steps=5"],
+    "locfedmix": ["algorithm=locfedmix", "algorithm.round_steps=5", "algorithm.fedavg_interval=2"],
+    "cse_fsl": ["algorithm=cse_fsl", "algorithm.round_steps=5", "algorithm.server_interval=3"],
+    "fsl_sage": ["algorithm=fsl_sage", "algorithm.round_steps=5", "algorithm.align_interval=2"],
+    "sl": ["algorithm=sl"],
+}
+# Small and fast; equal threads per process so 1 and 3 processes agree bitwise.
+COMMON = ["data=digits", "logger=none", "trainer.progress_bar=false", "trainer.timeout_s=60",
+          "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1",
+          "data.steps_per_epoch=15"]
+LAYOUTS = {"one": ["trainer.devices=1"], "three": ["trainer.devices=3"]}
+
+
+def exact_fields(summary: dict) -> list[dict]:
+    """The per-epoch numbers a refactor must not change."""
+    return [{k: h[k] for k in EXACT_KEYS if k in h} for h in summary["history"]]
+
+
+def record() -> dict:
+    from lightning_gapsl.train import compose, run
+
+    golden = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, overrides in CASES.items():
+            for layout, extra in LAYOUTS.items():
+                cfg = compose([*COMMON, *overrides, *extra], f"{tmp}/{case}-{layout}")
+                golden[f"{case}/{layout}"] = exact_fields(json.loads(Path(run(cfg)).read_text()))
+                print(case, layout, file=sys.stderr)
+    return golden
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(json.dumps(record(), indent=1, sort_keys=True) + "\n")
+    print(GOLDEN)

@@ -1,0 +1,148 @@
+"""Unit tests (milliseconds to a second): one step of a method on tiny models, in
+process, through the method protocol exactly as the runtime calls it.
+
+Checks update rules that are about who receives what (LocFedMix's mixup changes the
+server's update but not the gradients the clients receive), EPSL's exactness at phi=0
+and its byte counts by hand, and that every registered method is reachable and only
+through the registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gapsl.federated import build_federated_data
+from lightning_gapsl.layout import Layout
+from lightning_gapsl.methods import get_method, method_names
+from lightning_gapsl.methods.base import make_optimizers
+from lightning_gapsl.methods.epsl import aggregate_positions, aggregated_positions
+from lightning_gapsl.transport import LocalTransport
+
+N, B = 3, 4
+
+
+def _state(compose_cfg, *overrides):
+    cfg = compose_cfg(*overrides, f"data.num_clients={N}", f"data.batch_size={B}",
+                      "trainer.devices=1", "optim.momentum=0")
+    data = build_federated_data(cfg)
+    method = get_method(cfg.algorithm.name)
+    state = method.build(cfg, data, Layout(0, 1, N))
+    make_optimizers(method, state, torch.device("cpu"))
+    return method, state
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(N, B, 1, 8, 8, generator=gen), torch.randint(0, 10, (N, B), generator=gen)
+
+
+def _step(method, state, step: int = 0):
+    transport = LocalTransport(Layout(0, 1, N))
+    x, y = _batch()
+    method.train_step(state, transport, step, x, y)
+    return transport
+
+
+def _with(method, state, **changes):
+    """A deep copy of ``state`` whose method config has ``changes``."""
+    other = copy.deepcopy(state)
+    algo = dataclasses.replace(state.cfg.algorithm, **changes)
+    other.cfg = dataclasses.replace(state.cfg, algorithm=algo)
+    return other
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_locfedmix_mixup_moves_server_not_client_gradients(compose_cfg):
+    method, a = _state(compose_cfg, "algorithm=locfedmix", "algorithm.num_partners=1")
+    b = _with(method, a, num_partners=0)
+    _step(method, a), _step(method, b)
+    assert _same(a.clients, b.clients)  # same cut-layer gradients received ...
+    assert not _same(a.server, b.server)  # ... while the server's update had the mixup loss
+
+
+def test_locfedmix_reconstruction_changes_only_the_client_side(compose_cfg):
+    method, a = _state(compose_cfg, "algorithm=locfedmix", "algorithm.num_partners=0",
+                       "algorithm.rec_weight=1.0")
+    b = _with(method, a, rec_weight=0.0)
+    _step(method, a), _step(method, b)
+    assert _same(a.server, b.server)
+    assert not _same(a.clients, b.clients)
+
+
+def test_epsl_phi_zero_is_psl_bit_for_bit(compose_cfg):
+    psl, a = _state(compose_cfg, "algorithm=psl")
+    epsl, b = _state(compose_cfg, "algorithm=epsl", "algorithm.phi=0")
+    for step in range(3):
+        ta, tb = _step(psl, a, step), _step(epsl, b, step)
+        assert (ta.counter.bytes_up, ta.counter.bytes_down) == \
+            (tb.counter.bytes_up, tb.counter.bytes_down)
+    assert _same(a.clients, b.clients) and _same(a.server, b.server)
+
+
+def test_epsl_bytes_by_hand(compose_cfg):
+    """phi=0.5, B=4: m=2 positions aggregated. Up: N*B activations (8x4x4 floats) + N*B
+    int64 labels. Down: N*(B-m) per-client rows + m broadcast rows, counted once."""
+    epsl, state = _state(compose_cfg, "algorithm=epsl", "algorithm.phi=0.5")
+    transport = _step(epsl, state)
+    row = 8 * 4 * 4 * 4  # bytes of one sample's cut-layer tensor (float32)
+    assert transport.counter.bytes_up == N * B * row + N * B * 8
+    assert transport.counter.bytes_down == N * (B - 2) * row + 2 * row
+
+
+def test_epsl_aggregation_by_hand():
+    g = torch.tensor([[[1.0], [2.0], [3.0]], [[3.0], [4.0], [5.0]]])  # (N=2, B=3, 1)
+    assert aggregated_positions(0.5, 3) == 2 and aggregated_positions(0.0, 3) == 0
+    assert aggregated_positions(0.1 * 3, 10) == 3  # 0.30000000000000004 * 10: no extra
+    shared, own = aggregate_positions(g, 2)
+    assert torch.equal(shared, torch.tensor([[2.0], [3.0]]))  # client means of slots 0, 1
+    assert torch.equal(own, torch.tensor([[[3.0]], [[5.0]]]))
+
+
+def test_epsl_clients_receive_the_aggregated_positions(compose_cfg):
+    """phi=1: every position aggregated, so every client gets the same gradient rows."""
+    epsl, state = _state(compose_cfg, "algorithm=epsl", "algorithm.phi=1")
+    grads = {}
+    x, y = _batch()
+    original = state.clients.forward
+
+    def recording_forward(inp):
+        out = original(inp)
+        out.register_hook(lambda g: grads.setdefault("g", g))
+        return out
+
+    state.clients.forward = recording_forward
+    epsl.train_step(state, LocalTransport(Layout(0, 1, N)), 0, x, y)
+    g = grads["g"]  # (N, B, *F)
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+
+
+def test_every_method_is_registered_and_names_stay_in_the_registry():
+    root = Path(__file__).resolve().parents[2]
+    methods_dir = root / "lightning_gapsl" / "methods"
+    for name in method_names():
+        assert get_method(name).name == name
+        assert (root / "conf" / "algorithm" / f"{name}.yaml").is_file()
+        assert (methods_dir / f"{name}.py").is_file()
+    # No algorithm-name comparison outside the registry, the config entry and the methods.
+    names = "|".join(method_names())
+    pattern = rf"""(algorithm|algo)\.name *(==|!=|in)|(==|!=) *["']({names})["']"""
+    found = subprocess.run(["grep", "-rnE", pattern, "lightning_gapsl", "callbacks"],
+                           check=False, cwd=root, capture_output=True,
+                           text=True).stdout.splitlines()
+    outside = [line for line in found if "lightning_gapsl/methods/" not in line
+               and "lightning_gapsl/config.py" not in line]
+    assert outside == []
+
+
+def test_unknown_algorithm_names_the_valid_ones():
+    with pytest.raises(KeyError, match="gapsl"):
+        get_method("gapls")
