@@ -53,11 +53,12 @@ def fedavg_stacked_(stacked: StackedSegments | None, weights: torch.Tensor | Non
 
 def average_copies(stacked: StackedSegments, weights: torch.Tensor, assign: bool) -> torch.Tensor:
     """The size-weighted average of copies held on one rank (SplitFed V1's server copies),
-    in their own dtype; with ``assign`` every copy becomes it. Returns it flat (D,)."""
+    accumulated in float64 like the clients' average; with ``assign`` every copy becomes
+    it. Returns it flat (D,), in the copies' dtype."""
     params = stacked.stacked_params()
     first = next(iter(params.values()))
     return fedavg_(params, weights, {n: p.shape[1:] for n, p in params.items()},
-                   dtype=first.dtype, assign=assign)
+                   assign=assign).to(first.dtype)
 
 
 def fedavg_after_round(state: RankState, transport: Transport, step: int) -> None:

@@ -1,6 +1,6 @@
 """Golden numbers of every method on a small fixed setting, kept to prove refactors exact.
 
-    python -m tests.golden.record            # rewrites tests/golden/methods_digits.json
+    python -m tests.golden.record [CASE ...]   # rewrites tests/golden/methods_digits.json
 
 Recorded once before a refactor of the runtime; `tests/dist/test_layout_invariance.py`
 re-runs the same cases in 1 and 3 processes and requires every recorded number to be
@@ -48,12 +48,13 @@ def exact_fields(summary: dict) -> list[dict]:
     return [{k: h[k] for k in EXACT_KEYS if k in h} for h in summary["history"]]
 
 
-def record() -> dict:
+def record(cases: list[str]) -> dict:
     from lightning_gapsl.train import compose, run
 
     golden = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for case, overrides in CASES.items():
+        for case in cases:
+            overrides = CASES[case]
             for layout, extra in LAYOUTS.items():
                 cfg = compose([*COMMON, *overrides, *extra], f"{tmp}/{case}-{layout}")
                 golden[f"{case}/{layout}"] = exact_fields(json.loads(Path(run(cfg)).read_text()))
@@ -62,5 +63,8 @@ def record() -> dict:
 
 
 if __name__ == "__main__":
-    GOLDEN.write_text(json.dumps(record(), indent=1, sort_keys=True) + "\n")
+    # Optional case names: re-record only those (numbers that changed on purpose).
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    golden.update(record(sys.argv[1:] or list(CASES)))
+    GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     print(GOLDEN)
