@@ -1,0 +1,100 @@
+"""Unit tests (milliseconds): local-pass rounds (data/rounds.py) and their batches
+(ClientBatches with round_len), on hand-checkable client sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_gapsl.data.rounds import (
+    active_clients,
+    fresh_samples,
+    local_steps,
+    pass_positions,
+    round_length,
+    round_position,
+)
+from lightning_gapsl.data.sampling import ClientBatches
+
+SIZES, B = [5, 64, 33], 16  # ceil(n / B) = 1, 4, 3 active steps; R = 4
+
+
+def test_local_steps_and_round_length_by_hand() -> None:
+    assert local_steps(SIZES, B).tolist() == [1, 4, 3]
+    assert round_length(SIZES, B) == 4
+    assert local_steps([16, 17, 1], 16).tolist() == [1, 2, 1]  # exact multiple, one over, tiny
+    assert round_length(torch.tensor([100.0, 7.0]), 10) == 10  # float sizes (client_sizes)
+
+
+def test_active_clients_are_the_first_steps_of_the_round() -> None:
+    masks = [active_clients(t, SIZES, B).tolist() for t in range(4)]
+    assert masks == [[True, True, True], [False, True, True], [False, True, True],
+                     [False, True, False]]
+    per_client = torch.stack([active_clients(t, SIZES, B) for t in range(4)]).sum(0)
+    assert per_client.tolist() == [1, 4, 3]  # exactly ceil(n_i / B) active steps each
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        active_clients(4, SIZES, B)
+
+
+def test_fresh_samples_sum_to_one_pass() -> None:
+    fresh = torch.stack([fresh_samples(t, SIZES, B) for t in range(4)])  # (R, N)
+    assert fresh.tolist() == [[5, 16, 16], [0, 16, 16], [0, 16, 1], [0, 16, 0]]
+    assert fresh.sum(0).tolist() == SIZES
+
+
+def test_pass_positions_wrap_within_the_pass() -> None:
+    assert pass_positions(2, 33, 16).tolist() == [32] + list(range(15))
+    assert pass_positions(0, 5, 8).tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert pass_positions(1, 64, 16).tolist() == list(range(16, 32))
+
+
+def test_round_position_and_bad_arguments() -> None:
+    assert round_position(9, 4) == (2, 1) and round_position(0, 4) == (0, 0)
+    with pytest.raises(ValueError):
+        round_position(-1, 4)
+    with pytest.raises(ValueError, match="client sizes"):
+        local_steps([3, 0], 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        local_steps([3], 0)
+
+
+def _batches(client_ids: list[int], round_len: int | None) -> ClientBatches:
+    # Sample values are their own index, so a batch's x reveals which samples it holds.
+    n = sum(SIZES)
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
+    starts = [0, 5, 69]
+    parts = {c: torch.arange(starts[c], starts[c] + SIZES[c]) for c in client_ids}
+    return ClientBatches(x, torch.zeros(n, dtype=torch.int64), parts, B, seed=3,
+                         total_steps=8, round_len=round_len)
+
+
+def test_local_pass_batches_cover_each_client_once_per_round() -> None:
+    data = _batches([0, 1, 2], round_len=4)
+    for r in range(2):
+        rows = [data[r * 4 + t][0].view(3, B) for t in range(4)]  # R steps of (K, B)
+        for c, start in enumerate([0, 5, 69]):
+            active = [rows[t][c] for t in range(4) if active_clients(t, SIZES, B)[c]]
+            seen = torch.cat(active).long()
+            assert set(seen.tolist()) == set(range(start, start + SIZES[c]))  # every sample
+            assert seen.numel() == local_steps(SIZES, B)[c] * B
+            # idle rows repeat the last active batch (padding for the (K, B) stack)
+            for t in range(len(active), 4):
+                assert torch.equal(rows[t][c], active[-1])
+    first = data[1][0].view(3, B)[1]
+    assert not torch.equal(first, data[5][0].view(3, B)[1])  # a new permutation per round
+
+
+def test_local_pass_batches_do_not_depend_on_hosting() -> None:
+    everyone, alone = _batches([0, 1, 2], 4), _batches([2], 4)
+    for step in range(8):
+        assert torch.equal(everyone[step][0][2], alone[step][0][0])
+    with pytest.raises(ValueError, match="round_len"):
+        _batches([0], 0)
+
+
+def test_lockstep_batches_unchanged_without_round_len() -> None:
+    lockstep = _batches([0, 1, 2], None)
+    for step in range(3):  # the endless-stream batch, not a pass batch
+        for k, stream in enumerate(lockstep.streams):
+            assert torch.equal(lockstep[step][0][k].flatten().long(), stream.batch(step, B))
+    assert not torch.equal(lockstep[1][0][0], _batches([0, 1, 2], 4)[1][0][0])
