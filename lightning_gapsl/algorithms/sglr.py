@@ -11,7 +11,12 @@ SGLR changes PSL in two places (DESIGN section 6):
    client gets the mean of the chosen clients' sample-``j`` gradients. This damps the
    client drift that non-IID labels cause, at no communication cost (the server holds
    every client's gradient anyway). `averaging_active` optionally restricts SplitAvg
-   to an initial phase of training.
+   to a phase of training: the first or (as the paper's schedule does, per issue 8's
+   reading of its Algorithm 1) the final ``X`` of the steps.
+3. **Server loss** (`server_loss_weights`): the server segment's loss is the plain mean
+   of the cross-entropy over every sample of every (active) client, i.e. weight ``1/N``
+   per client with equal batches (``server_loss="mean"``); ``weighted`` keeps PSL's
+   data-size weights ``n_i / sum n``.
 
 The chosen clients depend on ``(seed, step)`` only, never on the process layout, so a
 run is the same on one process and on many (DESIGN section 2). Pure functions: no
@@ -25,9 +30,22 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.seeding import generator
 
-__all__ = ["averaged_clients", "averaging_active", "num_averaged", "server_lr", "split_avg"]
+__all__ = [
+    "AVG_PHASE_WHERE",
+    "SERVER_LOSSES",
+    "averaged_clients",
+    "averaging_active",
+    "num_averaged",
+    "server_loss_weights",
+    "server_lr",
+    "split_avg",
+]
+
+AVG_PHASE_WHERE = ("first", "last")
+SERVER_LOSSES = ("mean", "weighted")
 
 
 def server_lr(client_lr: float, num_clients: int, exponent: float = 0.5) -> float:
@@ -131,23 +149,67 @@ def split_avg(cut_grads: Tensor, mask: Tensor) -> Tensor:
     return torch.where(sel, mean.unsqueeze(0), cut_grads)  # (N, B, *F)
 
 
-def averaging_active(step: int, total_steps: int, phase_fraction: float | None) -> bool:
+def averaging_active(
+    step: int, total_steps: int, phase_fraction: float | None, where: str = "first"
+) -> bool:
     """Whether SplitAvg applies at ``step`` under the phased schedule.
 
     Args:
         step: 0-based global step.
         total_steps: number of steps of the whole run, ``>= 1``.
         phase_fraction: ``None``: SplitAvg on every step. Otherwise ``X`` in ``[0, 1]``
-            (``algorithm.avg_phase``): averaged gradients for the first ``X`` of
-            training, i.e. steps ``0 .. ceil(X * total_steps) - 1``, plain PSL after.
+            (``algorithm.avg_phase``): averaged gradients in a phase of
+            ``k = ceil(X * total_steps)`` steps, plain PSL in the others.
+        where: ``first`` (the default, this project's earlier schedule): steps
+            ``0 .. k - 1``; ``last`` (the paper's, per issue 8): the final ``k`` steps,
+            ``total_steps - k .. total_steps - 1``, so training ends averaged.
 
-    ``X * total_steps`` is rounded to 9 decimals before the comparison so that float
+    ``X * total_steps`` is rounded to 9 decimals before the ceiling so that float
     noise (``0.3 * 10 = 3.0000000000000004``) does not add a step.
     """
+    if where not in AVG_PHASE_WHERE:
+        raise ValueError(
+            f"algorithm.avg_phase_where must be one of {', '.join(AVG_PHASE_WHERE)}, got {where!r}"
+        )
     if phase_fraction is None:
         return True
     if not 0.0 <= phase_fraction <= 1.0:
         raise ValueError(f"algorithm.avg_phase must be in [0, 1] or null, got {phase_fraction}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    return step < math.ceil(round(phase_fraction * total_steps, 9))
+    k = math.ceil(round(phase_fraction * total_steps, 9))
+    return step < k if where == "first" else step >= total_steps - k
+
+
+def server_loss_weights(
+    client_sizes: Tensor, mode: str = "mean", active: Tensor | None = None
+) -> Tensor:
+    """Per-client weights ``(N,)`` of SGLR's server loss ``sum_i w_i mean_b CE_i``.
+
+    Args:
+        client_sizes: ``(N,)`` training samples per client.
+        mode: ``mean`` (SGLR): ``w_i = 1 / |active|``, so with equal batches the loss
+            is the plain mean over every sample the server received; ``weighted``
+            (PSL's convention): ``w_i = n_i / sum_{j active} n_j``.
+        active: ``(N,)`` bool, the clients that sent a batch this step (local-pass
+            rounds); ``None``: all. Idle clients get weight 0; at least one must be active.
+
+    Returns:
+        ``(N,)`` float32 weights summing to 1 over the active clients, for
+        `lightning_gapsl.algorithms.psl.weighted_client_loss`.
+    """
+    if mode not in SERVER_LOSSES:
+        raise ValueError(
+            f"algorithm.server_loss must be one of {', '.join(SERVER_LOSSES)}, got {mode!r}"
+        )
+    n = client_sizes.shape[0] if client_sizes.dim() == 1 else -1
+    if n < 1:
+        raise ValueError(f"client_sizes must be (N,), got shape {tuple(client_sizes.shape)}")
+    if active is None:
+        active = torch.ones(n, dtype=torch.bool)
+    if active.dtype != torch.bool or tuple(active.shape) != (n,) or not bool(active.any()):
+        raise ValueError(f"active must be a bool ({n},) mask with at least one True entry")
+    active = active.to(client_sizes.device)
+    if mode == "mean":
+        return active.to(torch.float32) / active.sum().to(torch.float32)
+    return client_loss_weights(torch.where(active, client_sizes.to(torch.float64), 0.0))
