@@ -26,6 +26,14 @@ reference's smaller last batch effectively does). Idle clients' rows are padding
 runtime must give them no loss weight, no optimizer step (momentum and Adam would move
 them on a zero gradient) and no upload.
 
+Sequential methods (SL, SplitFed V2) have a second choice, what one client's *turn* is:
+one batch (this project's and CycleSL's convention: every step each client in turn
+trains on one batch) or a whole local epoch (SplitFed's code: ``SL_ResNet_HAM10000.py``
+and ``SFLV2_ResNet_HAM10000.py`` serve each client its whole ``DataLoader`` before the
+next). `sequential_turn` maps a step of such a round to ``(client, its local step)``:
+the round lasts ``sum_i ceil(n_i / B)`` steps, one client active at a time, in
+`turn_order`.
+
 Pure functions of (client sizes, batch size, step): no rank, no global state, so every
 process computes the same mask for every client.
 """
@@ -37,17 +45,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_gapsl.seeding import generator
+
 __all__ = [
     "ROUND_MODES",
+    "TURN_ORDERS",
     "active_clients",
     "fresh_samples",
     "local_steps",
     "pass_positions",
     "round_length",
     "round_position",
+    "sequential_round_length",
+    "sequential_turn",
+    "turn_order",
 ]
 
 ROUND_MODES = ("lockstep", "local_pass")
+TURN_ORDERS = ("id", "random")
 
 
 def _sizes(sizes: Sequence[int] | Tensor, batch_size: int) -> Tensor:
@@ -121,3 +136,49 @@ def pass_positions(step_in_round: int, num_samples: int, batch_size: int) -> Ten
         )
     start = step_in_round * batch_size
     return (torch.arange(start, start + batch_size) % num_samples).to(torch.int64)  # (B,)
+
+
+def turn_order(num_clients: int, seed: int, round_index: int, order: str = "id") -> Tensor:
+    """The clients' turn order in one round of a sequential method: int64 ``(N,)``.
+
+    ``id``: ``0 .. N-1`` (FSL-SAGE's code and this project's ``sl``); ``random``: a new
+    permutation every round from ``(seed, "turns", round_index)`` (SplitFed's code draws
+    ``np.random.choice(range(N), N, replace=False)`` every round), the same on every rank.
+    """
+    if order not in TURN_ORDERS:
+        raise ValueError(f"turn order must be one of {', '.join(TURN_ORDERS)}, got {order!r}")
+    if num_clients < 1 or round_index < 0:
+        raise ValueError(
+            f"need num_clients >= 1 and round_index >= 0, got {num_clients}, {round_index}"
+        )
+    if order == "id":
+        return torch.arange(num_clients)
+    return torch.randperm(num_clients, generator=generator(seed, "turns", round_index))
+
+
+def sequential_round_length(sizes: Sequence[int] | Tensor, batch_size: int) -> int:
+    """Steps in a round of whole-local-epoch turns: ``sum_i ceil(n_i / B)``."""
+    return int(local_steps(sizes, batch_size).sum())
+
+
+def sequential_turn(
+    step_in_round: int, sizes: Sequence[int] | Tensor, batch_size: int, order: Tensor
+) -> tuple[int, int]:
+    """``(client id, its step within its local pass)`` at ``step_in_round`` of a round of
+    whole-local-epoch turns taken in ``order`` (`turn_order`).
+
+    Client ``order[0]`` takes steps ``0 .. s_0 - 1``, then ``order[1]`` its ``s_1``
+    steps, and so on (``s_i = ceil(n_i / B)``); its batches are `pass_positions` of its
+    pass, so each turn is exactly one pass over that client's data.
+    """
+    steps = local_steps(sizes, batch_size)  # (N,)
+    order = torch.as_tensor(order).to(torch.int64).flatten()
+    if sorted(order.tolist()) != list(range(steps.numel())):
+        raise ValueError(f"order must be a permutation of 0..{steps.numel() - 1}, got {order.tolist()}")
+    total = int(steps.sum())
+    if not 0 <= step_in_round < total:
+        raise ValueError(f"step_in_round must be in [0, {total}), got {step_in_round}")
+    ends = torch.cumsum(steps[order], 0)  # (N,) exclusive end step of each turn
+    turn = int(torch.searchsorted(ends, torch.tensor(step_in_round), right=True))
+    start = int(ends[turn - 1]) if turn > 0 else 0
+    return int(order[turn]), step_in_round - start

@@ -13,6 +13,9 @@ from lightning_gapsl.data.rounds import (
     pass_positions,
     round_length,
     round_position,
+    sequential_round_length,
+    sequential_turn,
+    turn_order,
 )
 from lightning_gapsl.data.sampling import ClientBatches
 
@@ -98,3 +101,27 @@ def test_lockstep_batches_unchanged_without_round_len() -> None:
         for k, stream in enumerate(lockstep.streams):
             assert torch.equal(lockstep[step][0][k].flatten().long(), stream.batch(step, B))
     assert not torch.equal(lockstep[1][0][0], _batches([0, 1, 2], 4)[1][0][0])
+
+
+def test_whole_epoch_turns_by_hand() -> None:
+    # s = (1, 4, 3): in order (2, 0, 1) client 2 takes steps 0-2, client 0 step 3,
+    # client 1 steps 4-7; 8 steps in all, each client exactly one pass.
+    order = torch.tensor([2, 0, 1])
+    assert sequential_round_length(SIZES, B) == 8
+    turns = [sequential_turn(t, SIZES, B, order) for t in range(8)]
+    assert turns == [(2, 0), (2, 1), (2, 2), (0, 0), (1, 0), (1, 1), (1, 2), (1, 3)]
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        sequential_turn(8, SIZES, B, order)
+    with pytest.raises(ValueError, match="permutation"):
+        sequential_turn(0, SIZES, B, torch.tensor([0, 0, 1]))
+
+
+def test_turn_orders() -> None:
+    assert turn_order(4, seed=0, round_index=3).tolist() == [0, 1, 2, 3]
+    a = turn_order(6, seed=1, round_index=0, order="random")
+    assert sorted(a.tolist()) == list(range(6))
+    assert torch.equal(a, turn_order(6, seed=1, round_index=0, order="random"))
+    rounds = {tuple(turn_order(6, 1, r, "random").tolist()) for r in range(5)}
+    assert len(rounds) > 1  # a new order every round
+    with pytest.raises(ValueError, match="id, random"):
+        turn_order(3, 0, 0, order="reverse")
