@@ -41,6 +41,7 @@ process computes the same mask for every client.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -50,6 +51,7 @@ from lightning_gapsl.seeding import generator
 __all__ = [
     "ROUND_MODES",
     "TURN_ORDERS",
+    "Turns",
     "active_clients",
     "fresh_samples",
     "local_steps",
@@ -182,3 +184,35 @@ def sequential_turn(
     turn = int(torch.searchsorted(ends, torch.tensor(step_in_round), right=True))
     start = int(ends[turn - 1]) if turn > 0 else 0
     return int(order[turn]), step_in_round - start
+
+
+@dataclass(frozen=True)
+class Turns:
+    """A schedule of whole-local-epoch turns, the same on every rank.
+
+    ``sizes``: every client's sample count (all N, not only the hosted ones);
+    ``order``: ``id`` | ``random`` (`turn_order`). Round ``r`` lasts `length` steps.
+    """
+
+    sizes: tuple[int, ...]
+    batch_size: int
+    order: str = "id"
+    seed: int = 0
+
+    @property
+    def length(self) -> int:
+        """Steps per round: ``sum_i ceil(n_i / B)``."""
+        return sequential_round_length(self.sizes, self.batch_size)
+
+    def at(self, step: int) -> tuple[int, int, int]:
+        """``(round index, client whose turn it is, that client's step in its pass)``."""
+        r, t = round_position(step, self.length)
+        order = turn_order(len(self.sizes), self.seed, r, self.order)
+        client, local = sequential_turn(t, self.sizes, self.batch_size, order)
+        return r, client, local
+
+    def active(self, step: int) -> Tensor:
+        """Bool ``(N,)``: one-hot of the client whose turn it is at ``step``."""
+        mask = torch.zeros(len(self.sizes), dtype=torch.bool)
+        mask[self.at(step)[1]] = True
+        return mask

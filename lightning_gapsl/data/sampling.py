@@ -11,7 +11,9 @@ every rank runs the same number of steps.
 With ``round_len`` set (local-pass rounds, `lightning_gapsl.data.rounds`), client c's
 batch at step t of round r is instead taken from permutation r alone (`pass_batch`):
 one pass over its own data per round, ``ceil(n_c / B)`` active steps; the rows of idle
-clients are padding (their last active batch) that the runtime masks out.
+clients are padding (their last active batch) that the runtime masks out. With
+``turns`` (whole-local-epoch turns of SL / SplitFed V2) only the client whose turn it is
+draws a real batch, batch ``local`` of its pass for the round; the others are padding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_gapsl.data.rounds import pass_positions, round_position
+from lightning_gapsl.data.rounds import Turns, pass_positions, round_position
 from lightning_gapsl.seeding import generator
 
 
@@ -78,6 +80,7 @@ class ClientBatches(Dataset):
     ``round_len`` None: lockstep batches (`ClientStream.batch`); an int R (computed from
     ALL clients' sizes by `lightning_gapsl.data.rounds.round_length`, so every rank
     agrees): local-pass batches (`ClientStream.pass_batch`) for rounds of R steps.
+    ``turns`` (exclusive with ``round_len``): whole-local-epoch turns, see `Turns`.
     """
 
     def __init__(
@@ -89,9 +92,12 @@ class ClientBatches(Dataset):
         seed: int,
         total_steps: int,
         round_len: int | None = None,
+        turns: Turns | None = None,
     ):
         if round_len is not None and round_len < 1:
             raise ValueError(f"round_len must be >= 1 or None, got {round_len}")
+        if round_len is not None and turns is not None:
+            raise ValueError("give round_len (local-pass rounds) or turns, not both")
         self.train_x = train_x  # (n, C, H, W)
         self.train_y = train_y  # (n,)
         self.client_ids = sorted(client_indices)
@@ -99,6 +105,7 @@ class ClientBatches(Dataset):
         self.batch_size = batch_size
         self.total_steps = total_steps
         self.round_len = round_len
+        self.turns = turns
 
     def __len__(self) -> int:
         return self.total_steps
@@ -108,7 +115,12 @@ class ClientBatches(Dataset):
         if not self.streams:
             shape = (0, self.batch_size, *self.train_x.shape[1:])
             return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64), step
-        if self.round_len is None:
+        if self.turns is not None:
+            r, client, local = self.turns.at(step)
+            idx = torch.stack([  # the turn's client draws its batch; the others pad
+                s.pass_batch(r, local if c == client else 0, self.batch_size)
+                for c, s in zip(self.client_ids, self.streams, strict=True)])
+        elif self.round_len is None:
             idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
         else:
             r, t = round_position(step, self.round_len)

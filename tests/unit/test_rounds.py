@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightning_gapsl.data.rounds import (
+    Turns,
     active_clients,
     fresh_samples,
     local_steps,
@@ -125,3 +126,25 @@ def test_turn_orders() -> None:
     assert len(rounds) > 1  # a new order every round
     with pytest.raises(ValueError, match="id, random"):
         turn_order(3, 0, 0, order="reverse")
+
+
+def test_turns_schedule_and_its_batches() -> None:
+    turns = Turns(tuple(SIZES), B, order="id", seed=3)
+    assert turns.length == 8
+    assert [turns.at(s)[1:] for s in range(8)] == [
+        (0, 0), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2)]
+    assert turns.at(9) == (1, 1, 0)  # round 1, step 1: client 1's first batch
+    assert turns.active(5).tolist() == [False, False, True]
+    data = _batches([0, 1, 2], None)
+    data = ClientBatches(data.train_x, data.train_y,
+                         {c: data.streams[c].indices for c in range(3)}, B, 3, 16,
+                         turns=turns)
+    for r in range(2):  # each turn is exactly one pass over that client's data
+        for c, start in enumerate([0, 5, 69]):
+            rows = [data[r * 8 + s][0].view(3, B)[c] for s in range(8)
+                    if turns.at(r * 8 + s)[1] == c]
+            seen = torch.cat(rows).long()
+            assert set(seen.tolist()) == set(range(start, start + SIZES[c]))
+    with pytest.raises(ValueError, match="not both"):
+        ClientBatches(data.train_x, data.train_y, {0: torch.arange(5)}, B, 3, 8,
+                      round_len=4, turns=turns)
