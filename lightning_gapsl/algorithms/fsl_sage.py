@@ -32,8 +32,9 @@ module offers for it:
   client got at start-up and keeps across alignments: `align_aux_` with
   ``batch_size=None`` and a persistent ``optimizer`` from `alignment_optimizer`.
 * auxiliary models: equal at start (``main.py`` loads client 0's auxiliary state into
-  every client); for ResNet-18 a freshly initialised copy of the server's next stage
-  (``layer3``) + global average pool + linear, cut after ``layer2``: `next_stage_aux`.
+  every client); for ResNet-18, cut after ``layer2``, a new module with the architecture
+  of the server's next stage (``layer3``, its own initialisation) + global average
+  pool + linear: `next_stage_aux`.
 * uploads: client i uploads when its local iteration within the round is a multiple of
   q (``local_iter % server_update_interval == 0``; the count restarts each round), and
   the server steps once per uploaded batch: `uploads_due`.
