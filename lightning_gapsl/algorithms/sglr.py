@@ -36,15 +36,18 @@ from lightning_gapsl.seeding import generator
 __all__ = [
     "AVG_PHASE_WHERE",
     "SERVER_LOSSES",
+    "SPLIT_AVG_OVER",
     "averaged_clients",
     "averaging_active",
     "num_averaged",
     "server_loss_weights",
     "server_lr",
     "split_avg",
+    "split_avg_batch",
 ]
 
 AVG_PHASE_WHERE = ("first", "last")
+SPLIT_AVG_OVER = ("slot", "batch")
 SERVER_LOSSES = ("mean", "weighted")
 
 
@@ -113,13 +116,22 @@ def averaged_clients(num_clients: int, fraction: float, seed: int, step: int) ->
     return torch.zeros(num_clients, dtype=torch.bool).index_fill(0, chosen, True)  # (N,)
 
 
-def split_avg(cut_grads: Tensor, mask: Tensor) -> Tensor:
+def split_avg(
+    cut_grads: Tensor, mask: Tensor, over: str = "slot", weights: Tensor | None = None
+) -> Tensor:
     """SplitAvg's gradient transform: masked clients get the slot-wise mean gradient.
 
     Args:
         cut_grads: ``(N, B, *F)`` each client's cut-layer gradient, sample ``j`` of
             client ``i`` at ``[i, j]``.
         mask: ``(N,)`` bool, the clients to average (see `averaged_clients`).
+        over: ``slot`` (DESIGN, default): described below. ``batch``: every masked row
+            becomes ONE ``(*F)`` vector, the mean over all samples of all masked clients
+            (client ``i`` weighted by ``weights[i]``, plain when ``None``), repeated over
+            the ``B`` slots: the reading of both public re-implementations read for
+            issue 8 (CycleSL's ``sl.py`` ``SGLR`` weights by client size; the paper's
+            Algorithm 1 was not reachable), see `split_avg_batch`.
+        weights: ``(N,)`` non-negative client weights for ``over="batch"``.
 
     Returns:
         A new ``(N, B, *F)`` tensor: row ``i`` is ``mean_{k in mask} cut_grads[k]`` for
@@ -140,6 +152,12 @@ def split_avg(cut_grads: Tensor, mask: Tensor) -> Tensor:
         raise ValueError(
             f"mask must be a bool (N,) = ({n},) tensor, got {mask.dtype} {tuple(mask.shape)}"
         )
+    if over not in SPLIT_AVG_OVER:
+        raise ValueError(
+            f"algorithm.avg_over must be one of {', '.join(SPLIT_AVG_OVER)}, got {over!r}"
+        )
+    if over == "batch":
+        return split_avg_batch(cut_grads, mask, weights)
     sel = mask.to(cut_grads.device).reshape(n, *([1] * (cut_grads.dim() - 1)))  # (N, 1, ...)
     # where() rather than mask * grads: a non-finite unmasked row must not leak into the
     # mean through 0 * inf = nan.
@@ -147,6 +165,29 @@ def split_avg(cut_grads: Tensor, mask: Tensor) -> Tensor:
     count = mask.sum().clamp_min(1).to(device=cut_grads.device, dtype=cut_grads.dtype)  # ()
     mean = total / count  # (B, *F)
     return torch.where(sel, mean.unsqueeze(0), cut_grads)  # (N, B, *F)
+
+
+def split_avg_batch(cut_grads: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """SplitAvg averaged over the whole batch: masked rows get one common per-sample vector.
+
+    Row ``i`` of a masked client becomes ``sum_{k in mask, j} w_k g[k, j] / (B sum_{k in
+    mask} w_k)`` at every slot ``j``; unmasked rows are returned bit-for-bit. This is
+    "a common gradient averaged at the split-layer" read as a mean over samples
+    (CycleSL's ``SGLR``: size weights; ``BorisRado/split_learning_algorithms``
+    ``serve_splitavg_gradient``: plain mean, and over all clients, not only the masked).
+    The scale is that of one sample's gradient, as in the slot-wise mean.
+    """
+    n = cut_grads.shape[0]
+    w = torch.ones(n) if weights is None else weights.detach().to(torch.float64)
+    if tuple(w.shape) != (n,) or bool((w < 0).any()):
+        raise ValueError(f"weights must be a non-negative (N,) = ({n},) tensor")
+    w = torch.where(mask.cpu(), w.to(torch.float64), 0.0)  # (N,) zero outside the mask
+    w = (w / w.sum().clamp_min(1e-300)).to(device=cut_grads.device, dtype=cut_grads.dtype)
+    shape = (n, *([1] * (cut_grads.dim() - 1)))
+    sel = mask.to(cut_grads.device).reshape(shape)  # (N, 1, ...)
+    per_client = torch.where(sel, cut_grads, 0.0).mean(dim=1)  # (N, *F) batch means
+    common = (w.reshape(n, *([1] * (per_client.dim() - 1))) * per_client).sum(dim=0)  # (*F)
+    return torch.where(sel, common.expand_as(cut_grads[0]).unsqueeze(0), cut_grads)
 
 
 def averaging_active(

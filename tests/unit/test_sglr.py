@@ -18,6 +18,7 @@ from lightning_gapsl.algorithms.sglr import (
     server_loss_weights,
     server_lr,
     split_avg,
+    split_avg_batch,
 )
 
 # --------------------------------------------------------------------------- SplitLr
@@ -198,3 +199,23 @@ def test_server_loss_weights_reject_bad_input() -> None:
         server_loss_weights(sizes, "sum")
     with pytest.raises(ValueError, match="at least one True"):
         server_loss_weights(sizes, "mean", torch.tensor([False, False]))
+
+
+def test_split_avg_over_the_batch_by_hand() -> None:
+    grads = torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]], [[10.0], [20.0]]])  # (3, 2, 1)
+    mask = torch.tensor([True, True, False])
+    # plain: (1 + 3 + 5 + 7) / 4 = 4 in every slot of clients 0 and 1
+    out = split_avg(grads, mask, over="batch")
+    assert torch.equal(out, torch.tensor([[[4.0], [4.0]], [[4.0], [4.0]], [[10.0], [20.0]]]))
+    # size weights 1 : 3 -> batch means 2 and 6 -> (1 * 2 + 3 * 6) / 4 = 5
+    out = split_avg_batch(grads, mask, torch.tensor([1.0, 3.0, 100.0]))
+    assert torch.equal(out[:2], torch.full((2, 2, 1), 5.0)) and torch.equal(out[2], grads[2])
+    # an empty mask changes nothing; a non-finite unmasked row does not leak
+    assert torch.equal(split_avg(grads, torch.zeros(3, dtype=torch.bool), over="batch"), grads)
+    bad = grads.clone()
+    bad[2, 0, 0] = float("inf")
+    assert torch.isfinite(split_avg(bad, mask, over="batch")[:2]).all()
+    with pytest.raises(ValueError, match="avg_over.*slot, batch"):
+        split_avg(grads, mask, over="sample")
+    with pytest.raises(ValueError, match="weights"):
+        split_avg_batch(grads, mask, torch.tensor([1.0, -1.0, 1.0]))
