@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
 START_METHODS = ("fork", "spawn", "popen")
+CLIENT_INITS = ("shared", "independent")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,10 @@ class DataConfig:
     """Keep only this many training samples (quick runs)."""
     max_test: int | None = None
     """Keep only this many test samples (quick runs)."""
+    val_fraction: float = 0.1
+    """Share of the (truncated) training samples held out as the validation split, in
+    [0, 0.5): stratified by class, drawn from the run seed, carved before partitioning
+    (the same for every layout), never trained on; 0 = no validation split."""
     steps_per_epoch: int | None = None
     """Steps per epoch; default ceil(train samples / (N * batch_size))."""
     shape: tuple[int, int, int] = (1, 28, 28)
@@ -68,6 +73,11 @@ class ModelConfig:
     """Model: lenet | resnet18."""
     cut_layer: int = 1
     """Number of blocks held by each client (1 .. blocks-1)."""
+    client_init: str = "shared"
+    """shared: one model initialised from the run seed, every client segment (and every
+    auxiliary model or decoder) starts as a copy, as deployed split learning and the
+    reference codes do; independent: a seed per client (the pre-issue-8 PSL/GAPSL/SGLR
+    behaviour, kept to study its effect)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     choice("logger", cfg.logger.name, LOGGERS)
     choice("trainer.accelerator", t.accelerator, ACCELERATORS)
     choice("trainer.start_method", t.start_method, START_METHODS)
+    choice("model.client_init", m.client_init, CLIENT_INITS)
     check(d.num_clients >= 1, f"data.num_clients={d.num_clients} must be >= 1")
     check(d.alpha > 0 and math.isfinite(d.alpha), f"data.alpha={d.alpha} must be > 0")
     check(d.shards_per_client >= 1, f"data.shards_per_client={d.shards_per_client} must be >= 1")
@@ -238,6 +249,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(d, key)
         check(value is None or value >= 1, f"data.{key}={value} must be >= 1 or null")
     check(len(d.shape) == 3 and min(d.shape) >= 1, f"data.shape={list(d.shape)} must be [C, H, W]")
+    check(0 <= d.val_fraction < 0.5, f"data.val_fraction={d.val_fraction} must be in [0, 0.5)")
     check(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     check(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
     check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")

@@ -34,7 +34,13 @@ class FederatedData:
 
 
 def build_federated_data(cfg: RunConfig) -> FederatedData:
-    """Load the dataset and partition it; centralized pools everything into one 'client'."""
+    """Load the dataset, carve the validation split, and partition the rest over clients.
+
+    The validation split (``data.val_fraction``, seeded by the run seed) is carved before
+    partitioning and identically for every layout and algorithm; clients (and
+    centralized's one pooled "client") only ever index the remaining training samples,
+    and the default steps per epoch count only those.
+    """
     d = cfg.data
     dataset = load_dataset(
         d.name,
@@ -46,6 +52,7 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
         synthetic_test=d.num_test,
         max_train=d.max_train,
         max_test=d.max_test,
+        val_fraction=d.val_fraction,
     )
     n_train = len(dataset.train_y)
     # Centralized trains one model on the pooled data: one "client" holding every

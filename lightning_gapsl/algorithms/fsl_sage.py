@@ -17,12 +17,35 @@ size. `estimated_cut_grad` returns the gradient of the batch-*mean* loss, i.e. t
 per-sample estimate divided by ``B``, which is what a client's local loss
 ``mean_b CE`` back-propagates.
 
+Reference: the authors' code, ``srijith1996/FSL-SAGE`` (``src/algos/fsl_sage.py``
+``FSLSAGE.client_step``; ``src/models/aux_models/__init__.py`` ``AuxiliaryModel`` /
+``GradScalarAuxiliaryModel``; ``src/models/aux_models/resnet.py`` ``ResNetAuxiliary``;
+``src/hydra_config/model/auxiliary/base_auxiliary.yaml``). What it does and what this
+module offers for it:
+
+* schedule: client i aligns at ITS first local iteration of rounds 0, l, 2l, ... (``t %
+  align_interval == 0 and local_iter == 0``), after that iteration's upload and server
+  step and before its own client update: `alignment_due` with ``when="start"``
+  (``when="end"``, rounds l-1, 2l-1, ... at their end, is the earlier convention here).
+* fit: ``align_epochs = 100`` epochs of Adam (lr 1e-3) over the whole 1000-sample buffer
+  in ONE batch (``align_batch_size = max_dataset_size = 1000``), with the optimizer the
+  client got at start-up and keeps across alignments: `align_aux_` with
+  ``batch_size=None`` and a persistent ``optimizer`` from `alignment_optimizer`.
+* auxiliary models: equal at start (``main.py`` loads client 0's auxiliary state into
+  every client); for ResNet-18, cut after ``layer2``, a new module with the architecture
+  of the server's next stage (``layer3``, its own initialisation) + global average
+  pool + linear: `next_stage_aux`.
+* uploads: client i uploads when its local iteration within the round is a multiple of
+  q (``local_iter % server_update_interval == 0``; the count restarts each round), and
+  the server steps once per uploaded batch: `uploads_due`.
+
 Pure functions over modules and tensors: no process groups, no Lightning, no globals;
-only `align_aux_` (name ending in ``_``) modifies its argument, as documented.
+only `align_aux_` (name ending in ``_``) modifies its arguments, as documented.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -31,15 +54,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ALIGN_WHEN",
+    "AUX_INITS",
     "ActivationBuffer",
     "align_aux_",
     "alignment_due",
     "alignment_loss",
+    "alignment_optimizer",
     "aux_model_for",
     "estimated_cut_grad",
+    "next_stage_aux",
     "server_cut_grads",
     "server_step_due",
+    "uploads_due",
 ]
+
+ALIGN_WHEN = ("start", "end")
+AUX_INITS = ("fresh", "copy")
 
 
 # --------------------------------------------------------------------------- models
@@ -76,6 +107,73 @@ def aux_model_for(
         features = c * math.ceil(h / s) * math.ceil(w / s)
     layers += [nn.Flatten(), nn.Linear(features, num_classes)]
     return nn.Sequential(*layers)
+
+
+class _GlobalAvgPool(nn.Module):
+    """``(B, C, H, W) -> (B, C)`` mean over space: deterministic on CUDA, unlike
+    ``AdaptiveAvgPool2d``'s backward, and with the same value for any input size."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def next_stage_aux(
+    server: nn.Sequential,
+    activation_shape: Sequence[int],
+    num_classes: int,
+    init: str = "fresh",
+    seed: int = 0,
+) -> nn.Sequential:
+    """FSL-SAGE's auxiliary model for deep models: the server's next block + pool + linear.
+
+    As the reference's ``ResNetAuxiliary`` (ResNet-18 cut after ``layer2``: a
+    ``layer3`` + ``AdaptiveAvgPool2d`` + ``Linear(256, C)``), built from our own server
+    segment so the architecture always matches the model: ``copy.deepcopy(server[0])``
+    (e.g. ResNet stage 3 for ``model.cut_layer=3``), a global average pool when that block
+    outputs images, ``Flatten`` and ``Linear(features, num_classes)``.
+
+    Args:
+        server: the server segment (blocks ``[cut, n)``); only ``server[0]`` is used and
+            it is copied, never shared or changed.
+        activation_shape: per-sample cut-layer shape, for a dry run that sizes the head.
+        num_classes: ``C``.
+        init: ``fresh`` (default, as the reference: its ``layer3`` is a new module with
+            its own initialisation) re-initialises the copied block's parameters;
+            ``copy`` keeps the server's current weights (the aux then starts as the
+            server's own next stage).
+        seed: seeds every random draw (re-initialisation and the linear layer) on a
+            forked RNG, so the global RNG is neither read nor advanced; give every client
+            the same seed for the shared start the reference uses.
+
+    Raises:
+        ValueError: when ``server[0]`` is the last block (nothing would be left for the
+            server to differ from; use `aux_model_for`) or on a bad ``init``.
+    """
+    if init not in AUX_INITS:
+        raise ValueError(f"aux init must be one of {', '.join(AUX_INITS)}, got {init!r}")
+    if len(server) < 2:
+        raise ValueError(
+            "the server segment has a single block: its next block is the head; use the "
+            "linear auxiliary model (aux_model_for) for this cut"
+        )
+    shape = tuple(int(s) for s in activation_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        block = copy.deepcopy(server[0]).cpu()
+        if init == "fresh":
+            for module in block.modules():
+                if hasattr(module, "reset_parameters") and module is not block:
+                    module.reset_parameters()
+        with torch.no_grad():
+            out = block(torch.zeros(1, *shape))  # (1, *G)
+        layers: list[nn.Module] = [block]
+        if out.dim() == 4:
+            layers.append(_GlobalAvgPool())
+            features = out.shape[1]
+        else:
+            features = math.prod(out.shape[1:])
+        layers += [nn.Flatten(), nn.Linear(features, num_classes)]
+        return nn.Sequential(*layers)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -151,8 +249,9 @@ def align_aux_(
     true_grads: Tensor,
     epochs: int,
     lr: float,
-    batch_size: int,
+    batch_size: int | None,
     generator: torch.Generator | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """Fit ``aux`` IN PLACE so its input gradient matches ``true_grads`` (`alignment_loss`).
 
@@ -161,14 +260,20 @@ def align_aux_(
             ``.grad`` are cleared (``None``) on return.
         acts, labels, true_grads: ``(M, *F)``, ``(M,)``, ``(M, *F)``, see
             `alignment_loss`; ``M >= 1``.
-        epochs: passes over the ``M`` samples, ``>= 0``.
-        lr: Adam learning rate. Adam rather than SGD because the alignment loss is a
-            second-order quantity whose scale varies a lot with the model and data; a
-            fresh optimizer per call (no state carried between alignments).
-        batch_size: minibatch size, ``>= 1``.
+        epochs: passes over the ``M`` samples, ``>= 0`` (reference: 100).
+        lr: Adam learning rate of a fresh optimizer; ignored when ``optimizer`` is given.
+            Adam rather than SGD because the alignment loss is a second-order quantity
+            whose scale varies a lot with the model and data.
+        batch_size: minibatch size ``>= 1``; ``None`` = the whole buffer in one batch
+            (full-batch, the reference's ``align_batch_size = 1000 = buffer size``).
         generator: shuffles the samples every epoch when given (seed it by
             ``(seed, "fsl_sage", client, round)`` for layout invariance); ``None`` keeps
-            buffer order.
+            buffer order. Full-batch fitting does not depend on the order.
+        optimizer: the client's persistent alignment optimizer (`alignment_optimizer`,
+            over ``aux``'s parameters), kept by the caller across alignments and
+            checkpointed with it, as the reference does; its state is UPDATED in place.
+            ``None``: a fresh Adam at ``lr`` for this call only (no state carried over;
+            the earlier convention).
 
     Returns:
         One float per epoch: the sample-weighted mean alignment loss over the epoch's
@@ -180,11 +285,12 @@ def align_aux_(
             f"need M >= 1 and shapes acts (M, *F), labels (M,), true_grads (M, *F); got "
             f"{tuple(acts.shape)}, {tuple(labels.shape)}, {tuple(true_grads.shape)}"
         )
+    batch_size = m if batch_size is None else batch_size
     if epochs < 0 or batch_size < 1 or not lr > 0.0:
         raise ValueError(
             f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}"
         )
-    opt = torch.optim.Adam(aux.parameters(), lr=lr)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(aux.parameters(), lr=lr)
     losses: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(m, generator=generator) if generator is not None else None
@@ -200,6 +306,20 @@ def align_aux_(
         losses.append(float(total) / m)
     opt.zero_grad(set_to_none=True)  # leave no stale gradients on the aux model
     return losses
+
+
+def alignment_optimizer(aux: nn.Module, lr: float = 1e-3) -> torch.optim.Adam:
+    """The persistent alignment optimizer of one auxiliary model: ``Adam(lr)``.
+
+    The reference builds it once per client at start-up (``Client.init_auxiliary``,
+    ``base_auxiliary.yaml``: Adam, lr 1e-3) and reuses it for every alignment, so
+    Adam's moments and step count carry over between alignments. The caller keeps one
+    per client next to the server's copy of that client's auxiliary model and saves its
+    ``state_dict`` in checkpoints.
+    """
+    if not lr > 0.0:
+        raise ValueError(f"algorithm.align_lr must be > 0, got {lr}")
+    return torch.optim.Adam(aux.parameters(), lr=lr)
 
 
 # --------------------------------------------------------------------------- buffer
@@ -275,15 +395,37 @@ def server_step_due(step: int, q: int) -> bool:
     return step % q == 0
 
 
-def alignment_due(round_index: int, l: int) -> bool:
-    """Whether the server aligns the aux models at the end of round ``round_index`` (0-based).
+def alignment_due(round_index: int, l: int, when: str = "end") -> bool:
+    """Whether the server aligns the aux models in round ``round_index`` (0-based).
 
-    True after every ``l``-th completed round (rounds ``l - 1``, ``2l - 1``, ...): the
-    buffer has then been filled by at least one round of server steps, and the
-    convention matches `lightning_gapsl.algorithms.locfedmix.fedavg_due`.
+    ``when="start"`` (the reference): at the START of rounds ``0, l, 2l, ...``, i.e. in
+    the round's first step, after that step's uploads and server steps and before any
+    client update, so round 0 is aligned on the first uploaded batches and every run of
+    at least one round aligns. ``when="end"`` (this project's earlier convention): at
+    the END of rounds ``l - 1, 2l - 1, ...``, after a full round of uploads, matching
+    `lightning_gapsl.algorithms.locfedmix.fedavg_due`; a run shorter than ``l`` rounds
+    never aligns. The default stays ``end`` so existing callers keep their meaning.
     """
     if l < 1:
         raise ValueError(f"algorithm.align_interval must be >= 1, got {l}")
     if round_index < 0:
         raise ValueError(f"round_index must be >= 0, got {round_index}")
+    if when not in ALIGN_WHEN:
+        raise ValueError(f"alignment 'when' must be one of {', '.join(ALIGN_WHEN)}, got {when!r}")
+    if when == "start":
+        return round_index % l == 0
     return (round_index + 1) % l == 0
+
+
+def uploads_due(step_in_round: int, q: int, active: Tensor) -> Tensor:
+    """Bool ``(N,)``: which clients upload (and get one server step each) at this step.
+
+    As the reference counts it (``local_iter % server_update_interval == 0`` with the
+    local iteration restarting every round): active clients whose step within the round
+    is a multiple of ``q``, so every round starts with an upload of every client (the one
+    `alignment_due` with ``when="start"`` aligns on). ``active``: ``(N,)`` bool, e.g.
+    `lightning_gapsl.data.rounds.active_clients` (all True for lockstep rounds).
+    """
+    if active.dtype != torch.bool or active.dim() != 1:
+        raise ValueError(f"active must be a bool (N,) tensor, got {active.dtype} {tuple(active.shape)}")
+    return active & server_step_due(step_in_round, q)

@@ -4,7 +4,9 @@ from lightning_gapsl.data.datasets import (
     DATASETS,
     DataError,
     DatasetSplit,
+    carve_validation,
     load_dataset,
+    validation_mask,
 )
 from lightning_gapsl.data.partition import PARTITIONS, label_histograms, partition
 
@@ -13,7 +15,9 @@ __all__ = [
     "PARTITIONS",
     "DataError",
     "DatasetSplit",
+    "carve_validation",
     "label_histograms",
     "load_dataset",
     "partition",
+    "validation_mask",
 ]

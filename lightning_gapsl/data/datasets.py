@@ -10,8 +10,11 @@ int64 labels. Sources:
 
 Randomness that defines *which* samples form the test set (the digits split, the
 ``max_train``/``max_test`` subsets) uses the fixed base seed ``DATA_SEED`` rather than the
-run seed, so runs with different seeds are evaluated on the same test samples. Only the
-synthetic data itself depends on the run seed, because it is generated from it.
+run seed, so runs with different seeds are evaluated on the same test samples. Two things
+depend on the run seed: the synthetic data (generated from it) and the validation split
+(`carve_validation`, ``data.val_fraction``), which is carved from the (truncated) training
+data after loading and before any partitioning, so it is the same for every process
+layout and never trained on.
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSplit:
-    """A train/test split held in memory."""
+    """A train/validation/test split held in memory.
+
+    ``val_x``/``val_y`` default to empty ``(0, C, H, W)``/``(0,)`` tensors (no validation
+    split); `carve_validation` moves a seeded share of the training samples there.
+    """
 
     train_x: torch.Tensor  # (n_train, C, H, W) float32, normalized
     train_y: torch.Tensor  # (n_train,) int64
@@ -57,10 +64,18 @@ class DatasetSplit:
     test_y: torch.Tensor  # (n_test,) int64
     num_classes: int
     name: str
+    val_x: torch.Tensor | None = None  # (n_val, C, H, W), carved from train; None: empty
+    val_y: torch.Tensor | None = None  # (n_val,) int64
 
     def __post_init__(self) -> None:
+        if (self.val_x is None) != (self.val_y is None):
+            raise DataError(f"{self.name}: give both val_x and val_y or neither")
+        if self.val_x is None:  # frozen: set the empty defaults through object.__setattr__
+            object.__setattr__(self, "val_x", self.train_x.new_empty((0, *self.train_x.shape[1:])))
+            object.__setattr__(self, "val_y", self.train_y.new_empty((0,)))
         for part, x, y in (
             ("train", self.train_x, self.train_y),
+            ("val", self.val_x, self.val_y),
             ("test", self.test_x, self.test_y),
         ):
             if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -68,11 +83,12 @@ class DatasetSplit:
                     f"{self.name}: {part} images must be (n, C, H, W) with n labels, got "
                     f"{tuple(x.shape)} and {tuple(y.shape)}"
                 )
-        if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise DataError(
-                f"{self.name}: train and test image shapes differ: "
-                f"{tuple(self.train_x.shape[1:])} vs {tuple(self.test_x.shape[1:])}"
-            )
+        for part, x in (("test", self.test_x), ("val", self.val_x)):
+            if self.train_x.shape[1:] != x.shape[1:]:
+                raise DataError(
+                    f"{self.name}: train and {part} image shapes differ: "
+                    f"{tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}"
+                )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -92,12 +108,16 @@ def load_dataset(
     synthetic_test: int = 1000,
     max_train: int | None = None,
     max_test: int | None = None,
+    val_fraction: float = 0.0,
 ) -> DatasetSplit:
-    """Load dataset ``name`` (one of `DATASETS`), optionally truncated.
+    """Load dataset ``name`` (one of `DATASETS`), optionally truncated, with a validation split.
 
-    ``root`` is only used by ``cifar10``; ``seed`` and the ``synthetic_*`` arguments only
-    by ``synthetic``. ``max_train``/``max_test`` keep a fixed, seed-independent random
-    subset (in original order) for fast runs; ``None`` keeps everything.
+    ``root`` is only used by ``cifar10``; the ``synthetic_*`` arguments only by
+    ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
+    validation split. ``max_train``/``max_test`` keep a fixed, seed-independent random
+    subset (in original order) for fast runs; ``None`` keeps everything. Then
+    ``val_fraction`` of the remaining training samples become the validation split
+    (`carve_validation`; 0 keeps none), identically for every dataset.
     """
     _check_max("data.max_train", max_train)
     _check_max("data.max_test", max_test)
@@ -113,7 +133,7 @@ def load_dataset(
         split = _load_cifar10(root)
     else:
         raise DataError(f"data={name!r} is not a known dataset; valid: {', '.join(DATASETS)}")
-    return _truncate(split, max_train, max_test)
+    return carve_validation(_truncate(split, max_train, max_test), val_fraction, seed)
 
 
 def _check_max(key: str, value: int | None) -> None:
@@ -143,6 +163,60 @@ def _truncate(split: DatasetSplit, max_train: int | None, max_test: int | None) 
     train_x, train_y = _subset(split.train_x, split.train_y, max_train, f"{split.name}-train")
     test_x, test_y = _subset(split.test_x, split.test_y, max_test, f"{split.name}-test")
     return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name)
+
+
+def validation_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Bool ``(n,)`` mask of the validation samples: ``round(fraction * n_c)`` per class.
+
+    Stratified: each class ``c`` (with ``n_c`` samples) gives ``round(fraction * n_c)``
+    samples (half to even, on a value rounded to 9 decimals against float noise), drawn by
+    a seeded permutation of that class's indices with the generator
+    ``(seed, "validation")``, classes in ascending order. So the split depends only on
+    the labels, ``fraction`` and the run seed; never on the process layout or partition.
+    Stratified rather than a plain permutation so the validation label mix equals the
+    training label mix (a plain one would differ by sampling noise, visible on small
+    classes); the total is within ``num_classes / 2`` of ``fraction * n``.
+
+    Raises:
+        DataError: naming ``data.val_fraction`` unless ``0 <= fraction < 0.5``.
+    """
+    if not 0.0 <= fraction < 0.5:
+        raise DataError(f"data.val_fraction must be in [0, 0.5), got {fraction}")
+    if labels.dim() != 1:
+        raise DataError(f"labels must be (n,), got shape {tuple(labels.shape)}")
+    mask = torch.zeros(labels.shape[0], dtype=torch.bool)
+    if fraction == 0.0:
+        return mask
+    gen = generator(seed, "validation")
+    for c in torch.unique(labels).tolist():  # sorted, so the draw order is fixed
+        idx = torch.nonzero(labels == c).flatten()  # (n_c,)
+        take = round(round(fraction * idx.numel(), 9))
+        mask[idx[torch.randperm(idx.numel(), generator=gen)[:take]]] = True
+    return mask
+
+
+def carve_validation(split: DatasetSplit, fraction: float, seed: int) -> DatasetSplit:
+    """Move a seeded, stratified ``fraction`` of ``split``'s training samples to validation.
+
+    The remaining training samples keep their original order (partitions then index
+    them 0..n_train'-1); so do the validation samples. A split that already holds
+    validation samples is refused (carving twice would be a silent bug). ``fraction = 0``
+    returns ``split`` unchanged. See `validation_mask` for the draw.
+    """
+    if split.val_y.shape[0] > 0:
+        raise DataError(f"{split.name}: the validation split is already carved")
+    val = validation_mask(split.train_y, fraction, seed)  # (n,)
+    if not bool(val.any()):
+        return split
+    if bool(val.all()):
+        raise DataError(
+            f"data.val_fraction={fraction} leaves no training samples of {split.name}"
+        )
+    keep = ~val
+    return DatasetSplit(
+        split.train_x[keep], split.train_y[keep], split.test_x, split.test_y,
+        split.num_classes, split.name, val_x=split.train_x[val], val_y=split.train_y[val],
+    )
 
 
 def _normalize_(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

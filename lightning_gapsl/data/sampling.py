@@ -7,6 +7,13 @@ from a generator seeded by (seed, "batches", c, e). So a client's batches depend
 clients share that rank, and a resumed run picks up exactly where it stopped.
 Every client draws exactly B samples per step (small clients wrap around sooner), so
 every rank runs the same number of steps.
+
+With ``round_len`` set (local-pass rounds, `lightning_gapsl.data.rounds`), client c's
+batch at step t of round r is instead taken from permutation r alone (`pass_batch`):
+one pass over its own data per round, ``ceil(n_c / B)`` active steps; the rows of idle
+clients are padding (their last active batch) that the runtime masks out. With
+``turns`` (whole-local-epoch turns of SL / SplitFed V2) only the client whose turn it is
+draws a real batch, batch ``local`` of its pass for the round; the others are padding.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_gapsl.data.rounds import Turns, pass_positions, round_position
 from lightning_gapsl.seeding import generator
 
 
@@ -51,12 +59,28 @@ class ClientStream:
             pos += take
         return torch.cat(pieces)
 
+    def pass_batch(self, round_index: int, step_in_round: int, batch_size: int) -> torch.Tensor:
+        """Sample indices ``(batch_size,)`` of batch ``step_in_round`` of local pass ``round_index``.
+
+        Positions ``(t * B + j) mod n_c`` of permutation ``round_index`` (`pass_positions`):
+        the pass wraps around within its own permutation, so each round covers every
+        sample. An idle step (``t >= ceil(n_c / B)``) returns the last active batch.
+        """
+        n = len(self.indices)
+        last = (n + batch_size - 1) // batch_size - 1
+        positions = pass_positions(min(step_in_round, last), n, batch_size)  # (B,)
+        return self._permutation(round_index)[positions]
+
 
 class ClientBatches(Dataset):
     """Map-style dataset: item ``global_step`` is the stacked batch of the hosted clients.
 
     Returns ``(x, y)`` with x (K, B, C, H, W) and y (K, B) for the K hosted clients in
     client-id order (K = 0 on a dedicated server rank: empty tensors of the same rank).
+    ``round_len`` None: lockstep batches (`ClientStream.batch`); an int R (computed from
+    ALL clients' sizes by `lightning_gapsl.data.rounds.round_length`, so every rank
+    agrees): local-pass batches (`ClientStream.pass_batch`) for rounds of R steps.
+    ``turns`` (exclusive with ``round_len``): whole-local-epoch turns, see `Turns`.
     """
 
     def __init__(
@@ -67,13 +91,21 @@ class ClientBatches(Dataset):
         batch_size: int,
         seed: int,
         total_steps: int,
+        round_len: int | None = None,
+        turns: Turns | None = None,
     ):
+        if round_len is not None and round_len < 1:
+            raise ValueError(f"round_len must be >= 1 or None, got {round_len}")
+        if round_len is not None and turns is not None:
+            raise ValueError("give round_len (local-pass rounds) or turns, not both")
         self.train_x = train_x  # (n, C, H, W)
         self.train_y = train_y  # (n,)
         self.client_ids = sorted(client_indices)
         self.streams = [ClientStream(client_indices[c], seed, c) for c in self.client_ids]
         self.batch_size = batch_size
         self.total_steps = total_steps
+        self.round_len = round_len
+        self.turns = turns
 
     def __len__(self) -> int:
         return self.total_steps
@@ -83,7 +115,16 @@ class ClientBatches(Dataset):
         if not self.streams:
             shape = (0, self.batch_size, *self.train_x.shape[1:])
             return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64), step
-        idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
+        if self.turns is not None:
+            r, client, local = self.turns.at(step)
+            idx = torch.stack([  # the turn's client draws its batch; the others pad
+                s.pass_batch(r, local if c == client else 0, self.batch_size)
+                for c, s in zip(self.client_ids, self.streams, strict=True)])
+        elif self.round_len is None:
+            idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
+        else:
+            r, t = round_position(step, self.round_len)
+            idx = torch.stack([s.pass_batch(r, t, self.batch_size) for s in self.streams])
         return self.train_x[idx], self.train_y[idx], step
 
 

@@ -1,9 +1,13 @@
 """Cutting a block model into client and server segments, with seeded initialisation.
 
-Every segment is built under its own seed, ``derive_seed(seed, "client", client_id)`` or
+Every segment is built under its own seed, ``derive_seed(seed, "client", init_id)`` or
 ``derive_seed(seed, "server")``, inside ``torch.random.fork_rng`` so construction neither
 reads nor advances the global RNG: a client's initial weights are the same whichever
 process hosts it and whatever was built before it.
+
+``model.client_init`` (`init_id`) picks ``init_id``: ``shared`` gives every client id 0,
+so all client segments are copies of one model's lower part (the one `build_full_model`
+starts from); ``independent`` gives each client its own id, hence its own seed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,29 @@ from torch import nn
 
 from lightning_gapsl.models import BlockFactory, ModelError, block_factories
 from lightning_gapsl.seeding import derive_seed
+
+CLIENT_INITS = ("shared", "independent")
+
+
+def init_id(client_id: int, client_init: str) -> int:
+    """The id whose seed initialises client ``client_id``'s parts under ``client_init``.
+
+    ``shared``: 0 for every client (one model, copied to all: layout-invariant because it
+    depends on no rank). ``independent``: ``client_id``. Use it for every per-client
+    module (segment, auxiliary model, decoder) with that module's own role key, e.g.
+    ``derive_seed(seed, "aux", init_id(c, client_init))``.
+
+    Raises:
+        ModelError: naming ``model.client_init`` for any other value.
+    """
+    if client_init not in CLIENT_INITS:
+        raise ModelError(
+            f"model.client_init={client_init!r} is not valid; choose one of "
+            f"{', '.join(CLIENT_INITS)}"
+        )
+    if client_id < 0:
+        raise ModelError(f"client_id must be >= 0, got {client_id}")
+    return 0 if client_init == "shared" else int(client_id)
 
 
 def _check_cut(cut_layer: int, num_blocks: int) -> None:
@@ -46,15 +73,19 @@ def build_client_segment(
     cut_layer: int,
     seed: int,
     client_id: int,
+    client_init: str = "independent",
 ) -> nn.Sequential:
-    """Blocks ``[0, cut_layer)`` of model ``name``, initialised from (seed, client_id).
+    """Blocks ``[0, cut_layer)`` of model ``name``, initialised from (seed, `init_id`).
 
     Only the client's own blocks are constructed, so block ``i``'s weights are the same
-    for every ``cut_layer > i``.
+    for every ``cut_layer > i``. ``client_init`` (``model.client_init``): ``shared``
+    builds client 0's weights for every client; the default ``independent`` keeps the
+    per-client seed of callers written before the option existed.
     """
     factories = block_factories(name, input_shape, num_classes)
     _check_cut(cut_layer, len(factories))
-    return _build_seeded(factories[:cut_layer], derive_seed(seed, "client", client_id))
+    seed_id = init_id(client_id, client_init)
+    return _build_seeded(factories[:cut_layer], derive_seed(seed, "client", seed_id))
 
 
 def build_server_segment(

@@ -184,3 +184,51 @@ class StackedSegments(nn.Module):
     def extra_repr(self) -> str:
         """Summary for ``print(module)``."""
         return f"num_segments={self.num_segments}, mode={self.mode!r}"
+
+
+def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
+    """``optimizer.step()`` for stacked ``(K, ...)`` parameters, skipping inactive clients.
+
+    Local-pass rounds leave some clients idle at some steps (`lightning_gapsl.data.rounds`).
+    A plain step would still move an idle client: momentum, Adam's moments and weight
+    decay all act on a zero gradient. This takes the step and then puts back, for every
+    client with ``active[k] == False``, its slice of every parameter and of every
+    per-parameter state tensor whose first dimension is ``K`` (SGD's momentum buffer,
+    Adam's ``exp_avg``/``exp_avg_sq``); state a step creates for the first time is zeroed
+    for idle clients, which is what their own first step will find (SGD starts its buffer
+    at the gradient, ``m * 0 + g``; Adam's moments start at 0).
+
+    Exact for SGD (momentum, dampening, weight decay, nesterov). For Adam/AdamW one
+    thing stays shared: the scalar ``step`` count that drives bias correction advances
+    for every client, so an idle client's next step is bias-corrected as if it had
+    stepped (negligible once ``beta2 ** step`` is small; per-client counts would need
+    one optimizer per client).
+
+    Args:
+        optimizer: over stacked parameters only (first dimension ``K`` each).
+        active: ``(K,)`` bool; all True is a plain ``optimizer.step()``.
+    """
+    if active.dtype != torch.bool or active.dim() != 1:
+        raise ValueError(f"active must be a bool (K,) tensor, got {active.dtype} {tuple(active.shape)}")
+    if bool(active.all()):
+        optimizer.step()
+        return
+    k = active.numel()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    idle = (~active).nonzero().flatten()  # (I,)
+    saved = []
+    for p in params:
+        if p.dim() == 0 or p.shape[0] != k:
+            raise ValueError(f"every parameter must be stacked (K={k}, ...), got {tuple(p.shape)}")
+        idle_p = idle.to(p.device)
+        state = {name: v[idle_p].clone() for name, v in optimizer.state.get(p, {}).items()
+                 if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k}
+        saved.append((p, idle_p, p.detach()[idle_p].clone(), state))
+    optimizer.step()
+    with torch.no_grad():
+        for p, idle_p, value, state in saved:
+            p.index_copy_(0, idle_p, value)
+            for name, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k:
+                    old = state.get(name)
+                    v.index_copy_(0, idle_p, old if old is not None else torch.zeros_like(v[idle_p]))

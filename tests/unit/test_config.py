@@ -20,6 +20,7 @@ def test_defaults_are_the_readme_job(tmp_path):
     assert cfg.algorithm.name == "gapsl" and cfg.data.name == "mnist"
     assert cfg.data.num_clients == 10 and cfg.data.partition == "dirichlet"
     assert cfg.data.alpha == 0.3 and cfg.trainer.devices == 3
+    assert cfg.data.val_fraction == 0.1 and cfg.model.client_init == "shared"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,9 @@ def test_defaults_are_the_readme_job(tmp_path):
         ("data.batch_size=abc", "data.batch_size", "int"),
         ("+data.colour=red", "data.colour", "valid keys under data"),
         ("+mystery=1", "mystery", "valid top-level keys"),
+        ("data.val_fraction=0.5", "data.val_fraction", "[0, 0.5)"),
+        ("data.val_fraction=-0.1", "data.val_fraction", "[0, 0.5)"),
+        ("model.client_init=copy", "model.client_init", "shared, independent"),
         ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path", "no such file"),
     ],
 )

@@ -195,3 +195,70 @@ def test_cifar10_bad_batch_content(tmp_path: Path) -> None:
         pickle.dump({b"data": np.zeros((2, 100), dtype=np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(DataError, match="test_batch.*3072"):
         load_dataset("cifar10", root=str(tmp_path))
+
+
+# --- validation split ------------------------------------------------------------------
+
+
+def test_validation_mask_by_hand() -> None:
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 1, 1, 0, 1])  # 4 of class 0, 6 of class 1
+    mask = datasets.validation_mask(labels, 0.3, seed=0)
+    # round(0.3 * 4) = 1 of class 0, round(0.3 * 6) = 2 of class 1
+    assert mask.dtype == torch.bool and mask.shape == (10,)
+    assert int(mask[labels == 0].sum()) == 1 and int(mask[labels == 1].sum()) == 2
+    assert torch.equal(mask, datasets.validation_mask(labels, 0.3, seed=0))
+    assert not datasets.validation_mask(labels, 0.0, seed=0).any()
+    draws = {tuple(datasets.validation_mask(labels, 0.3, seed=s).tolist()) for s in range(8)}
+    assert len(draws) > 1  # the run seed picks the samples
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 0.5, 0.7])
+def test_validation_fraction_out_of_range_names_key(fraction: float) -> None:
+    with pytest.raises(DataError, match=r"data\.val_fraction"):
+        load_dataset("digits", val_fraction=fraction)
+
+
+def _check_carved(full: DatasetSplit, carved: DatasetSplit, fraction: float) -> None:
+    """``carved`` = ``full`` with a stratified ``fraction`` of train moved to validation."""
+    n, n_val = full.train_y.shape[0], carved.val_y.shape[0]
+    assert n_val + carved.train_y.shape[0] == n
+    assert abs(n_val - fraction * n) <= full.num_classes / 2
+    mask = datasets.validation_mask(full.train_y, fraction, seed=11)
+    assert torch.equal(carved.train_x, full.train_x[~mask])
+    assert torch.equal(carved.val_x, full.train_x[mask])
+    assert torch.equal(carved.val_y, full.train_y[mask])
+    assert torch.equal(carved.test_x, full.test_x)  # the test set is untouched
+    full_counts = torch.bincount(full.train_y, minlength=full.num_classes)
+    val_counts = torch.bincount(carved.val_y, minlength=full.num_classes)
+    assert ((val_counts - fraction * full_counts).abs() <= 0.5 + 1e-9).all()  # stratified
+
+
+def test_validation_split_on_every_loader(tmp_path: Path) -> None:
+    _write_fake_cifar(tmp_path / "c", rows=40)
+    cases = [
+        ("digits", {}),
+        ("synthetic", {"synthetic_train": 300, "synthetic_test": 20}),
+        ("cifar10", {"root": str(tmp_path / "c")}),
+        ("mnist", {"max_train": 400, "max_test": 10}),
+    ]
+    for name, kw in cases:
+        full = load_dataset(name, seed=11, **kw)
+        assert full.val_x.shape == (0, *full.input_shape) and full.val_y.shape == (0,)
+        carved = load_dataset(name, seed=11, val_fraction=0.2, **kw)
+        _check_carved(full, carved, 0.2)
+
+
+def test_validation_rows_never_appear_in_training() -> None:
+    # Synthetic rows are continuous noise, so equal rows would mean the same sample.
+    d = load_dataset("synthetic", seed=2, synthetic_train=200, synthetic_test=10,
+                     val_fraction=0.25)
+    assert d.val_y.shape[0] == 50 and d.train_y.shape[0] == 150
+    assert torch.cdist(d.val_x.flatten(1), d.train_x.flatten(1)).min() > 1.0
+
+
+def test_carving_twice_or_everything_is_refused() -> None:
+    d = load_dataset("digits", val_fraction=0.1)
+    with pytest.raises(DataError, match="already carved"):
+        datasets.carve_validation(d, 0.1, seed=0)
+    with pytest.raises(DataError, match="val_x and val_y"):
+        DatasetSplit(d.train_x, d.train_y, d.test_x, d.test_y, 10, "x", val_x=d.val_x)

@@ -20,10 +20,18 @@ from lightning_gapsl.algorithms.fsl_sage import (
     align_aux_,
     alignment_due,
     alignment_loss,
+    alignment_optimizer,
     aux_model_for,
     estimated_cut_grad,
+    next_stage_aux,
     server_cut_grads,
     server_step_due,
+    uploads_due,
+)
+from lightning_gapsl.models.split import (
+    activation_shape,
+    build_client_segment,
+    build_server_segment,
 )
 
 
@@ -244,3 +252,102 @@ def test_schedules() -> None:
         server_step_due(0, 0)
     with pytest.raises(ValueError, match="algorithm.align_interval"):
         alignment_due(0, 0)
+
+
+
+def test_alignment_at_the_start_of_rounds_0_l_2l() -> None:
+    assert [r for r in range(7) if alignment_due(r, 3, when="start")] == [0, 3, 6]
+    assert [r for r in range(7) if alignment_due(r, 3, when="end")] == [2, 5]
+    assert alignment_due(0, 10, when="start")  # a run of one round still aligns
+    assert not any(alignment_due(r, 10, when="end") for r in range(9))
+    with pytest.raises(ValueError, match="start, end"):
+        alignment_due(0, 2, when="middle")
+
+
+def test_uploads_due_restart_every_round_and_skip_idle_clients() -> None:
+    active = torch.tensor([True, True, False, True])
+    assert uploads_due(0, 2, active).tolist() == [True, True, False, True]
+    assert uploads_due(1, 2, active).tolist() == [False] * 4
+    assert uploads_due(4, 2, active).tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="bool"):
+        uploads_due(0, 2, torch.ones(4))
+
+
+def _align_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(6)
+    acts = torch.randn(12, 5, generator=gen)
+    labels = torch.randint(0, 3, (12,), generator=gen)
+    server = nn.Sequential(_linear(5, 8, gen), nn.Tanh(), _linear(8, 3, gen))
+    return acts, labels, server_cut_grads(server, acts, labels)
+
+
+def test_full_batch_alignment_is_batch_size_none() -> None:
+    acts, labels, true = _align_problem()
+    runs = []
+    for batch in (None, 12):
+        aux = _linear(5, 3, torch.Generator().manual_seed(2))
+        runs.append((align_aux_(aux, acts, labels, true, 4, 1e-2, batch), aux.weight.detach()))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_persistent_optimizer_carries_adam_state_across_alignments() -> None:
+    """3 + 2 epochs with one kept Adam == 5 epochs in one call; != two fresh Adams
+    (Adam's bias correction and moments restart)."""
+    acts, labels, true = _align_problem()
+
+    def fitted(schedule: list[int], persistent: bool) -> torch.Tensor:
+        aux = _linear(5, 3, torch.Generator().manual_seed(2))
+        opt = alignment_optimizer(aux, lr=1e-2) if persistent else None
+        for epochs in schedule:
+            align_aux_(aux, acts, labels, true, epochs, 1e-2, None, optimizer=opt)
+        if persistent:
+            assert opt.state[aux.weight]["step"].item() == sum(schedule)
+        return aux.weight.detach().clone()
+
+    one_go = fitted([5], persistent=True)
+    assert torch.equal(fitted([3, 2], persistent=True), one_go)
+    assert not torch.allclose(fitted([3, 2], persistent=False), one_go)
+    with pytest.raises(ValueError, match="align_lr"):
+        alignment_optimizer(nn.Linear(2, 2), lr=0.0)
+
+
+def test_next_stage_aux_for_resnet_cut_after_the_second_stage() -> None:
+    shape = (3, 8, 8)  # small images keep it fast; the blocks are ResNet-18's
+    client = build_client_segment("resnet18", shape, 10, 3, seed=0, client_id=0)
+    server = build_server_segment("resnet18", shape, 10, 3, seed=0)
+    act = activation_shape(client, shape)
+    assert act == (128, 4, 4)  # stem, stage 1, stage 2 on the client
+    state = torch.get_rng_state()
+    fresh = next_stage_aux(server, act, 10, init="fresh", seed=4)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG must stay untouched"
+    copied = next_stage_aux(server, act, 10, init="copy", seed=4)
+    z = torch.randn(2, *act)
+    assert fresh(z).shape == (2, 10) and copied[-1].in_features == 256  # stage 3 width
+    conv = "0.0.conv1.weight"  # first conv of the copied stage 3
+    assert torch.equal(copied.state_dict()[conv], server.state_dict()["0.0.conv1.weight"])
+    assert not torch.equal(fresh.state_dict()[conv], copied.state_dict()[conv])
+    again = next_stage_aux(server, act, 10, init="fresh", seed=4)  # shared start: one seed
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    with torch.no_grad():
+        copied[0][0].conv1.weight.add_(1.0)
+    assert not torch.equal(copied.state_dict()[conv], server.state_dict()["0.0.conv1.weight"])
+    # its input gradient is a valid estimate and the alignment loss is twice differentiable
+    labels = torch.tensor([1, 7])
+    assert estimated_cut_grad(fresh, z, labels).shape == z.shape
+    loss = alignment_loss(fresh, z, labels, server_cut_grads(server, z, labels))
+    loss.backward()
+    assert fresh[-1].weight.grad is not None and fresh[0][0].conv1.weight.grad is not None
+
+
+def test_next_stage_aux_for_lenet_and_its_errors() -> None:
+    shape = (1, 8, 8)
+    server = build_server_segment("lenet", shape, 10, 1, seed=0)
+    aux = next_stage_aux(server, (8, 4, 4), 10)  # conv block 2 -> (16, 2, 2) -> pool -> 16
+    assert aux(torch.zeros(3, 8, 4, 4)).shape == (3, 10) and aux[-1].in_features == 16
+    flat = next_stage_aux(build_server_segment("lenet", shape, 10, 2, seed=0), (16, 2, 2), 10)
+    assert flat[-1].in_features == 128  # the fully connected block: no pooling
+    with pytest.raises(ValueError, match="linear auxiliary"):
+        next_stage_aux(build_server_segment("lenet", shape, 10, 3, seed=0), (128,), 10)
+    with pytest.raises(ValueError, match="fresh, copy"):
+        next_stage_aux(server, (8, 4, 4), 10, init="zeros")

@@ -14,6 +14,7 @@ from lightning_gapsl.models.split import (
     build_client_segment,
     build_full_model,
     build_server_segment,
+    init_id,
     split_blocks,
 )
 
@@ -155,3 +156,28 @@ def test_full_model_is_client0_plus_server() -> None:
     assert full.state_dict().keys() == build_blocks("lenet", (1, 28, 28), 10).state_dict().keys()
     expected = list(client0.parameters()) + list(server.parameters())
     assert all(torch.equal(p, q) for p, q in zip(full.parameters(), expected, strict=True))
+
+
+def test_shared_client_init_copies_client0_for_every_client() -> None:
+    def state(client_id: int, client_init: str) -> dict[str, torch.Tensor]:
+        seg = build_client_segment("lenet", (1, 8, 8), 10, 2, seed=3, client_id=client_id,
+                                   client_init=client_init)
+        return seg.state_dict()
+
+    client0 = state(0, "independent")
+    for c in (0, 1, 5):  # any client, hosted anywhere: the same tensors as client 0's
+        shared = state(c, "shared")
+        assert all(torch.equal(shared[k], client0[k]) for k in client0)
+    # independent keeps a seed per client (conv weight 0 differs); the default is independent
+    assert not torch.equal(state(1, "independent")["0.0.weight"], client0["0.0.weight"])
+    default = build_client_segment("lenet", (1, 8, 8), 10, 2, seed=3, client_id=1).state_dict()
+    assert torch.equal(default["0.0.weight"], state(1, "independent")["0.0.weight"])
+
+
+def test_init_id_and_its_errors() -> None:
+    assert [init_id(c, "shared") for c in range(4)] == [0, 0, 0, 0]
+    assert [init_id(c, "independent") for c in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(ModelError, match=r"model\.client_init='copy'.*shared, independent"):
+        init_id(1, "copy")
+    with pytest.raises(ModelError, match="client_id"):
+        init_id(-1, "shared")

@@ -136,3 +136,29 @@ def test_errors_name_the_key(kwargs: dict, key: str) -> None:
 def test_rejects_non_integer_labels() -> None:
     with pytest.raises(DataError, match="labels"):
         partition(torch.zeros(10), 2, "iid")
+
+
+def test_federated_data_partitions_only_what_validation_left(tmp_path) -> None:
+    """build_federated_data: the carve is the same for 1 and 3 processes and for every
+    algorithm; clients index only the remaining training samples, each exactly once."""
+    from lightning_gapsl.federated import build_federated_data
+    from lightning_gapsl.train import compose
+
+    def build(*overrides):
+        return build_federated_data(compose(["data=digits", *overrides], str(tmp_path / "o")))
+
+    one, three = build("trainer.devices=1"), build("trainer.devices=3")
+    central = build("trainer.devices=1", "algorithm=centralized")
+    n_train = one.dataset.train_y.shape[0]
+    assert one.dataset.val_y.shape[0] + n_train == 1438
+    assert abs(one.dataset.val_y.shape[0] - 143.8) <= 5  # data.val_fraction defaults to 0.1
+    for other in (three, central):
+        assert torch.equal(one.dataset.val_x, other.dataset.val_x)
+        assert torch.equal(one.dataset.train_x, other.dataset.train_x)
+    for a, b in zip(one.client_indices, three.client_indices, strict=True):
+        assert torch.equal(a, b)
+    every = torch.cat(one.client_indices).sort().values
+    assert torch.equal(every, torch.arange(n_train))  # all remaining samples, once each
+    assert one.steps_per_epoch == -(-n_train // (6 * 16))  # counts only training samples
+    no_val = build("trainer.devices=1", "data.val_fraction=0")
+    assert no_val.dataset.val_y.shape[0] == 0 and no_val.dataset.train_y.shape[0] == 1438

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from lightning_gapsl.algorithms.psl import weighted_client_loss
 from lightning_gapsl.algorithms.sglr import (
     averaged_clients,
     averaging_active,
     num_averaged,
+    server_loss_weights,
     server_lr,
     split_avg,
+    split_avg_batch,
 )
 
 # --------------------------------------------------------------------------- SplitLr
@@ -150,3 +154,68 @@ def test_averaging_active_phases() -> None:
 def test_averaging_active_rejects_bad_phase() -> None:
     with pytest.raises(ValueError, match="algorithm.avg_phase"):
         averaging_active(0, 10, 1.5)
+
+
+def test_averaging_in_the_final_share_of_training() -> None:
+    last = [s for s in range(10) if averaging_active(s, 10, 0.3, where="last")]
+    assert last == [7, 8, 9]  # ceil(0.3 * 10) = 3 final steps
+    assert [s for s in range(10) if averaging_active(s, 10, 0.25, where="last")] == [7, 8, 9]
+    assert [s for s in range(10) if averaging_active(s, 10, 0.3, where="first")] == [0, 1, 2]
+    assert not any(averaging_active(s, 10, 0.0, where="last") for s in range(10))
+    assert all(averaging_active(s, 10, 1.0, where="last") for s in range(10))
+    assert all(averaging_active(s, 10, None, where="last") for s in range(10))
+    with pytest.raises(ValueError, match="avg_phase_where.*first, last"):
+        averaging_active(0, 10, 0.5, where="middle")
+
+
+# --------------------------------------------------------------------------- server loss
+
+
+def test_server_loss_weights_by_hand() -> None:
+    sizes = torch.tensor([10.0, 30.0, 60.0])
+    assert server_loss_weights(sizes, "mean").tolist() == pytest.approx([1 / 3] * 3)
+    assert server_loss_weights(sizes, "weighted").tolist() == pytest.approx([0.1, 0.3, 0.6])
+    idle_first = torch.tensor([False, True, True])
+    assert server_loss_weights(sizes, "mean", idle_first).tolist() == [0.0, 0.5, 0.5]
+    assert server_loss_weights(sizes, "weighted", idle_first).tolist() == pytest.approx(
+        [0.0, 1 / 3, 2 / 3])
+
+
+def test_mean_server_loss_is_the_plain_mean_over_all_samples() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, generator=gen)  # (N, B, C)
+    labels = torch.randint(0, 5, (3, 4), generator=gen)
+    sizes = torch.tensor([1.0, 2.0, 97.0])  # very unequal: weighted would differ a lot
+    loss, _ = weighted_client_loss(logits, labels, server_loss_weights(sizes, "mean"))
+    plain = F.cross_entropy(logits.reshape(12, 5), labels.reshape(12))
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+    weighted, _ = weighted_client_loss(logits, labels, server_loss_weights(sizes, "weighted"))
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_server_loss_weights_reject_bad_input() -> None:
+    sizes = torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="algorithm.server_loss.*mean, weighted"):
+        server_loss_weights(sizes, "sum")
+    with pytest.raises(ValueError, match="at least one True"):
+        server_loss_weights(sizes, "mean", torch.tensor([False, False]))
+
+
+def test_split_avg_over_the_batch_by_hand() -> None:
+    grads = torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]], [[10.0], [20.0]]])  # (3, 2, 1)
+    mask = torch.tensor([True, True, False])
+    # plain: (1 + 3 + 5 + 7) / 4 = 4 in every slot of clients 0 and 1
+    out = split_avg(grads, mask, over="batch")
+    assert torch.equal(out, torch.tensor([[[4.0], [4.0]], [[4.0], [4.0]], [[10.0], [20.0]]]))
+    # size weights 1 : 3 -> batch means 2 and 6 -> (1 * 2 + 3 * 6) / 4 = 5
+    out = split_avg_batch(grads, mask, torch.tensor([1.0, 3.0, 100.0]))
+    assert torch.equal(out[:2], torch.full((2, 2, 1), 5.0)) and torch.equal(out[2], grads[2])
+    # an empty mask changes nothing; a non-finite unmasked row does not leak
+    assert torch.equal(split_avg(grads, torch.zeros(3, dtype=torch.bool), over="batch"), grads)
+    bad = grads.clone()
+    bad[2, 0, 0] = float("inf")
+    assert torch.isfinite(split_avg(bad, mask, over="batch")[:2]).all()
+    with pytest.raises(ValueError, match="avg_over.*slot, batch"):
+        split_avg(grads, mask, over="sample")
+    with pytest.raises(ValueError, match="weights"):
+        split_avg_batch(grads, mask, torch.tensor([1.0, -1.0, 1.0]))

@@ -212,3 +212,58 @@ def test_train_eval_reaches_the_template() -> None:
     assert not stacked.segment(0).training
     stacked.train()
     assert stacked.segment(0).training
+
+
+def _masked_vs_separate(make_opt, masks: list[list[bool]]) -> tuple[Tensor, list[Tensor]]:
+    """Stacked params (3, 4) stepped with `masked_step_` vs 3 separate per-client
+    optimizers that step only when active; the same gradients for both."""
+    from lightning_gapsl.models.stacked import masked_step_
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, generator=gen)
+    stacked = nn.Parameter(start.clone())
+    separate = [nn.Parameter(start[k].clone()) for k in range(3)]
+    opt = make_opt([stacked])
+    opts = [make_opt([p]) for p in separate]
+    for mask in masks:
+        grad = torch.randn(3, 4, generator=gen)
+        active = torch.tensor(mask)
+        stacked.grad = torch.where(active[:, None], grad, 0.0)  # idle clients: no loss
+        masked_step_(opt, active)
+        for k in range(3):
+            if mask[k]:
+                separate[k].grad = grad[k].clone()
+                opts[k].step()
+    return stacked.detach(), [p.detach() for p in separate]
+
+
+def test_masked_step_equals_per_client_sgd_that_skips_idle_steps() -> None:
+    masks = [[True, False, True], [True, True, False], [False, True, True], [True] * 3]
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+
+    stacked, separate = _masked_vs_separate(sgd, masks)
+    for k in range(3):
+        assert torch.allclose(stacked[k], separate[k], rtol=0, atol=1e-7)
+
+
+def test_masked_step_adam_keeps_idle_clients_and_their_moments() -> None:
+    # Client 1 idle at the first step only; clients 0 and 2 always active, so they
+    # match per-client Adams exactly; client 1 shares the step count (documented).
+    masks = [[True, False, True], [True, True, True], [True, True, True]]
+    stacked, separate = _masked_vs_separate(lambda p: torch.optim.Adam(p, lr=0.1), masks)
+    for k in (0, 2):
+        assert torch.allclose(stacked[k], separate[k], rtol=0, atol=1e-7)
+    from lightning_gapsl.models.stacked import masked_step_
+
+    p = nn.Parameter(torch.ones(2, 3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(2, 3)
+    masked_step_(opt, torch.tensor([True, False]))
+    assert torch.equal(p[1].detach(), torch.ones(3))  # idle: unchanged
+    assert torch.equal(opt.state[p]["exp_avg"][1], torch.zeros(3))  # its moments untouched
+    assert not torch.equal(p[0].detach(), torch.ones(3))
+    with pytest.raises(ValueError, match="stacked"):
+        masked_step_(torch.optim.SGD([nn.Parameter(torch.ones(3))], lr=0.1),
+                     torch.tensor([True, False]))
