@@ -7,32 +7,58 @@ in a step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from lightning_gapsl.algorithms.fsl_sage import server_step_due
 from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.config import check, choice
 from lightning_gapsl.methods.base import RankState, StepOutput, report_client_losses
+from lightning_gapsl.methods.configs import RoundConfig
 from lightning_gapsl.transport import Transport
+
+SERVER_STEPS = ("per_client", "averaged")
+
+
+@dataclass(frozen=True)
+class AuxConfig(RoundConfig):
+    name: str = "cse_fsl"
+    """The method's registry name (``algorithm=``)."""
+    server_interval: int = 5
+    """Activations go to the server every q steps (step 0 included)."""
+    server_steps: str = "per_client"
+    """per_client: one server step per uploaded client batch, clients in id order (the
+    references); averaged: one step on the size-weighted loss of all uploads."""
+
+    def validate(self, run) -> None:
+        super().validate(run)
+        check(self.server_interval >= 1,
+              f"algorithm.server_interval={self.server_interval} must be >= 1")
+        choice("algorithm.server_steps", self.server_steps, SERVER_STEPS)
 
 # (state, acts (K, B, *F), y (K, B)) -> per-client local losses (K,), after the backward.
 LocalBackward = Callable[[RankState, torch.Tensor, torch.Tensor], torch.Tensor]
 # (state, acts (N, B, *F), labels (N, B)) -> after the server's step (FSL-SAGE buffers).
 AfterServerStep = Callable[[RankState, torch.Tensor, torch.Tensor], None]
+# (state, transport, step) -> after the uploads, before any client update (alignment).
+BeforeClientUpdate = Callable[[RankState, Transport, int], None]
 
 
 def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,
                  y: torch.Tensor, local_backward: LocalBackward,
-                 after_server_step: AfterServerStep | None = None) -> StepOutput:
-    """One step. x (K, B, C, H, W), y (K, B) for the hosted clients."""
+                 after_server_step: AfterServerStep | None = None,
+                 before_client_update: BeforeClientUpdate | None = None) -> StepOutput:
+    """One step. x (K, B, C, H, W), y (K, B) for the hosted clients.
+
+    Client forward, then the upload and the server's steps, then the clients' update.
+    The client update does not depend on the server's, so this order gives the same
+    numbers as updating first; it lets FSL-SAGE align after the upload and before the
+    client update, as its reference does.
+    """
     acts, local_losses = None, None
     if state.clients is not None:
         acts = state.clients(x)  # (K, B, *F)
-        state.client_opt.zero_grad(set_to_none=True)
-        local_losses = local_backward(state, acts, y)  # (K,)
-        state.client_opt.step()
-        local_losses = local_losses.detach()
-
     if server_step_due(step, state.cfg.algorithm.server_interval):
         sent = [acts.detach(), y] if acts is not None else []
         received = transport.gather(step, "activations", sent)
@@ -40,12 +66,26 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
             _server_update(state, *received)
             if after_server_step is not None:
                 after_server_step(state, *received)
+    if before_client_update is not None:
+        before_client_update(state, transport, step)
+    if state.clients is not None:
+        state.client_opt.zero_grad(set_to_none=True)
+        local_losses = local_backward(state, acts, y)  # (K,)
+        state.client_opt.step()
+        local_losses = local_losses.detach()
     return report_client_losses(state, transport, step, local_losses)
 
 
 def _server_update(state: RankState, acts: torch.Tensor, labels: torch.Tensor) -> None:
     """The server steps on the activations it received (N, B, *F)."""
     n, b = labels.shape
+    if state.cfg.algorithm.server_steps == "per_client":
+        for c in range(n):  # one step per uploaded client batch, in client-id order
+            loss = torch.nn.functional.cross_entropy(state.server(acts[c]), labels[c])
+            state.server_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            state.server_opt.step()
+        return
     logits = state.server(acts.flatten(0, 1)).unflatten(0, (n, b))
     loss, _ = weighted_client_loss(logits, labels, state.loss_weights)
     state.server_opt.zero_grad(set_to_none=True)

@@ -123,6 +123,8 @@ class Method:
     # Whether, after ``epoch`` (0-based) ends, every client holds the same model.
     global_model: Callable[[RankState, int], bool] | None = None
     server_lr: Callable[[RunConfig, FederatedData], float] | None = None
+    # The server's per-client loss weights (N,); None: data-size weights n_i / n.
+    loss_weights: Callable[[RunConfig, FederatedData], torch.Tensor] | None = None
     state_dict: Callable[[RankState], dict] | None = None
     load_state_dict: Callable[[RankState, dict], None] | None = None
     # One "client" holding the pooled data (centralized), whatever data.num_clients says.
@@ -152,18 +154,25 @@ def cut_shape(cfg: RunConfig, data: FederatedData) -> tuple[int, ...]:
         return tuple(client(torch.zeros(1, *shape)).shape[1:])
 
 
-def split_state(cfg: RunConfig, data: FederatedData, layout: Layout,
-                shared_init: bool) -> RankState:
-    """Hosted client segments and the server segment, as every split method starts.
+def shared_init(cfg: RunConfig) -> bool:
+    """``model.client_init=shared`` (default): every client segment, auxiliary model and
+    decoder starts as a copy of one model initialised from the run seed (client id 0's
+    initialisation), as deployed split learning does; ``independent``: from (seed, id)."""
+    return cfg.model.client_init == "shared"
 
-    ``shared_init``: every client starts from one model (client id 0's initialisation,
-    as a federated server sends it out); otherwise from (seed, client id).
-    """
+
+def init_id(cfg: RunConfig, client_id: int) -> int:
+    """The id whose seeded initialisation client ``client_id`` starts from."""
+    return 0 if shared_init(cfg) else client_id
+
+
+def split_state(cfg: RunConfig, data: FederatedData, layout: Layout) -> RankState:
+    """Hosted client segments and the server segment, as every split method starts."""
     name, shape, classes, cut = model_args(cfg, data)
     clients = None
     if layout.hosted:
         clients = StackedSegments([
-            build_client_segment(name, shape, classes, cut, cfg.seed, 0 if shared_init else c)
+            build_client_segment(name, shape, classes, cut, cfg.seed, init_id(cfg, c))
             for c in layout.hosted])
     server = build_server_segment(name, shape, classes, cut, cfg.seed)
     return RankState(cfg, data, layout, clients, server, server)
@@ -184,7 +193,9 @@ def make_optimizers(method: Method, state: RankState,
     Called once the modules sit on ``device`` (Lightning moves them after ``setup``).
     """
     optim = state.cfg.optim
-    state.loss_weights = client_loss_weights(state.data.client_sizes).to(device)
+    weights = (method.loss_weights(state.cfg, state.data) if method.loss_weights
+               else client_loss_weights(state.data.client_sizes))
+    state.loss_weights = weights.to(device)
     if state.clients is not None:
         params = list(state.clients.parameters())
         for extra in state.client_extras.values():

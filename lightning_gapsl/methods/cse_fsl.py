@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 from lightning_gapsl.algorithms.fsl_sage import aux_model_for
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
-from lightning_gapsl.config import check
-from lightning_gapsl.methods.aux import aux_exchange
+from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
-from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.methods.configs import round_ends
 from lightning_gapsl.methods.rounds import (
     every_round_global,
     fedavg_clients_,
@@ -22,20 +21,13 @@ from lightning_gapsl.models.stacked import StackedSegments
 
 
 @dataclass(frozen=True)
-class CseFslConfig(RoundConfig):
+class CseFslConfig(AuxConfig):
     name: str = "cse_fsl"
     """The method's registry name (``algorithm=``)."""
-    server_interval: int = 5
-    """Activations go to the server every q steps (step 0 included)."""
-
-    def validate(self, run) -> None:
-        super().validate(run)
-        check(self.server_interval >= 1,
-              f"algorithm.server_interval={self.server_interval} must be >= 1")
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
     if layout.hosted:  # the heads are averaged: one shared initialisation
         state.client_extras["heads"] = StackedSegments([

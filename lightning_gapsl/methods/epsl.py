@@ -72,7 +72,7 @@ def _downlink(state, transport, step, cut_grads):
 def build(cfg, data, layout):
     from lightning_gapsl.methods.base import cut_shape
 
-    state = split_state(cfg, data, layout, shared_init=False)
+    state = split_state(cfg, data, layout)
     state.extras["cut_shape"] = cut_shape(cfg, data)
     return state
 

@@ -17,14 +17,15 @@ from lightning_gapsl.algorithms.fsl_sage import (
     ActivationBuffer,
     align_aux_,
     alignment_due,
+    alignment_optimizer,
     aux_model_for,
     server_cut_grads,
 )
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
-from lightning_gapsl.config import check
-from lightning_gapsl.methods.aux import aux_exchange
-from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
-from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.config import check, choice
+from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
+from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
+from lightning_gapsl.methods.configs import round_ends
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.stacked import StackedSegments
@@ -32,33 +33,44 @@ from lightning_gapsl.seeding import generator
 
 
 @dataclass(frozen=True)
-class FslSageConfig(RoundConfig):
+class FslSageConfig(AuxConfig):
     name: str = "fsl_sage"
     """The method's registry name (``algorithm=``)."""
-    server_interval: int = 5
-    """Activations go to the server every q steps (step 0 included)."""
     align_interval: int = 10
     """Fit the clients' auxiliary models every l rounds."""
+    align_when: str = "start"
+    """start: at the start of rounds 0, l, 2l, ... after that step's upload and before any
+    client update (the reference); end: after rounds l-1, 2l-1, ... (earlier versions)."""
     buffer_size: int = 1000
     """Activations kept per client on the server for the alignment."""
-    align_epochs: int = 5
-    """Epochs over the buffer per alignment."""
+    align_epochs: int = 100
+    """Epochs over the buffer per alignment (the reference: 100)."""
+    align_batch: int | None = None
+    """Alignment minibatch (null: the whole buffer, as the reference)."""
     align_lr: float = 0.001
     """Adam learning rate of the alignment."""
+    align_optimizer: str = "persistent"
+    """persistent: one Adam per client kept across alignments (the reference); fresh: a
+    new Adam for every alignment."""
 
     def validate(self, run) -> None:
         super().validate(run)
-        for key in ("server_interval", "align_interval", "buffer_size", "align_epochs"):
+        for key in ("align_interval", "buffer_size", "align_epochs"):
             check(getattr(self, key) >= 1, f"algorithm.{key}={getattr(self, key)} must be >= 1")
+        check(self.align_batch is None or self.align_batch >= 1,
+              f"algorithm.align_batch={self.align_batch} must be >= 1 or null")
         check(self.align_lr > 0, f"algorithm.align_lr={self.align_lr} must be > 0")
+        choice("algorithm.align_when", self.align_when, ("start", "end"))
+        choice("algorithm.align_optimizer", self.align_optimizer, ("persistent", "fresh"))
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
 
     def estimator(client_id: int) -> nn.Module:
-        return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", client_id)
+        return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux",
+                      init_id(cfg, client_id))
 
     if layout.hosted:
         state.other_modules["estimators"] = StackedSegments([estimator(c) for c in layout.hosted])
@@ -87,7 +99,8 @@ def _buffer(state, acts, labels) -> None:
 
 
 def train_step(state, transport, step, x, y):
-    return aux_exchange(state, transport, step, x, y, _local_backward, _buffer)
+    return aux_exchange(state, transport, step, x, y, _local_backward, _buffer,
+                        before_client_update=_align_at_round_start)
 
 
 def _align(state, transport, step: int) -> None:
@@ -100,8 +113,9 @@ def _align(state, transport, step: int) -> None:
                 acts, labels = buffer.tensors()
                 true = server_cut_grads(state.server, acts, labels)  # (M, *F)
                 align_aux_(model, acts, labels, true, epochs=algo.align_epochs,
-                           lr=algo.align_lr, batch_size=128,
-                           generator=generator(state.seed, "fsl_sage", "align", step, c))
+                           lr=algo.align_lr, batch_size=algo.align_batch,
+                           generator=generator(state.seed, "fsl_sage", "align", step, c),
+                           optimizer=_optimizer(state, c))
         rows = [torch.stack([flatten(m.parameters()) for m in server_aux])]  # (N, P_aux)
     mine = transport.scatter(step, "aux_models", rows)
     estimators = state.other_modules.get("estimators")
@@ -110,21 +124,46 @@ def _align(state, transport, step: int) -> None:
                 load_flat_([p[k] for p in estimators.stacked_params().values()], mine[0][k])
 
 
+def _optimizer(state, client_id: int):
+    """The persistent alignment Adam of one client's estimator (None: a fresh one)."""
+    algo = state.cfg.algorithm
+    if algo.align_optimizer != "persistent":
+        return None
+    optimizers = state.extras.setdefault("align_optimizers", {})
+    if client_id not in optimizers:
+        model = state.other_modules["server_estimators"][client_id]
+        optimizers[client_id] = alignment_optimizer(model, algo.align_lr)
+    return optimizers[client_id]
+
+
+def _align_at_round_start(state, transport, step) -> None:
+    algo = state.cfg.algorithm
+    if algo.align_when == "start" and step % state.round_steps == 0 and alignment_due(
+            step // state.round_steps, algo.align_interval, when="start"):
+        _align(state, transport, step)
+
+
 def after_step(state, transport, step) -> None:
     if not round_ends(step, state.round_steps):
         return
     fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
-    if alignment_due(step // state.round_steps, state.cfg.algorithm.align_interval):
+    algo = state.cfg.algorithm
+    if algo.align_when == "end" and alignment_due(step // state.round_steps,
+                                                  algo.align_interval, when="end"):
         _align(state, transport, step)
 
 
 def state_dict(state) -> dict:
-    return {"buffers": [b.state_dict() for b in state.extras.get("buffers", [])]}
+    optimizers = state.extras.get("align_optimizers", {})
+    return {"buffers": [b.state_dict() for b in state.extras.get("buffers", [])],
+            "align_optimizers": {c: o.state_dict() for c, o in optimizers.items()}}
 
 
 def load_state_dict(state, saved: dict) -> None:
     for buffer, entry in zip(state.extras.get("buffers", []), saved["buffers"]):
         buffer.load_state_dict(entry)
+    for client_id, entry in saved.get("align_optimizers", {}).items():
+        _optimizer(state, int(client_id)).load_state_dict(entry)
 
 
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,

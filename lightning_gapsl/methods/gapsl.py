@@ -93,7 +93,7 @@ def _align_client(state, transport, step: int) -> None:
 
 
 def build(cfg, data, layout):
-    return split_state(cfg, data, layout, shared_init=False)
+    return split_state(cfg, data, layout)
 
 
 def train_step(state, transport, step, x, y):

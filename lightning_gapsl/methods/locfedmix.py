@@ -21,10 +21,10 @@ from lightning_gapsl.algorithms.locfedmix import (
     soft_cross_entropy,
 )
 from lightning_gapsl.config import check
-from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
+from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
 from lightning_gapsl.methods.configs import RoundConfig, SplitConfig, round_ends
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
-from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes
+from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes, shapes_of
 from lightning_gapsl.models.stacked import StackedSegments
 
 
@@ -32,14 +32,18 @@ from lightning_gapsl.models.stacked import StackedSegments
 class LocFedMixConfig(SplitConfig, RoundConfig):
     name: str = "locfedmix"
     """The method's registry name (``algorithm=``)."""
-    rec_weight: float = 0.1
-    """Weight of the client-side reconstruction regularizer (decoder MSE)."""
+    rec_weight: float = 1.0
+    """Weight of the client-side reconstruction regularizer (decoder MSE); 1 as both
+    public re-implementations (docs/fidelity.md)."""
     fedavg_interval: int = 1
     """FedAvg of client segments every this many rounds (T_c)."""
-    mix_alpha: float = 2.0
-    """Server-side mixup coefficient lambda ~ Beta(mix_alpha, mix_alpha)."""
+    mix_alpha: float = 1.0
+    """Server-side mixup coefficient lambda ~ Beta(mix_alpha, mix_alpha); 1 as the
+    re-implementation that draws it."""
     num_partners: int = 1
     """Mixing partners per client (0: no mixup)."""
+    average_decoders: bool = True
+    """FedAvg the decoders with the client segments (both re-implementations do)."""
 
     def validate(self, run) -> None:
         SplitConfig.validate(self, run)
@@ -54,13 +58,16 @@ class LocFedMixConfig(SplitConfig, RoundConfig):
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     if layout.hosted:
         act = cut_shape(cfg, data)
         state.client_extras["decoders"] = StackedSegments([
-            seeded(lambda: decoder_for(act, data.dataset.input_shape), cfg.seed, "decoder", c)
+            seeded(lambda: decoder_for(act, data.dataset.input_shape), cfg.seed, "decoder", init_id(cfg, c))
             for c in layout.hosted])
     state.extras["client_shapes"] = segment_shapes(cfg, data)
+    state.extras["decoder_shapes"] = shapes_of(seeded(
+        lambda: decoder_for(cut_shape(cfg, data), data.dataset.input_shape), cfg.seed,
+        "decoder", 0))
     return state
 
 
@@ -96,6 +103,9 @@ def after_step(state, transport, step) -> None:
     if round_ends(step, state.round_steps) and fedavg_due(
             step // state.round_steps, state.cfg.algorithm.fedavg_interval):
         fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+        if state.cfg.algorithm.average_decoders:
+            fedavg_clients_(state, state.client_extras.get("decoders"),
+                            state.extras["decoder_shapes"], transport)
 
 
 def global_model(state, epoch: int) -> bool:

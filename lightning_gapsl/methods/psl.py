@@ -20,7 +20,7 @@ class PslConfig(SplitConfig):
 
 
 def build(cfg, data, layout):
-    return split_state(cfg, data, layout, shared_init=False)
+    return split_state(cfg, data, layout)
 
 
 def train_step(state, transport, step, x, y):

@@ -34,7 +34,7 @@ class SflV1Config(RoundConfig):
 
 
 def build(cfg, data, layout) -> RankState:
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     if layout.is_server:
         name, shape, classes, cut = cfg.model.name, data.dataset.input_shape, \
             data.dataset.num_classes, cfg.model.cut_layer

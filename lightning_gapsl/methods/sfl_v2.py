@@ -39,7 +39,7 @@ def _sequential_server_pass(state, acts, labels, step):
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     state.extras["client_shapes"] = segment_shapes(cfg, data)
     return state
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from lightning_gapsl.algorithms.sglr import (
     averaged_clients,
     averaging_active,
+    server_loss_weights,
     server_lr,
     split_avg,
 )
-from lightning_gapsl.config import check
+from lightning_gapsl.config import check, choice
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
@@ -28,7 +29,12 @@ class SglrConfig(SplitConfig):
     avg_fraction: float = 0.5
     """SplitAvg: fraction of clients that receive slot-wise averaged cut gradients."""
     avg_phase: float | None = None
-    """Average only during the first avg_phase share of training (null: always)."""
+    """Average only during an avg_phase share of training (null: always)."""
+    avg_phase_where: str = "last"
+    """Where that share lies: last (the paper: the final X% of training) | first."""
+    server_loss: str = "mean"
+    """mean: plain mean over every sample the server received (the paper); weighted:
+    size-weighted sum of per-client mean losses (PSL's convention)."""
 
     def validate(self, run) -> None:
         super().validate(run)
@@ -38,18 +44,20 @@ class SglrConfig(SplitConfig):
               f"algorithm.avg_fraction={self.avg_fraction} must be in [0, 1]")
         check(self.avg_phase is None or 0 <= self.avg_phase <= 1,
               f"algorithm.avg_phase={self.avg_phase} must be in [0, 1] or null")
+        choice("algorithm.avg_phase_where", self.avg_phase_where, ("first", "last"))
+        choice("algorithm.server_loss", self.server_loss, ("mean", "weighted"))
 
 
 def _split_avg(state, cut_grads, step):
     algo = state.cfg.algorithm
-    if not averaging_active(step, state.total_steps, algo.avg_phase):
+    if not averaging_active(step, state.total_steps, algo.avg_phase, algo.avg_phase_where):
         return cut_grads
     mask = averaged_clients(state.layout.num_clients, algo.avg_fraction, state.seed, step)
     return split_avg(cut_grads, mask.to(cut_grads.device))
 
 
 def build(cfg, data, layout):
-    return split_state(cfg, data, layout, shared_init=False)
+    return split_state(cfg, data, layout)
 
 
 def train_step(state, transport, step, x, y):
@@ -60,4 +68,9 @@ def _server_lr(cfg, data) -> float:
     return server_lr(cfg.optim.lr, data.num_clients, cfg.algorithm.lr_exponent)
 
 
-METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr)
+def _loss_weights(cfg, data):
+    return server_loss_weights(data.client_sizes, cfg.algorithm.server_loss)
+
+
+METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,
+                loss_weights=_loss_weights)

@@ -46,7 +46,7 @@ class SlConfig:
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout, shared_init=True)
+    state = split_state(cfg, data, layout)
     if layout.hosted:  # one travelling segment: a physical copy per rank
         state.clients = StackedSegments([build_client_segment(*model_args(cfg, data),
                                                               cfg.seed, 0)])
