@@ -23,8 +23,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-METRICS = ("test_acc_mean", "test_acc_min", "train_loss_final", "bytes_up", "bytes_down",
-           "sim_latency_s", "wall_s", "samples_per_s")
+METRICS = ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min", "train_loss_final",
+           "bytes_up", "bytes_down", "sim_latency_s", "wall_s", "samples_per_s")
 
 
 def run_one(base: list[str], overrides: list[str], seed: int, out: Path, threads: int) -> dict:
