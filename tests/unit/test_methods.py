@@ -146,3 +146,71 @@ def test_every_method_is_registered_and_names_stay_in_the_registry():
 def test_unknown_algorithm_names_the_valid_ones():
     with pytest.raises(KeyError, match="gapsl"):
         get_method("gapls")
+
+
+SPLIT_METHODS = ("psl", "gapsl", "epsl", "sglr", "sfl_v1", "sfl_v2", "locfedmix", "cse_fsl",
+                 "fsl_sage")
+
+
+def _slices_equal(stacked) -> bool:
+    return all(torch.equal(p[0], p[k]) for p in stacked.stacked_params().values()
+               for k in range(p.shape[0]))
+
+
+@pytest.mark.parametrize("name", SPLIT_METHODS)
+def test_shared_init_every_client_starts_equal_in_any_layout(compose_cfg, name):
+    """model.client_init=shared: every client segment, auxiliary model and decoder is a
+    copy of one model, in one process and on both client ranks of a 3-process layout."""
+    cfg = compose_cfg(f"algorithm={name}", "data.num_clients=5", "trainer.devices=1")
+    data = build_federated_data(cfg)
+    method = get_method(name)
+    one = method.build(cfg, data, Layout(0, 1, 5))
+    ranks = [method.build(cfg, data, Layout(r, 3, 5)) for r in (1, 2)]
+    for state in (one, *ranks):
+        assert _slices_equal(state.clients)
+        for extra in (*state.client_extras.values(), state.other_modules.get("estimators")):
+            if extra is not None:
+                assert _slices_equal(extra)
+    reference = one.clients.segment_state(0)
+    for state in ranks:
+        assert all(torch.equal(v, state.clients.segment_state(0)[k])
+                   for k, v in reference.items())
+
+
+def test_independent_init_keeps_clients_apart(compose_cfg):
+    cfg = compose_cfg("algorithm=psl", "model.client_init=independent", "data.num_clients=3",
+                      "trainer.devices=1")
+    state = get_method("psl").build(cfg, build_federated_data(cfg), Layout(0, 1, 3))
+    assert not _slices_equal(state.clients)
+
+
+@pytest.mark.parametrize(("name", "mode", "expected"), [
+    ("cse_fsl", "per_client", N), ("cse_fsl", "averaged", 1),
+    ("fsl_sage", "per_client", N), ("fsl_sage", "averaged", 1)])
+def test_upload_step_makes_one_server_step_per_client(compose_cfg, name, mode, expected):
+    fast = ["algorithm.align_epochs=1"] if name == "fsl_sage" else []
+    method, state = _state(compose_cfg, f"algorithm={name}", f"algorithm.server_steps={mode}",
+                           *fast)
+    steps = []
+    state.server_opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    _step(method, state, step=0)  # step 0 uploads (every q-th step, step 0 included)
+    assert len(steps) == expected
+    _step(method, state, step=1)  # q = 5: no upload, no server step
+    assert len(steps) == expected
+
+
+def test_fsl_sage_aligns_before_the_first_client_update_of_round_zero(compose_cfg):
+    """align_when=start: in step 0 the estimators are fitted on the first uploads and
+    sent down before the clients update, so the clients' first step already uses them."""
+    method, start = _state(compose_cfg, "algorithm=fsl_sage", "algorithm.align_epochs=3")
+    end = _with(method, start, align_when="end")
+    before = copy.deepcopy(start.other_modules["estimators"])
+    _step(method, start), _step(method, end)
+    fitted = start.other_modules["server_estimators"]
+    estimators = start.other_modules["estimators"]
+    assert not _same(estimators, before)  # fitted in round 0 ...
+    for k in range(N):  # ... and each client holds its server-side fit
+        assert all(torch.equal(estimators.stacked_params()[n][k], p)
+                   for n, p in fitted[k].named_parameters())
+    assert _same(end.other_modules["estimators"], before)  # 'end': not yet
+    assert not _same(start.clients, end.clients)  # the first client update used the fit
