@@ -59,7 +59,8 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
     # sample, so it draws exactly the batches a single-client PSL run draws.
     from lightning_gapsl.methods import get_method  # methods build on this module
 
-    num_clients = 1 if get_method(cfg.algorithm.name).pools_data else d.num_clients
+    method = get_method(cfg.algorithm.name)
+    num_clients = 1 if method.pools_data else d.num_clients
     if num_clients == 1:
         parts = [torch.arange(n_train)]
     else:
@@ -72,5 +73,8 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
             seed=cfg.seed,
         )
     steps = d.steps_per_epoch or math.ceil(n_train / (num_clients * d.batch_size))
+    if method.epoch_steps is not None:  # e.g. local-pass rounds: one pass per client
+        sizes = torch.tensor([len(ix) for ix in parts])
+        steps = method.epoch_steps(cfg, sizes, d.batch_size) or steps
     hist = label_histograms(dataset.train_y, parts, dataset.num_classes)
     return FederatedData(dataset, parts, hist, steps, d.batch_size)

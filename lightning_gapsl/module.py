@@ -25,6 +25,7 @@ from lightning_gapsl.checkpoint import (
     requeue_slurm_job,
 )
 from lightning_gapsl.config import RunConfig
+from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
@@ -109,7 +110,8 @@ class SplitLearningModule(L.LightningModule):
         ds, hosted = self.data.dataset, self.transport.layout.hosted
         indices = {c: self.data.client_indices[c] for c in hosted}
         batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
-                                self.cfg.seed, self.state.total_steps)
+                                self.cfg.seed, self.state.total_steps,
+                                round_len=self.state.round_len)
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
@@ -150,6 +152,10 @@ class SplitLearningModule(L.LightningModule):
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step, counter = int(step), self.transport.counter
         up0, down0 = counter.bytes_up, counter.bytes_down
+        if self.state.round_len is not None:  # local-pass rounds: who steps this step
+            self.state.active = active_clients(step % self.state.round_len,
+                                               self.data.client_sizes, self.data.batch_size
+                                               ).to(self.device)
         out = self.method.train_step(self.state, self.transport, step, x, y)
         for key, value in self.state.step_diagnostics.items():
             self._epoch_diag.setdefault(key, []).append(value)

@@ -48,8 +48,13 @@ class CommCounter:
     bytes_down: int = 0
 
 
-def payload_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+def payload_bytes(tensors: list[torch.Tensor], active: torch.Tensor | None = None) -> int:
+    """Bytes of ``tensors``; with ``active`` (N,) bool, only the rows of active clients
+    (local-pass rounds: idle clients' rows are padding, nothing a deployment sends)."""
+    if active is None:
+        return sum(t.numel() * t.element_size() for t in tensors)
+    rows = int(active.sum())
+    return sum(t[0].numel() * t.element_size() * rows for t in tensors if t.shape[0])
 
 
 def kind_code(kind: str) -> int:
@@ -65,11 +70,11 @@ class Transport(Protocol):
     counter: CommCounter
     device: torch.device
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor],
-               count: bool = True) -> list[torch.Tensor] | None: ...
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
+               active: torch.Tensor | None = None) -> list[torch.Tensor] | None: ...
 
-    def scatter(self, step: int, kind: str,
-                rows: list[torch.Tensor] | None) -> list[torch.Tensor]: ...
+    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None,
+                active: torch.Tensor | None = None) -> list[torch.Tensor]: ...
 
     def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
                   count: bool = True) -> list[torch.Tensor] | None: ...
@@ -115,21 +120,21 @@ class LocalTransport:
         self.counter = CommCounter()
         self.device = device or torch.device("cpu")
 
-    def gather(
-        self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True
-    ) -> list[torch.Tensor]:
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
+               active: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Clients' rows (K, ...) -> server gets every client's rows (N, ...).
 
         ``count=False`` for telemetry (per-client losses) that a real deployment would
-        not need to send.
+        not need to send; ``active`` (N,): count only those clients' rows.
         """
         if count:
-            self.counter.bytes_up += payload_bytes(rows)
+            self.counter.bytes_up += payload_bytes(rows, active)
         return rows
 
-    def scatter(self, step: int, kind: str, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    def scatter(self, step: int, kind: str, rows: list[torch.Tensor],
+                active: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Server's rows (N, ...) -> each rank gets the rows of the clients it hosts."""
-        self.counter.bytes_down += payload_bytes(rows)
+        self.counter.bytes_down += payload_bytes(rows, active)
         return rows
 
     def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
@@ -245,9 +250,8 @@ class DistTransport:
                     f"(timeout {self.timeout.total_seconds():.0f}s): {err}"
                 ) from err
 
-    def gather(
-        self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True
-    ) -> list[torch.Tensor] | None:
+    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
+               active: torch.Tensor | None = None) -> list[torch.Tensor] | None:
         """Client ranks send their rows (K, ...); the server returns all rows (N, ...)."""
         what = f"'{kind}' gather at step {step}"
         if not self.layout.is_server:
@@ -263,10 +267,11 @@ class DistTransport:
         self._run([("recv", b, r) for r in ranks for b in buffers[r]], what)
         out = [torch.cat([buffers[r][i] for r in ranks]) for i in range(len(buffers[ranks[0]]))]
         if count:
-            self.counter.bytes_up += payload_bytes(out)
+            self.counter.bytes_up += payload_bytes(out, active)
         return out
 
-    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None,
+                active: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The server sends each client rank the rows of its clients; they return them."""
         what = f"'{kind}' scatter at step {step}"
         if self.layout.is_server:
@@ -278,7 +283,7 @@ class DistTransport:
                 ops.append(("send", self._header(step, kind, part, ids), r))
                 ops += [("send", t, r) for t in part]
             self._run(ops, what)
-            self.counter.bytes_down += payload_bytes(rows)
+            self.counter.bytes_down += payload_bytes(rows, active)
             return []
         return self._recv(SERVER_RANK, step, kind, self.layout.hosted, what)
 

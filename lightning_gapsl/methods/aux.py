@@ -14,7 +14,13 @@ import torch
 from lightning_gapsl.algorithms.fsl_sage import server_step_due
 from lightning_gapsl.algorithms.psl import weighted_client_loss
 from lightning_gapsl.config import check, choice
-from lightning_gapsl.methods.base import RankState, StepOutput, report_client_losses
+from lightning_gapsl.methods.base import (
+    RankState,
+    StepOutput,
+    client_step,
+    report_client_losses,
+    step_weights,
+)
 from lightning_gapsl.methods.configs import RoundConfig
 from lightning_gapsl.transport import Transport
 
@@ -61,7 +67,7 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
         acts = state.clients(x)  # (K, B, *F)
     if server_step_due(step, state.cfg.algorithm.server_interval):
         sent = [acts.detach(), y] if acts is not None else []
-        received = transport.gather(step, "activations", sent)
+        received = transport.gather(step, "activations", sent, active=state.active)
         if state.layout.is_server:
             _server_update(state, *received)
             if after_server_step is not None:
@@ -71,7 +77,7 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
     if state.clients is not None:
         state.client_opt.zero_grad(set_to_none=True)
         local_losses = local_backward(state, acts, y)  # (K,)
-        state.client_opt.step()
+        client_step(state)
         local_losses = local_losses.detach()
     return report_client_losses(state, transport, step, local_losses)
 
@@ -81,13 +87,15 @@ def _server_update(state: RankState, acts: torch.Tensor, labels: torch.Tensor) -
     n, b = labels.shape
     if state.cfg.algorithm.server_steps == "per_client":
         for c in range(n):  # one step per uploaded client batch, in client-id order
+            if state.active is not None and not bool(state.active[c]):
+                continue
             loss = torch.nn.functional.cross_entropy(state.server(acts[c]), labels[c])
             state.server_opt.zero_grad(set_to_none=True)
             loss.backward()
             state.server_opt.step()
         return
     logits = state.server(acts.flatten(0, 1)).unflatten(0, (n, b))
-    loss, _ = weighted_client_loss(logits, labels, state.loss_weights)
+    loss, _ = weighted_client_loss(logits, labels, step_weights(state))
     state.server_opt.zero_grad(set_to_none=True)
     loss.backward()
     state.server_opt.step()

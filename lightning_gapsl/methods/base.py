@@ -28,7 +28,7 @@ from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
-from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.models.stacked import StackedSegments, masked_step_
 from lightning_gapsl.seeding import derive_seed
 from lightning_gapsl.transport import Transport
 
@@ -54,6 +54,7 @@ class RankState:
     server_opt: torch.optim.Optimizer | None = None  # server rank only
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
     loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
+    active: torch.Tensor | None = None  # (N,) bool: clients taking part in this step
 
     @property
     def seed(self) -> int:
@@ -62,6 +63,13 @@ class RankState:
     @property
     def total_steps(self) -> int:
         return self.data.steps_per_epoch * self.cfg.trainer.max_epochs
+
+    @property
+    def round_len(self) -> int | None:
+        """Local-pass rounds: steps per round (= per epoch); None: lockstep rounds."""
+        if getattr(self.cfg.algorithm, "rounds", None) == "local_pass":
+            return self.data.steps_per_epoch
+        return None
 
     @property
     def round_steps(self) -> int:
@@ -129,6 +137,9 @@ class Method:
     load_state_dict: Callable[[RankState, dict], None] | None = None
     # One "client" holding the pooled data (centralized), whatever data.num_clients says.
     pools_data: bool = False
+    # (cfg, client sizes (N,), batch size) -> steps per epoch; None or returning None:
+    # ceil(train samples / (N * B)). Local-pass rounds: one round.
+    epoch_steps: Callable[[RunConfig, torch.Tensor, int], int | None] | None = None
 
 
 # --------------------------------------------------------------------- construction
@@ -178,6 +189,32 @@ def split_state(cfg: RunConfig, data: FederatedData, layout: Layout) -> RankStat
     return RankState(cfg, data, layout, clients, server, server)
 
 
+def step_weights(state: RankState) -> torch.Tensor:
+    """(N,) the server's loss weights this step: idle clients (local-pass rounds) weigh
+    0 and the active ones are renormalised to sum to 1."""
+    if state.active is None:
+        return state.loss_weights
+    w = state.loss_weights * state.active.to(state.loss_weights)
+    return w / w.sum()
+
+
+def hosted_active(state: RankState) -> torch.Tensor | None:
+    """(K,) bool for this rank's clients, or None when every client steps every step."""
+    if state.active is None or state.clients is None:
+        return None
+    return state.active[state.layout.hosted].to(torch.bool)
+
+
+def client_step(state: RankState) -> None:
+    """The client optimizer's step; idle clients (local-pass rounds) are left untouched,
+    momentum and Adam moments included."""
+    active = hosted_active(state)
+    if active is None:
+        state.client_opt.step()
+    else:
+        masked_step_(state.client_opt, active.cpu())
+
+
 def make_optimizer(params, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """One optimizer per party; elementwise rules, so a stacked one is K independent ones."""
     params, lr = list(params), cfg.lr if lr is None else lr
@@ -221,7 +258,7 @@ def report_client_losses(state: RankState, transport: Transport, step: int,
     if not state.layout.is_server:
         return StepOutput(None, None)
     all_losses = received[0].view(-1)  # (N,)
-    return StepOutput(float((all_losses * state.loss_weights).sum()), all_losses)
+    return StepOutput(float((all_losses * step_weights(state)).sum()), all_losses)
 
 
 

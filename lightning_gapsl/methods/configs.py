@@ -25,17 +25,42 @@ class SplitConfig:
         choice("algorithm.client_grad", self.client_grad, CLIENT_GRADS)
 
 
+ROUND_MODES = ("local_pass", "lockstep")
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     name: str = "fedavg"
     """The method's registry name (``algorithm=``)."""
+    rounds: str = "local_pass"
+    """local_pass: a round (= an epoch) is one pass of every client over its own data,
+    client i active for ceil(n_i / B) steps (SplitFed's and FSL-SAGE's code); lockstep:
+    every client draws B samples every step, a round is round_steps steps."""
     round_steps: int | None = None
-    """Steps per round, FedAvg after each (null: one epoch; must divide the steps per
-    epoch so every epoch's evaluation sees averaged models)."""
+    """lockstep only: steps per round, FedAvg after each (null: one epoch; must divide
+    the steps per epoch so every epoch's evaluation sees averaged models)."""
 
     def validate(self, run: RunConfig) -> None:
+        choice("algorithm.rounds", self.rounds, ROUND_MODES)
         check(self.round_steps is None or self.round_steps >= 1,
               f"algorithm.round_steps={self.round_steps} must be >= 1 or null")
+        if self.rounds == "local_pass":
+            check(self.round_steps is None,
+                  "algorithm.round_steps is for algorithm.rounds=lockstep; a local-pass "
+                  "round is one pass over every client's data (set rounds=lockstep)")
+            check(run.data.steps_per_epoch is None,
+                  "data.steps_per_epoch is for algorithm.rounds=lockstep; a local-pass epoch "
+                  "is one pass over every client's data (set algorithm.rounds=lockstep)")
+
+
+def local_pass_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
+    """`Method.epoch_steps` of the averaging methods: with local-pass rounds an epoch is
+    one round, max_i ceil(n_i / B) steps; None (lockstep): the default epoch."""
+    from lightning_gapsl.data.rounds import round_length
+
+    if cfg.algorithm.rounds != "local_pass":
+        return None
+    return round_length(sizes, batch_size)
 
 
 def round_ends(step: int, round_steps: int) -> bool:

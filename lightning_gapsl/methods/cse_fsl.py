@@ -10,7 +10,7 @@ from lightning_gapsl.algorithms.fsl_sage import aux_model_for
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
-from lightning_gapsl.methods.configs import round_ends
+from lightning_gapsl.methods.configs import local_pass_epoch, round_ends
 from lightning_gapsl.methods.rounds import (
     every_round_global,
     fedavg_clients_,
@@ -57,4 +57,5 @@ def after_step(state, transport, step) -> None:
 
 
 METHOD = Method("cse_fsl", CseFslConfig, build, train_step, after_step=after_step,
-                global_model=every_round_global)
+                global_model=every_round_global,
+                epoch_steps=local_pass_epoch)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gapsl.algorithms.psl import weighted_client_loss
-from lightning_gapsl.methods.base import RankState, StepOutput
+from lightning_gapsl.methods.base import RankState, StepOutput, client_step, step_weights
 from lightning_gapsl.transport import Transport
 
 # (state, acts (N, B, *F) leaf, labels (N, B), logits, step) -> an extra server loss.
@@ -55,7 +55,8 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
 
     # 1-2. clients: forward their segments and send activations + labels up.
     acts = state.clients(x) if has_clients else None  # (K, B, *F)
-    received = transport.gather(step, "activations", [acts, y] if has_clients else [])
+    received = transport.gather(step, "activations", [acts, y] if has_clients else [],
+                                active=state.active)
 
     # 3-4. server: one forward/backward on every client's activations, then transform.
     cut_grads = None
@@ -79,14 +80,15 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     if hooks.after_backward is not None:
         hooks.after_backward(state, transport, step)
     if has_clients:
-        state.client_opt.step()
+        client_step(state)
     return out
 
 
 def scatter_down(state: RankState, transport: Transport, step: int,
                  cut_grads: torch.Tensor | None) -> list[torch.Tensor]:
     """Each client receives its own rows of the server's (N, B, *F) gradients."""
-    return transport.scatter(step, "cut_grads", [cut_grads] if state.layout.is_server else None)
+    return transport.scatter(step, "cut_grads", [cut_grads] if state.layout.is_server else None,
+                             active=state.active)
 
 
 def batched_server_pass(state: RankState, acts: torch.Tensor, labels: torch.Tensor, step: int,
@@ -99,17 +101,21 @@ def batched_server_pass(state: RankState, acts: torch.Tensor, labels: torch.Tens
     client i by w_i ~ 1/N, which would silently cut client learning rates by N.
     """
     num_clients, batch = labels.shape
+    weights = step_weights(state)  # (N,); idle clients (local-pass rounds) weigh 0
     acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
     logits = state.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))  # (N, B, C)
-    loss, client_losses = weighted_client_loss(logits, labels, state.loss_weights)
+    loss, client_losses = weighted_client_loss(logits, labels, weights)
     state.server_opt.zero_grad(set_to_none=True)
     loss.backward()
     cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
     if extra_loss is not None:
-        extra_loss(state, acts, labels, logits, step).backward()
+        extra = extra_loss(state, acts, labels, logits, step)
+        if extra is not None:
+            extra.backward()
     if state.cfg.algorithm.client_grad == "own":
         shape = (num_clients,) + (1,) * (cut_grads.dim() - 1)
-        cut_grads = cut_grads / state.loss_weights.view(shape)
+        own = cut_grads / weights.view(shape)
+        cut_grads = own if state.active is None else torch.where(weights.view(shape) > 0, own, 0)
     state.server_opt.step()
     return reported_loss(state, client_losses), client_losses, cut_grads
 
@@ -122,4 +128,4 @@ def _with_extra_loss(extra: ExtraServerLoss) -> ServerPass:
 
 def reported_loss(state: RankState, client_losses: torch.Tensor) -> torch.Tensor:
     """The size-weighted mean of per-client losses: the training loss every method reports."""
-    return (client_losses * state.loss_weights.to(client_losses.dtype)).sum()
+    return (client_losses * step_weights(state).to(client_losses.dtype)).sum()

@@ -13,10 +13,11 @@ from lightning_gapsl.methods.base import (
     Method,
     RankState,
     StepCost,
+    client_step,
     model_args,
     report_client_losses,
 )
-from lightning_gapsl.methods.configs import RoundConfig
+from lightning_gapsl.methods.configs import RoundConfig, local_pass_epoch
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, shapes_of
 from lightning_gapsl.models.split import build_full_model
 from lightning_gapsl.models.stacked import StackedSegments
@@ -47,7 +48,7 @@ def local_train_step(state, transport, step, x, y):
         client_losses = per_client_cross_entropy(state.clients(x), y)  # (K,)
         state.client_opt.zero_grad(set_to_none=True)
         client_losses.sum().backward()  # each client's own mean loss: independent models
-        state.client_opt.step()
+        client_step(state)
         client_losses = client_losses.detach()
     return report_client_losses(state, transport, step, client_losses)
 
@@ -60,4 +61,5 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 
 METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,
-                after_step=fedavg_after_round, cost=cost, global_model=every_round_global)
+                after_step=fedavg_after_round, cost=cost, global_model=every_round_global,
+                epoch_steps=local_pass_epoch)

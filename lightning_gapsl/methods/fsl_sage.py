@@ -25,7 +25,7 @@ from lightning_gapsl.algorithms.psl import per_client_cross_entropy
 from lightning_gapsl.config import check, choice
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
-from lightning_gapsl.methods.configs import round_ends
+from lightning_gapsl.methods.configs import local_pass_epoch, round_ends
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.stacked import StackedSegments
@@ -95,7 +95,8 @@ def _local_backward(state, acts, y):
 
 def _buffer(state, acts, labels) -> None:
     for c, buffer in enumerate(state.extras["buffers"]):
-        buffer.add(acts[c], labels[c])
+        if state.active is None or bool(state.active[c]):
+            buffer.add(acts[c], labels[c])
 
 
 def train_step(state, transport, step, x, y):
@@ -168,4 +169,5 @@ def load_state_dict(state, saved: dict) -> None:
 
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global, state_dict=state_dict,
-                load_state_dict=load_state_dict)
+                load_state_dict=load_state_dict,
+                epoch_steps=local_pass_epoch)

@@ -22,7 +22,7 @@ from lightning_gapsl.algorithms.locfedmix import (
 )
 from lightning_gapsl.config import check
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
-from lightning_gapsl.methods.configs import RoundConfig, SplitConfig, round_ends
+from lightning_gapsl.methods.configs import RoundConfig, SplitConfig, local_pass_epoch, round_ends
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes, shapes_of
 from lightning_gapsl.models.stacked import StackedSegments
@@ -76,9 +76,14 @@ def _mixup_server_loss(state, acts, labels, logits, step) -> torch.Tensor:
     activations, so it adds to the server's gradients only; the cut-layer gradients the
     clients receive are already computed and unchanged."""
     algo = state.cfg.algorithm
+    if state.active is not None:  # local-pass rounds: mix the active clients only
+        acts, labels = acts[state.active], labels[state.active]
     n = labels.shape[0]
-    partners = mix_partners(n, algo.num_partners, state.seed, step)  # (N, P)
-    lam = draw_lambda(n, algo.num_partners, algo.mix_alpha, state.seed, step)  # (N, P)
+    num_partners = min(algo.num_partners, n - 1)
+    if num_partners < 1:
+        return None
+    partners = mix_partners(n, num_partners, state.seed, step)  # (N, P)
+    lam = draw_lambda(n, num_partners, algo.mix_alpha, state.seed, step)  # (N, P)
     onehot = nn.functional.one_hot(labels, logits.shape[-1]).float()  # (N, B, C)
     mixed, targets = mixup_smashed(acts, onehot, partners, lam)  # (N*P, B, *F), (N*P, B, C)
     out = state.server(mixed.flatten(0, 1))  # (N*P*B, C)
@@ -117,4 +122,5 @@ def global_model(state, epoch: int) -> bool:
 
 
 METHOD = Method("locfedmix", LocFedMixConfig, build, train_step, after_step=after_step,
-                global_model=global_model)
+                global_model=global_model,
+                epoch_steps=local_pass_epoch)

@@ -14,7 +14,7 @@ import torch
 
 from lightning_gapsl.algorithms.psl import weighted_client_loss
 from lightning_gapsl.methods.base import Method, RankState, split_state
-from lightning_gapsl.methods.configs import RoundConfig, round_ends
+from lightning_gapsl.methods.configs import RoundConfig, local_pass_epoch, round_ends
 from lightning_gapsl.methods.exchange import Hooks, reported_loss, split_exchange
 from lightning_gapsl.methods.rounds import (
     average_copies,
@@ -24,7 +24,7 @@ from lightning_gapsl.methods.rounds import (
 )
 from lightning_gapsl.models.flat import load_flat_
 from lightning_gapsl.models.split import build_server_segment
-from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.models.stacked import StackedSegments, masked_step_
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,16 @@ def build(cfg, data, layout) -> RankState:
 def _per_copy_server_pass(state, acts, labels, step):
     acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
     logits = state.server(acts)  # (N, B, C): copy i on client i's activations
-    loss, client_losses = weighted_client_loss(logits, labels,
-                                               torch.ones_like(state.loss_weights))
+    ones = torch.ones_like(state.loss_weights)  # each copy: its own client's loss
+    active = state.active
+    loss, client_losses = weighted_client_loss(
+        logits, labels, ones if active is None else active.to(ones))
     state.server_opt.zero_grad(set_to_none=True)
     loss.backward()
-    state.server_opt.step()
+    if active is None:
+        state.server_opt.step()
+    else:  # an idle client's server copy does not move either
+        masked_step_(state.server_opt, active.cpu())
     return reported_loss(state, client_losses), client_losses, acts.grad
 
 
@@ -80,4 +85,5 @@ def before_eval(state, transport, epoch) -> None:
 
 
 METHOD = Method("sfl_v1", SflV1Config, build, train_step, after_step=after_step,
-                before_eval=before_eval, global_model=every_round_global)
+                before_eval=before_eval, global_model=every_round_global,
+                epoch_steps=local_pass_epoch)

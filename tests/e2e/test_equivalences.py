@@ -82,7 +82,8 @@ def test_splitfed_v1_is_fedavg(compose_cfg):
     """SplitFed V1 (per-client server copies, both halves averaged each round) computes
     exactly what FedAvg of the full model computes: the same losses and accuracies."""
     common = ["trainer.devices=1", "trainer.max_epochs=2", "data.num_clients=4",
-              "trainer.threads=1", "algorithm.round_steps=5", "data.steps_per_epoch=20"]
+              "trainer.threads=1", "algorithm.rounds=lockstep", "algorithm.round_steps=5",
+              "data.steps_per_epoch=20"]
     sfl = load_summary(run(compose_cfg("algorithm=sfl_v1", *common, name="sfl")))
     fed = load_summary(run(compose_cfg("algorithm=fedavg", *common, name="fed")))
     for h1, h2 in zip(sfl["history"], fed["history"]):
@@ -106,7 +107,8 @@ def test_cse_fsl_and_fsl_sage_bytes_by_hand(compose_cfg):
     averages segment + head each round, FSL-SAGE averages the segment and sends fitted
     estimators down every l=2 rounds. 6 clients (digits default), B=16, 40 steps."""
     common = ["trainer.devices=1", "trainer.max_epochs=2", "data.steps_per_epoch=20",
-              "algorithm.round_steps=5", "algorithm.server_interval=5"]
+              "algorithm.rounds=lockstep", "algorithm.round_steps=5",
+              "algorithm.server_interval=5", "algorithm.server_steps=averaged"]
     cse = load_summary(run(compose_cfg("algorithm=cse_fsl", *common, name="cse")))
     sage = load_summary(run(compose_cfg("algorithm=fsl_sage", "algorithm.align_interval=2",
                                         *common, name="sage")))

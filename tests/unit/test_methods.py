@@ -214,3 +214,30 @@ def test_fsl_sage_aligns_before_the_first_client_update_of_round_zero(compose_cf
                    for n, p in fitted[k].named_parameters())
     assert _same(end.other_modules["estimators"], before)  # 'end': not yet
     assert not _same(start.clients, end.clients)  # the first client update used the fit
+
+
+def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_cfg):
+    """algorithm.rounds=local_pass (the default of the averaging methods): over one round
+    client i's model moves in exactly ceil(n_i / B) steps; idle steps leave it (and its
+    momentum) untouched, and only active clients' rows are counted as traffic."""
+    from lightning_gapsl.data.rounds import active_clients, local_steps
+
+    method, state = _state(compose_cfg, "algorithm=sfl_v1", "data.partition=dirichlet",
+                           "data.alpha=0.5", "optim.momentum=0.9", "data.max_train=60")
+    sizes, b = state.data.client_sizes, state.data.batch_size
+    expected = local_steps(sizes.long(), b)  # (N,)
+    assert state.round_len == state.data.steps_per_epoch == int(expected.max())
+    moved = torch.zeros(N, dtype=torch.int64)
+    transport = LocalTransport(Layout(0, 1, N))
+    row = 8 * 4 * 4 * 4 + 8  # one sample's activations (float32) + its label (int64)
+    for t in range(state.round_len):
+        state.active = active_clients(t, sizes.long(), b)
+        before = [p.detach().clone() for p in state.clients.stacked_params().values()]
+        up0 = transport.counter.bytes_up
+        x, y = _batch()
+        method.train_step(state, transport, t, x, y)
+        assert transport.counter.bytes_up - up0 == int(state.active.sum()) * B * row
+        after = list(state.clients.stacked_params().values())
+        moved += torch.tensor([any(not torch.equal(p0[k], p1[k]) for p0, p1 in
+                                   zip(before, after)) for k in range(N)])
+    assert torch.equal(moved, expected), (moved, expected, sizes)
