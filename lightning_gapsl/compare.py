@@ -1,46 +1,75 @@
-"""Run a list of algorithm variants x seeds on one setting and tabulate the results.
+"""Run an experiment file's methods on one setting and tabulate the results.
 
     python -m lightning_gapsl.compare experiment=mnist20_dir01 [jobs=2]
+    python -m lightning_gapsl.compare experiment=tune_mnist20_dir01 [stage=tune|final|all] [jobs=2]
 
-The experiment file (`conf/experiment/*.yaml`) pins the setting (`base` overrides), the
-variants (label -> overrides) and the seeds. Each run is the ordinary train entry point
-in its own process (`jobs` at a time, one torch thread each), writing
-`<out_dir>/<variant>/seed<k>/summary.json`; runs whose summary already exists are
-skipped, so an interrupted comparison resumes. At the end: `results.csv` (one row per
-run), `results.md` (mean and std per variant) and PNG plots.
+Each run is the ordinary train entry point in its own process (`jobs` at a time, `threads`
+torch threads each) writing `<out_dir>/<run>/seed<k>/summary.json`; runs whose summary
+exists are skipped, so an interrupted comparison resumes (a crashed run is retried).
+
+An experiment file has one of two forms:
+
+- ``variants:`` (label -> overrides) x ``seeds``: `results.csv` (one row per run),
+  `results.md` (mean and std per variant) and PNG plots.
+- ``grid:`` (method -> {point -> overrides}): the tuning protocol of `tuning.py`. Stage
+  `tune` runs every point with `tune_seed` at `epochs` epochs and chooses each method's
+  point on validation (`tuning.{csv,md}`, `chosen.yaml`); stage `final` runs the chosen
+  points over `seeds` (`results.{csv,md}`, `runs.csv`, plots); `all` does both.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shlex
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-METRICS = ("test_acc_mean", "test_acc_min", "train_loss_final", "bytes_up", "bytes_down",
-           "sim_latency_s", "wall_s", "samples_per_s")
+from lightning_gapsl import tuning
+from lightning_gapsl.tuning import GridError, Run
+
+METRICS = ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min", "train_loss_final",
+           "bytes_up", "bytes_down", "sim_latency_s", "wall_s", "samples_per_s")
+
+
+def train_command(overrides: list[str], seed: int, out: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "lightning_gapsl.train", *overrides, f"seed={seed}",
+            f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
+
+
+def execute(cmd: list[str], out: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` logging to out/train.log: (exit code, wall s, CPU s of it and its children)."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(out / "train.log", "w") as log:
+        log.write(shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own CPU time
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def run_one(base: list[str], overrides: list[str], seed: int, out: Path, threads: int) -> dict:
     """Train one (variant, seed) in a fresh process unless its summary exists already."""
     summary = out / "summary.json"
     if not summary.is_file():
-        cmd = [sys.executable, "-m", "lightning_gapsl.train", *base, *overrides, f"seed={seed}",
-               f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "train.log", "w") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"run failed ({proc.returncode}); see {out / 'train.log'}")
+        code, _, _ = execute(train_command([*base, *overrides], seed, out, threads), out)
+        if code != 0:
+            raise RuntimeError(f"run failed ({code}); see {out / 'train.log'}")
     return json.loads(summary.read_text())
+
+
+# ---------------------------------------------------------------- variants x seeds
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -84,9 +113,188 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "results.md").write_text(markdown(aggregate(rows), title, command))
-    from lightning_gapsl.plots import plot_comparison
+    from lightning_gapsl.plots import plot_class_acc, plot_comparison
 
-    plot_comparison(summaries, [r["variant"] for r in rows], out_dir)
+    labels = [r["variant"] for r in rows]
+    plot_comparison(summaries, labels, out_dir)
+    for variant in dict.fromkeys(labels):
+        plot_class_acc(variant, [s for s, v in zip(summaries, labels) if v == variant], out_dir)
+
+
+def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, command: str) -> int:
+    base = list(exp.base)
+    todo = [(label, list(ovr), seed) for label, ovr in exp.variants.items() for seed in exp.seeds]
+
+    def work(job):
+        label, overrides, seed = job
+        try:
+            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", threads)
+        except RuntimeError as err:  # keep going: one failed run must not cost the others
+            return err
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(work, todo))
+    failed = [(job, out) for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    for (label, _, seed), err in failed:
+        print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
+    todo = [job for job, out in zip(todo, outcomes) if not isinstance(out, Exception)]
+    summaries = [out for out in outcomes if not isinstance(out, Exception)]
+    rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
+            for (label, _, seed), s in zip(todo, summaries)]
+    write_results(rows, summaries, out_dir, exp.title, command)
+    print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
+    print((out_dir / "results.md").read_text())
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- tuning protocol
+
+
+def registered_algorithms() -> tuple[str, ...]:
+    """The `algorithm=` names the train entry point accepts today."""
+    from lightning_gapsl.config import ALGORITHMS
+
+    return tuple(ALGORITHMS)
+
+
+def load_run(run: Run, out: Path, num_classes: int) -> Run:
+    """Fill ``run`` from its folder: summary.json, run.json (exit code, seconds), the log."""
+    meta = out / "run.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        run.returncode, run.proc_wall_s, run.cpu_s = (info["returncode"], info["proc_wall_s"],
+                                                      info["cpu_s"])
+    summary = out / "summary.json"
+    run.summary = json.loads(summary.read_text()) if summary.is_file() else None
+    if run.summary is None and run.returncode is None:
+        return run  # never ran
+    log = out / "train.log"
+    lines = log.read_text(errors="replace").splitlines()[-50:] if log.is_file() else []
+    run.cause = tuning.failure_cause(run.summary, run.returncode, lines, num_classes)
+    return run
+
+
+def run_point(run: Run, base: list[str], out: Path, threads: int, num_classes: int) -> Run:
+    """Train one grid point at one seed unless its summary exists already (resume)."""
+    overrides = [*base, f"algorithm={run.method}", *run.overrides]
+    meta = out / "run.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("overrides") != overrides:
+        raise GridError(f"{out} was run with other overrides than the grid now gives; "
+                        "delete the folder or rename the grid point")
+    if not (out / "summary.json").is_file():
+        code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
+        meta.write_text(json.dumps({"overrides": overrides, "returncode": code,
+                                    "proc_wall_s": wall, "cpu_s": cpu}, indent=1))
+    return load_run(run, out, num_classes)
+
+
+class Tuner:
+    """The runs of one tuning experiment, each created once per (method, point, seed)."""
+
+    def __init__(self, exp: dict, out_dir: Path, threads: int):
+        self.grid = {m: {p: list(o) for p, o in points.items()} for m, points in exp["grid"].items()}
+        self.size = tuning.check_grid(self.grid)
+        self.methods, self.skipped = tuning.active_methods(
+            self.grid, exp.get("optional") or [], registered_algorithms())
+        self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
+        self.seeds = [int(s) for s in exp["seeds"]]
+        self.num_classes = int(exp.get("num_classes", 10))
+        self.base = [*exp.get("common", []), *exp.get("setting", []),
+                     f"trainer.max_epochs={self.epochs}", f"trainer.eval_every={self.epochs}"]
+        self.method_base = {m: list(o) for m, o in (exp.get("method_base") or {}).items()}
+        self.out_dir, self.threads = out_dir, threads
+        self.runs: dict[Path, Run] = {}
+
+    def run(self, method: str, point: str, seed: int, stage: str) -> tuple[Run, Path]:
+        out = self.out_dir / f"{method}.{point}" / f"seed{seed}"
+        overrides = [*self.method_base.get(method, []), *self.grid[method][point]]
+        run = self.runs.setdefault(out, Run(method, point, seed, overrides))
+        run.stages.add(stage)
+        return run, out
+
+    def execute(self, jobs: list[tuple[Run, Path]], workers: int, train: bool) -> list[Run]:
+        """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
+        def work(job: tuple[Run, Path]) -> Run:
+            run, out = job
+            if train:
+                return run_point(run, self.base, out, self.threads, self.num_classes)
+            return load_run(run, out, self.num_classes)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(work, jobs))
+
+    def notes(self) -> list[str]:
+        return [
+            (f"Budget: {self.epochs} epochs for every method, {self.size} grid points per method "
+            f"at tuning seed {self.tune_seed}; final seeds {self.seeds}."),
+            ("Chosen by validation mean client accuracy (ties: validation worst-client accuracy); "
+            "the test set only reports."),
+            f"Setting: `{' '.join(self.base)}`",
+            *self.skipped,
+        ]
+
+
+def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, command: str) -> int:
+    """The two-stage tuning protocol; returns the exit code (1 if any run crashed)."""
+    if stage not in ("tune", "final", "all"):
+        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all")
+    t = Tuner(exp, out_dir, threads)
+    for message in t.skipped:
+        print(message, file=sys.stderr)
+    tune_jobs = [t.run(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
+    tuned = t.execute(tune_jobs, workers, train=stage != "final")
+    missing = [f"{r.method}/{r.point}" for r in tuned if r.status == "missing"]
+    if missing:
+        raise GridError(f"stage=final needs every tuning run; missing: {', '.join(missing)} "
+                        "(run stage=tune first)")
+    choices = {m: tuning.select([r for r in tuned if r.method == m]) for m in t.methods}
+    chosen = {m: run for m, (run, _) in choices.items() if run is not None}
+    notes = t.notes() + [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
+                         if not c.startswith("val_acc_mean")]
+    title = exp.get("title", exp["name"])
+    if stage != "final":
+        tuning.write_csv(out_dir / "tuning.csv", [tuning.run_row(r, chosen) for r in tuned])
+        (out_dir / "tuning.md").write_text(
+            tuning.tuning_markdown(tuned, chosen, f"Tuning: {title}", command, notes)
+            + "\nSeconds spent on tuning:\n" + tuning.cost_markdown(tuned, t.methods))
+    (out_dir / "chosen.yaml").write_text(
+        f"# {command}\n# method -> chosen overrides (grid point in the comment)\n" + "".join(
+            f"# {m}: {r.point}\n" for m, r in chosen.items())
+        + yaml.safe_dump({m: [f"algorithm={m}", *r.overrides] for m, r in chosen.items()},
+                         sort_keys=False))
+    print(f"tuning: {out_dir / 'tuning.md'}")
+    final: list[Run] = []
+    if stage != "tune":
+        final_jobs = [t.run(m, r.point, s, "final") for m, r in chosen.items() for s in t.seeds]
+        final = t.execute(final_jobs, workers, train=True)
+        write_final(t, chosen, final, title, command, notes)
+    crashed = [r for r in {id(r): r for r in tuned + final}.values() if r.status == "crashed"]
+    for r in crashed:
+        print(f"error: {r.method}/{r.point} seed {r.seed}: {r.cause}", file=sys.stderr)
+    return 1 if crashed else 0
+
+
+def write_final(t: Tuner, chosen: dict[str, Run], final: list[Run], title: str, command: str,
+                notes: list[str]) -> None:
+    """results.{csv,md}, runs.csv (every run of both stages) and the plots."""
+    from lightning_gapsl.plots import plot_class_acc, plot_tradeoff
+
+    by_method = {m: [r for r in final if r.method == m] for m in chosen}
+    rows = [tuning.final_stats(m, chosen[m], runs) for m, runs in by_method.items()]
+    tuning.write_csv(t.out_dir / "results.csv", [tuning.stats_row(row) for row in rows])
+    every = list(t.runs.values())
+    tuning.write_csv(t.out_dir / "runs.csv", [tuning.run_row(r, chosen) for r in every])
+    (t.out_dir / "results.md").write_text(
+        tuning.results_markdown(rows, title, command, notes)
+        + "\nSeconds spent (tuning and final runs, each run counted once):\n"
+        + tuning.cost_markdown(every, t.methods))
+    summaries = {m: [r.summary for r in runs if r.summary is not None]
+                 for m, runs in by_method.items()}
+    plot_tradeoff(summaries, t.out_dir)
+    for m, found in summaries.items():
+        plot_class_acc(m, found, t.out_dir)
+    print(f"results: {t.out_dir / 'results.md'}")
+    print((t.out_dir / "results.md").read_text())
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="compare")
@@ -94,31 +302,18 @@ def main(cfg: DictConfig) -> None:
     exp = cfg.experiment
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = list(exp.base)
-    jobs = [(label, list(ovr), seed) for label, ovr in exp.variants.items() for seed in exp.seeds]
-
-    def work(job):
-        label, overrides, seed = job
+    command = shlex.join(["python", "-m", "lightning_gapsl.compare", *sys.argv[1:]])
+    if "grid" in exp:
         try:
-            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", cfg.threads)
-        except RuntimeError as err:  # keep going: one failed run must not cost the others
-            return err
-
-    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        outcomes = list(pool.map(work, jobs))
-    failed = [(job, out) for job, out in zip(jobs, outcomes) if isinstance(out, Exception)]
-    for (label, _, seed), err in failed:
-        print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
-    jobs = [job for job, out in zip(jobs, outcomes) if not isinstance(out, Exception)]
-    summaries = [out for out in outcomes if not isinstance(out, Exception)]
-    rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
-            for (label, _, seed), s in zip(jobs, summaries)]
-    command = f"python -m lightning_gapsl.compare experiment={exp.name}"
-    write_results(rows, summaries, out_dir, exp.title, command)
-    print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
-    print((out_dir / "results.md").read_text())
-    if failed:
-        sys.exit(1)
+            code = tune(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage, cfg.jobs,
+                        cfg.threads, command)
+        except GridError as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = 2
+    else:
+        code = compare_variants(exp, out_dir, cfg.jobs, cfg.threads, command)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
