@@ -193,3 +193,72 @@ def test_a_crashed_run_is_reported_with_its_cause_and_retried(tmp_path, monkeypa
     assert len(calls) == 4
     compare.tune(exp, tmp_path, "tune", 1, 1, "cmd")  # resume: only the crashed run again
     assert len(calls) == 5 and calls[-1].parent.name == "psl.hi"
+
+
+# ---------------------------------------------------------------- the experiment files
+
+
+SETTINGS = ["tune_mnist20_dir01", "tune_mnist20_dir03", "tune_mnist20_iid",
+            "tune_mnist20_shards2", "tune_mnist100_dir01"]
+
+
+@pytest.fixture(scope="module")
+def hydra_compose():
+    """Hydra's compose inside one initialisation for the whole module (it is the slow part)."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_gapsl.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        yield compose
+
+
+def load_experiment(hydra_compose, name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = hydra_compose(config_name="compare", overrides=[f"experiment={name}"])
+    return OmegaConf.to_container(cfg.experiment, resolve=True)
+
+
+def test_every_setting_tunes_every_registered_method_with_equal_grids(hydra_compose):
+    from lightning_gapsl.config import ALGORITHMS
+
+    grids = [load_experiment(hydra_compose, name)["grid"] for name in SETTINGS]
+    for grid in grids:
+        assert tuning.check_grid(grid) == 6
+        assert set(ALGORITHMS) <= set(grid) and "epsl" in grid
+        assert grid == grids[0]  # one grid, in tune_common.yaml
+
+
+def test_every_grid_point_is_a_valid_run_config(hydra_compose):
+    """Each registered method's points through the real config checks (today's keys).
+
+    One Hydra compose per (method, config-group choices); the point's dotted values are
+    then set on the composed config, as Hydra would, so the test stays about a second."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from lightning_gapsl.config import ALGORITHMS, build_config
+
+    exp = load_experiment(hydra_compose, "tune_mnist20_dir01")
+    base = [*exp["common"], *exp["setting"], f"trainer.max_epochs={exp['epochs']}",
+            "output_dir=unused"]
+    composed = {}
+    for method, points in exp["grid"].items():
+        if method not in ALGORITHMS:
+            continue
+        for overrides in points.values():
+            groups = tuple(o for o in overrides if "." not in o.split("=")[0])
+            key = (method, groups)
+            if key not in composed:
+                composed[key] = hydra_compose(config_name="config",
+                                              overrides=[*base, f"algorithm={method}", *groups])
+            raw = composed[key].copy()
+            for o in overrides:
+                if o not in groups:
+                    name, value = o.split("=", 1)
+                    OmegaConf.update(raw, name, yaml.safe_load(value), force_add=True)
+            cfg = build_config(OmegaConf.to_container(raw, resolve=False))
+            assert cfg.algorithm.name == method
+            for group, choice in (o.split("=") for o in groups):
+                assert getattr(cfg, group).name == choice
