@@ -174,22 +174,29 @@ def load_run(run: Run, out: Path, num_classes: int) -> Run:
     return run
 
 
-def run_point(run: Run, base: list[str], out: Path, threads: int, num_classes: int) -> Run:
-    """Train one grid point at one seed unless its summary exists already (resume)."""
-    overrides = [*base, f"algorithm={run.method}", *run.overrides]
+def check_not_stale(out: Path, overrides: list[str]) -> None:
+    """A run folder is reused only for the overrides it was made with."""
     meta = out / "run.json"
     if meta.is_file() and json.loads(meta.read_text()).get("overrides") != overrides:
-        raise GridError(f"{out} was run with other overrides than the grid now gives; "
+        raise GridError(f"{out} was run with other overrides than the experiment now gives; "
                         "delete the folder or rename the grid point")
+
+
+def run_point(run: Run, overrides: list[str], out: Path, threads: int, num_classes: int) -> Run:
+    """Train one grid point at one seed unless its summary exists already (resume)."""
     if not (out / "summary.json").is_file():
         code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
-        meta.write_text(json.dumps({"overrides": overrides, "returncode": code,
-                                    "proc_wall_s": wall, "cpu_s": cpu}, indent=1))
+        (out / "run.json").write_text(json.dumps(
+            {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu},
+            indent=1))
     return load_run(run, out, num_classes)
 
 
+Job = tuple[Run, Path, list[str]]  # a run, its folder, its overrides (seed aside)
+
+
 class Tuner:
-    """The runs of one tuning experiment, each created once per (method, point, seed)."""
+    """The runs of one tuning experiment, each created once per (method, point, seed, epochs)."""
 
     def __init__(self, exp: dict, out_dir: Path, threads: int):
         self.grid = {m: {p: list(o) for p, o in points.items()} for m, points in exp["grid"].items()}
@@ -199,102 +206,142 @@ class Tuner:
         self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))
-        self.base = [*exp.get("common", []), *exp.get("setting", []),
-                     f"trainer.max_epochs={self.epochs}", f"trainer.eval_every={self.epochs}"]
+        self.setting = [*exp.get("common", []), *exp.get("setting", [])]
         self.method_base = {m: list(o) for m, o in (exp.get("method_base") or {}).items()}
         self.out_dir, self.threads = out_dir, threads
         self.runs: dict[Path, Run] = {}
 
-    def run(self, method: str, point: str, seed: int, stage: str) -> tuple[Run, Path]:
-        out = self.out_dir / f"{method}.{point}" / f"seed{seed}"
-        overrides = [*self.method_base.get(method, []), *self.grid[method][point]]
-        run = self.runs.setdefault(out, Run(method, point, seed, overrides))
-        run.stages.add(stage)
-        return run, out
+    def base(self, epochs: int) -> list[str]:
+        """The setting and the budget: evaluated after the last epoch only (evaluation
+        does not change training)."""
+        return [*self.setting, f"trainer.max_epochs={epochs}", f"trainer.eval_every={epochs}"]
 
-    def execute(self, jobs: list[tuple[Run, Path]], workers: int, train: bool) -> list[Run]:
+    def job(self, method: str, point: str, seed: int, stage: str, epochs: int | None = None
+            ) -> Job:
+        epochs = epochs or self.epochs
+        suffix = "" if epochs == self.epochs else f"_e{epochs}"
+        out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
+        point_overrides = [*self.method_base.get(method, []), *self.grid[method][point]]
+        run = self.runs.setdefault(out, Run(method, point, seed, point_overrides))
+        run.stages.add(stage)
+        return run, out, [*self.base(epochs), f"algorithm={method}", *point_overrides]
+
+    def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
         """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
-        def work(job: tuple[Run, Path]) -> Run:
-            run, out = job
+        for _, out, overrides in jobs:
+            check_not_stale(out, overrides)
+
+        def work(job: Job) -> Run:
+            run, out, overrides = job
             if train:
-                return run_point(run, self.base, out, self.threads, self.num_classes)
+                return run_point(run, overrides, out, self.threads, self.num_classes)
             return load_run(run, out, self.num_classes)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(work, jobs))
 
-    def notes(self) -> list[str]:
+    def notes(self, epochs: int | None = None) -> list[str]:
+        grid = (f"{self.size} grid points per method at {self.epochs} epochs, tuning seed "
+                f"{self.tune_seed}; final seeds {self.seeds}")
+        budget = (f"Budget: {self.epochs} epochs for every method, tuning and final runs; {grid}."
+                  if epochs in (None, self.epochs) else
+                  f"Budget: {epochs} epochs for every method listed (the longer budget); each "
+                  f"method's point was chosen with {grid}.")
         return [
-            (f"Budget: {self.epochs} epochs for every method, {self.size} grid points per method "
-            f"at tuning seed {self.tune_seed}; final seeds {self.seeds}."),
-            ("Chosen by validation mean client accuracy (ties: validation worst-client accuracy); "
-            "the test set only reports."),
-            f"Setting: `{' '.join(self.base)}`",
+            budget,
+            ("Chosen by validation mean client accuracy (ties: validation worst-client "
+             "accuracy); the test set only reports."),
+            f"Setting: `{' '.join(self.base(epochs or self.epochs))}`",
             *self.skipped,
         ]
 
 
 def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, command: str) -> int:
-    """The two-stage tuning protocol; returns the exit code (1 if any run crashed)."""
-    if stage not in ("tune", "final", "all"):
-        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all")
+    """The tuning protocol; returns the exit code (1 if any run crashed).
+
+    stage: tune (stage 1), final (stage 2, after tune), all (both), long (the longer
+    budget `long_epochs` for `long_methods`, default the `long_top` best on validation)."""
+    if stage not in ("tune", "final", "all", "long"):
+        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all, long")
     t = Tuner(exp, out_dir, threads)
     for message in t.skipped:
         print(message, file=sys.stderr)
-    tune_jobs = [t.run(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
-    tuned = t.execute(tune_jobs, workers, train=stage != "final")
-    missing = [f"{r.method}/{r.point}" for r in tuned if r.status == "missing"]
-    if missing:
-        raise GridError(f"stage=final needs every tuning run; missing: {', '.join(missing)} "
-                        "(run stage=tune first)")
+    tuned = t.execute([t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]],
+                      workers, train=stage in ("tune", "all"))
+    needs_done(tuned, stage, "tune")
     choices = {m: tuning.select([r for r in tuned if r.method == m]) for m in t.methods}
     chosen = {m: run for m, (run, _) in choices.items() if run is not None}
-    notes = t.notes() + [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
-                         if not c.startswith("val_acc_mean")]
+    notes = [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
+             if not c.startswith("val_acc_mean")]
     title = exp.get("title", exp["name"])
-    if stage != "final":
-        tuning.write_csv(out_dir / "tuning.csv", [tuning.run_row(r, chosen) for r in tuned])
-        (out_dir / "tuning.md").write_text(
-            tuning.tuning_markdown(tuned, chosen, f"Tuning: {title}", command, notes)
-            + "\nSeconds spent on tuning:\n" + tuning.cost_markdown(tuned, t.methods))
-    (out_dir / "chosen.yaml").write_text(
-        f"# {command}\n# method -> chosen overrides (grid point in the comment)\n" + "".join(
-            f"# {m}: {r.point}\n" for m, r in chosen.items())
-        + yaml.safe_dump({m: [f"algorithm={m}", *r.overrides] for m, r in chosen.items()},
-                         sort_keys=False))
-    print(f"tuning: {out_dir / 'tuning.md'}")
-    final: list[Run] = []
+    if stage in ("tune", "all"):
+        write_tuning(t, tuned, chosen, title, command, t.notes() + notes)
+    done = tuned
     if stage != "tune":
-        final_jobs = [t.run(m, r.point, s, "final") for m, r in chosen.items() for s in t.seeds]
-        final = t.execute(final_jobs, workers, train=True)
-        write_final(t, chosen, final, title, command, notes)
-    crashed = [r for r in {id(r): r for r in tuned + final}.values() if r.status == "crashed"]
+        final = t.execute([t.job(m, r.point, s, "final") for m, r in chosen.items()
+                           for s in t.seeds], workers, train=stage != "long")
+        needs_done(final, stage, "final")
+        rows = write_final(t, chosen, final, "", title, command, t.notes() + notes)
+        done = done + final
+    if stage == "long":
+        epochs = int(exp["long_epochs"])
+        methods = exp.get("long_methods") or tuning.top_by_val(rows, int(exp.get("long_top", 4)))
+        long = t.execute([t.job(m, chosen[m].point, s, "long", epochs) for m in methods
+                          for s in t.seeds], workers, train=True)
+        write_final(t, {m: chosen[m] for m in methods}, long, "_long",
+                    title.replace(f"{t.epochs} epochs", f"{epochs} epochs"), command,
+                    t.notes(epochs) + notes)
+        done = done + long
+    crashed = [r for r in {id(r): r for r in done}.values() if r.status == "crashed"]
     for r in crashed:
         print(f"error: {r.method}/{r.point} seed {r.seed}: {r.cause}", file=sys.stderr)
     return 1 if crashed else 0
 
 
-def write_final(t: Tuner, chosen: dict[str, Run], final: list[Run], title: str, command: str,
-                notes: list[str]) -> None:
-    """results.{csv,md}, runs.csv (every run of both stages) and the plots."""
+def needs_done(runs: list[Run], stage: str, earlier: str) -> None:
+    missing = [f"{r.method}/{r.point}/seed{r.seed}" for r in runs if r.status == "missing"]
+    if missing:
+        raise GridError(f"stage={stage} needs every {earlier} run; missing: {', '.join(missing)} "
+                        f"(run stage={earlier} first)")
+
+
+def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str, command: str,
+                 notes: list[str]) -> None:
+    """tuning.{csv,md} (every grid point, the choice marked) and chosen.yaml."""
+    tuning.write_csv(t.out_dir / "tuning.csv", [tuning.run_row(r, chosen) for r in tuned])
+    (t.out_dir / "tuning.md").write_text(
+        tuning.tuning_markdown(tuned, chosen, f"Tuning: {title}", command, notes)
+        + "\nSeconds spent on tuning:\n" + tuning.cost_markdown(tuned, t.methods))
+    (t.out_dir / "chosen.yaml").write_text(
+        f"# {command}\n# method -> chosen overrides (grid point in the comment)\n"
+        + "".join(f"# {m}: {r.point}\n" for m, r in chosen.items())
+        + yaml.safe_dump({m: [f"algorithm={m}", *r.overrides] for m, r in chosen.items()},
+                         sort_keys=False))
+    print(f"tuning: {t.out_dir / 'tuning.md'}")
+
+
+def write_final(t: Tuner, chosen: dict[str, Run], final: list[Run], suffix: str, title: str,
+                command: str, notes: list[str]) -> list[dict]:
+    """results{suffix}.{csv,md}, runs.csv (every run so far) and the plots; the table rows."""
     from lightning_gapsl.plots import plot_class_acc, plot_tradeoff
 
     by_method = {m: [r for r in final if r.method == m] for m in chosen}
     rows = [tuning.final_stats(m, chosen[m], runs) for m, runs in by_method.items()]
-    tuning.write_csv(t.out_dir / "results.csv", [tuning.stats_row(row) for row in rows])
+    tuning.write_csv(t.out_dir / f"results{suffix}.csv", [tuning.stats_row(row) for row in rows])
     every = list(t.runs.values())
     tuning.write_csv(t.out_dir / "runs.csv", [tuning.run_row(r, chosen) for r in every])
-    (t.out_dir / "results.md").write_text(
-        tuning.results_markdown(rows, title, command, notes)
-        + "\nSeconds spent (tuning and final runs, each run counted once):\n"
-        + tuning.cost_markdown(every, t.methods))
+    md = t.out_dir / f"results{suffix}.md"
+    md.write_text(tuning.results_markdown(rows, title, command, notes)
+                  + "\nSeconds spent (every run so far, each counted once):\n"
+                  + tuning.cost_markdown(every, t.methods))
     summaries = {m: [r.summary for r in runs if r.summary is not None]
                  for m, runs in by_method.items()}
-    plot_tradeoff(summaries, t.out_dir)
+    plot_tradeoff(summaries, t.out_dir, suffix)
     for m, found in summaries.items():
-        plot_class_acc(m, found, t.out_dir)
-    print(f"results: {t.out_dir / 'results.md'}")
-    print((t.out_dir / "results.md").read_text())
+        plot_class_acc(m, found, t.out_dir, suffix)
+    print(f"results: {md}")
+    print(md.read_text())
+    return rows
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="compare")

@@ -35,7 +35,7 @@ def _style(i: int) -> tuple[tuple, str]:
     return plt.cm.tab20(2 * i % 20 + (i >= 10)), "osD^vP*Xh<>"[i % 11]
 
 
-def _save(fig, ax, name: str, x_label: str, out_dir: Path) -> Path:
+def _save(fig, ax, name: str, x_label: str, out_dir: Path, suffix: str = "") -> Path:
     """Label, log-scale the cost axes (methods differ by orders of magnitude), write."""
     ax.set_xlabel(x_label)
     if name != "epoch":  # symlog: 0 (centralized's bytes) stays visible
@@ -44,7 +44,7 @@ def _save(fig, ax, name: str, x_label: str, out_dir: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(out_dir) / f"acc_vs_{name}.png"
+    path = Path(out_dir) / f"acc_vs_{name}{suffix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -72,7 +72,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def plot_tradeoff(summaries: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+def plot_tradeoff(summaries: dict[str, list[dict]], out_dir: Path, suffix: str = "") -> list[Path]:
     """Final mean client test accuracy against MB (up + down) and against simulated latency:
     one point per method, error bars = std over its seeds (both axes)."""
     paths = []
@@ -88,11 +88,12 @@ def plot_tradeoff(summaries: dict[str, list[dict]], out_dir: Path) -> list[Path]
             (x, dx), (y, dy) = _mean_std(xs), _mean_std([100 * s["test_acc_mean"] for s in found])
             colour, marker = _style(i)
             ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=marker, color=colour, capsize=3, label=method)
-        paths.append(_save(fig, ax, name, x_label, out_dir))
+        paths.append(_save(fig, ax, name, x_label, out_dir, suffix))
     return paths
 
 
-def plot_class_acc(method: str, summaries: list[dict], out_dir: Path) -> Path | None:
+def plot_class_acc(method: str, summaries: list[dict], out_dir: Path, suffix: str = ""
+                   ) -> Path | None:
     """Heat map of per-class test accuracy of every client (clients x classes), averaged
     over the runs that have ``client_class_acc``; None when none has it."""
     grids = [np.array(s["client_class_acc"], dtype=float)  # (clients, classes); null -> nan
@@ -113,7 +114,7 @@ def plot_class_acc(method: str, summaries: list[dict], out_dir: Path) -> Path | 
     ax.set_title(f"{method}: per-class test accuracy (%), mean of {len(grids)} run(s)", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    path = Path(out_dir) / f"class_acc_{method}.png"
+    path = Path(out_dir) / f"class_acc_{method}{suffix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -182,6 +182,15 @@ def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
     return row
 
 
+def top_by_val(rows: Sequence[dict], k: int) -> list[str]:
+    """The k methods with the best validation mean accuracy over their final seeds."""
+    lacking = [row["method"] for row in rows if row["val_acc_mean"][0] is None]
+    if lacking:
+        raise GridError(f"no validation accuracy for {', '.join(lacking)}: name the methods "
+                        "for the longer budget with experiment.long_methods=[...]")
+    return [row["method"] for row in sorted(rows, key=lambda r: -r["val_acc_mean"][0])[:k]]
+
+
 def _pct(pair: tuple[float | None, float | None]) -> str:
     mean, std = pair
     if mean is None:
@@ -258,10 +267,11 @@ def cost_markdown(runs: Sequence[Run], methods: Sequence[str]) -> str:
              "|---|---|---|---|---|"]
     for method in [*methods, None]:
         mine = [r for r in runs if method is None or r.method == method]
-        proc = sum(r.proc_wall_s for r in mine if r.proc_wall_s is not None)
-        cpu = sum(r.cpu_s for r in mine if r.cpu_s is not None)
+        proc, cpu = ([getattr(r, key) for r in mine if getattr(r, key) is not None]
+                     for key in ("proc_wall_s", "cpu_s"))  # None: runs made before run.json
         lines.append(f"| {method or '**total**'} | {len(mine)} | {sum(r.wall_s for r in mine):.0f} "
-                     f"| {proc:.0f} | {cpu:.0f} |")
+                     f"| {_num(sum(proc) if proc else None, 1, '.0f')} "
+                     f"| {_num(sum(cpu) if cpu else None, 1, '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

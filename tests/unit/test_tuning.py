@@ -154,7 +154,7 @@ def test_finished_runs_are_skipped_and_the_tables_written(tmp_path, no_training,
     assert "sglr:\n- algorithm=sglr\n- algorithm.lr_exponent=0\n" in chosen
     tuning_md = (tmp_path / "tuning.md").read_text()
     assert "| psl | hi | **yes** | 80.00 | 70.00 | 20.00 |" in tuning_md
-    assert "Budget: 2 epochs for every method, 2 grid points per method" in tuning_md
+    assert "Budget: 2 epochs for every method, tuning and final runs; 2 grid points" in tuning_md
     assert "| **total** | 4 |" in tuning_md
     results = (tmp_path / "results.md").read_text()
     assert results.startswith("### T\n\nCommand: `python -m cmd`")
@@ -163,9 +163,31 @@ def test_finished_runs_are_skipped_and_the_tables_written(tmp_path, no_training,
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 8
 
 
+def test_stage_long_runs_the_best_on_validation_longer(tmp_path, no_training):
+    for method, point, seed, val in [("psl", "lo", 9, 0.7), ("psl", "hi", 9, 0.8),
+                                     ("sglr", "a0", 9, 0.6), ("sglr", "a1", 9, 0.5),
+                                     ("psl", "hi", 0, 0.8), ("psl", "hi", 1, 0.8),
+                                     ("sglr", "a0", 0, 0.6), ("sglr", "a0", 1, 0.6),
+                                     ("psl", "hi", "0_e5", 0.9), ("psl", "hi", "1_e5", 0.9)]:
+        write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=val)
+    exp = experiment(long_epochs=5, long_top=1)
+    assert compare.tune(exp, tmp_path, "long", 1, 1, "python -m cmd stage=long") == 0
+    md = (tmp_path / "results_long.md").read_text()
+    assert "| psl | hi | 2/2 | 90.00 ± 0.00 |" in md and "| sglr | a0 |" not in md
+    assert "Budget: 5 epochs for every method listed" in md
+    assert "| sglr | a0 | 2/2 | 60.00" in (tmp_path / "results.md").read_text()
+
+
+def test_top_by_val_needs_validation_numbers():
+    rows = [{"method": m, "val_acc_mean": (v, None)} for m, v in [("a", 0.5), ("b", 0.9), ("c", 0.7)]]
+    assert tuning.top_by_val(rows, 2) == ["b", "c"]
+    with pytest.raises(GridError, match="no validation accuracy for a: name the methods"):
+        tuning.top_by_val([{"method": "a", "val_acc_mean": (None, None)}], 1)
+
+
 def test_stage_final_needs_the_tuning_runs(tmp_path, no_training):
     write_summary(tmp_path / "psl.lo" / "seed9")
-    with pytest.raises(GridError, match=r"missing: psl/hi, sglr/a0, sglr/a1"):
+    with pytest.raises(GridError, match=r"missing: psl/hi/seed9, sglr/a0/seed9, sglr/a1/seed9"):
         compare.tune(experiment(), tmp_path, "final", 1, 1, "cmd")
 
 
