@@ -199,7 +199,8 @@ class Tuner:
     """The runs of one tuning experiment, each created once per (method, point, seed, epochs)."""
 
     def __init__(self, exp: dict, out_dir: Path, threads: int):
-        self.grid = {m: {p: list(o) for p, o in points.items()} for m, points in exp["grid"].items()}
+        self.grid = {m: {p: list(o) for p, o in points.items()}
+                     for m, points in exp["grid"].items()}
         self.size = tuning.check_grid(self.grid)
         self.methods, self.skipped = tuning.active_methods(
             self.grid, exp.get("optional") or [], registered_algorithms())
@@ -272,7 +273,9 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
     choices = {m: tuning.select([r for r in tuned if r.method == m]) for m in t.methods}
     chosen = {m: run for m, (run, _) in choices.items() if run is not None}
     notes = [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
-             if not c.startswith("val_acc_mean")]
+             if not c.startswith(("val_acc_mean", "none"))]
+    notes += [f"{m}: no grid point finished (see tuning.md), so no final runs" for m in t.methods
+              if m not in chosen]
     title = exp.get("title", exp["name"])
     if stage in ("tune", "all"):
         write_tuning(t, tuned, chosen, title, command, t.notes() + notes)
@@ -281,14 +284,16 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
         final = t.execute([t.job(m, r.point, s, "final") for m, r in chosen.items()
                            for s in t.seeds], workers, train=stage != "long")
         needs_done(final, stage, "final")
-        rows = write_final(t, chosen, final, "", title, command, t.notes() + notes)
+        rows = final_rows(chosen, final)
+        if stage != "long":
+            write_final(t, rows, final, "", title, command, t.notes() + notes)
         done = done + final
     if stage == "long":
         epochs = int(exp["long_epochs"])
         methods = exp.get("long_methods") or tuning.top_by_val(rows, int(exp.get("long_top", 4)))
         long = t.execute([t.job(m, chosen[m].point, s, "long", epochs) for m in methods
                           for s in t.seeds], workers, train=True)
-        write_final(t, {m: chosen[m] for m in methods}, long, "_long",
+        write_final(t, final_rows({m: chosen[m] for m in methods}, long), long, "_long",
                     title.replace(f"{t.epochs} epochs", f"{epochs} epochs"), command,
                     t.notes(epochs) + notes)
         done = done + long
@@ -320,13 +325,18 @@ def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str,
     print(f"tuning: {t.out_dir / 'tuning.md'}")
 
 
-def write_final(t: Tuner, chosen: dict[str, Run], final: list[Run], suffix: str, title: str,
-                command: str, notes: list[str]) -> list[dict]:
-    """results{suffix}.{csv,md}, runs.csv (every run so far) and the plots; the table rows."""
+def final_rows(chosen: dict[str, Run], final: list[Run]) -> list[dict]:
+    """One `tuning.final_stats` row per method: its chosen point over the seeds."""
+    return [tuning.final_stats(m, run, [r for r in final if r.method == m])
+            for m, run in chosen.items()]
+
+
+def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title: str,
+                command: str, notes: list[str]) -> None:
+    """results{suffix}.{csv,md}, runs.csv (every run so far) and the plots."""
     from lightning_gapsl.plots import plot_class_acc, plot_tradeoff
 
-    by_method = {m: [r for r in final if r.method == m] for m in chosen}
-    rows = [tuning.final_stats(m, chosen[m], runs) for m, runs in by_method.items()]
+    chosen = {row["method"]: row["chosen"] for row in rows}
     tuning.write_csv(t.out_dir / f"results{suffix}.csv", [tuning.stats_row(row) for row in rows])
     every = list(t.runs.values())
     tuning.write_csv(t.out_dir / "runs.csv", [tuning.run_row(r, chosen) for r in every])
@@ -334,14 +344,13 @@ def write_final(t: Tuner, chosen: dict[str, Run], final: list[Run], suffix: str,
     md.write_text(tuning.results_markdown(rows, title, command, notes)
                   + "\nSeconds spent (every run so far, each counted once):\n"
                   + tuning.cost_markdown(every, t.methods))
-    summaries = {m: [r.summary for r in runs if r.summary is not None]
-                 for m, runs in by_method.items()}
+    summaries = {m: [r.summary for r in final if r.method == m and r.summary is not None]
+                 for m in chosen}
     plot_tradeoff(summaries, t.out_dir, suffix)
     for m, found in summaries.items():
         plot_class_acc(m, found, t.out_dir, suffix)
     print(f"results: {md}")
     print(md.read_text())
-    return rows
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="compare")

@@ -148,11 +148,13 @@ def select(points: Sequence[Run]) -> tuple[Run | None, str]:
     finished = [r for r in points if r.summary is not None]
     if not finished:
         return None, "none finished"
-    if all(r.get("val_acc_mean") is not None for r in finished):
+    if all(r.get("val_acc_mean") is not None for r in finished if r.cause is None):
         criterion = "val_acc_mean, then val_acc_min"
 
         def key(r: Run) -> tuple:
-            return (r.cause is None, r.get("val_acc_mean"), r.get("val_acc_min") or 0.0)
+            val, val_min = r.get("val_acc_mean"), r.get("val_acc_min")
+            return (r.cause is None, -math.inf if val is None else val,
+                    -math.inf if val_min is None else val_min)
     else:
         criterion = "train_loss_final (no validation numbers in these summaries)"
 
@@ -173,12 +175,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
     """Mean and std over seeds, with failed seeds included and, separately, without."""
-    row = {"method": method, "point": chosen.point, "overrides": " ".join(chosen.overrides),
-           "seeds": len(runs), "ok": sum(r.status == "ok" for r in runs),
+    row = {"method": method, "chosen": chosen, "point": chosen.point,
+           "overrides": " ".join(chosen.overrides), "seeds": len(runs),
+           "ok": sum(r.status == "ok" for r in runs),
            "failed": [f"seed {r.seed}: {r.cause}" for r in runs if r.status != "ok"]}
     for m in METRICS[:-2]:
         row[m] = _mean_std([r.get(m) for r in runs if r.get(m) is not None])
-        row[m + "_ok"] = _mean_std([r.get(m) for r in runs if r.status == "ok" and r.get(m) is not None])
+        row[m + "_ok"] = _mean_std([r.get(m) for r in runs
+                                    if r.status == "ok" and r.get(m) is not None])
     return row
 
 
@@ -284,8 +288,10 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 def run_row(r: Run, chosen: Mapping[str, Run]) -> dict:
     """One CSV row per run (tuning.csv, runs.csv)."""
+    mine = chosen.get(r.method)
     return {"method": r.method, "point": r.point, "seed": r.seed,
-            "stages": "+".join(sorted(r.stages)), "chosen": chosen.get(r.method) is r,
+            "stages": "+".join(sorted(r.stages)),
+            "chosen": mine is not None and mine.point == r.point,
             "status": r.status, "cause": r.cause or "", **{m: r.get(m) for m in METRICS[:-1]},
             "wall_s": r.wall_s, "cpu_s": r.cpu_s, "overrides": " ".join(r.overrides)}
 
