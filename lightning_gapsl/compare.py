@@ -1,7 +1,7 @@
 """Run an experiment file's methods on one setting and tabulate the results.
 
     python -m lightning_gapsl.compare experiment=mnist20_dir01 [jobs=2]
-    python -m lightning_gapsl.compare experiment=tune_mnist20_dir01 [stage=tune|final|all] [jobs=2]
+    python -m lightning_gapsl.compare experiment=tune_mnist20_dir01 [stage=tune|final|all|long]
 
 Each run is the ordinary train entry point in its own process (`jobs` at a time, `threads`
 torch threads each) writing `<out_dir>/<run>/seed<k>/summary.json`; runs whose summary
@@ -14,7 +14,8 @@ An experiment file has one of two forms:
 - ``grid:`` (method -> {point -> overrides}): the tuning protocol of `tuning.py`. Stage
   `tune` runs every point with `tune_seed` at `epochs` epochs and chooses each method's
   point on validation (`tuning.{csv,md}`, `chosen.yaml`); stage `final` runs the chosen
-  points over `seeds` (`results.{csv,md}`, `runs.csv`, plots); `all` does both.
+  points over `seeds` (`results.{csv,md}`, `runs.csv`, plots); `all` does both; `long`
+  (after them) runs the best methods on validation at `long_epochs` (`results_long.*`).
 """
 
 from __future__ import annotations
@@ -242,11 +243,14 @@ class Tuner:
             return list(pool.map(work, jobs))
 
     def notes(self, epochs: int | None = None) -> list[str]:
-        grid = (f"{self.size} grid points per method at {self.epochs} epochs, tuning seed "
+        def n(k: int) -> str:
+            return f"{k} epoch{'s' if k != 1 else ''}"
+
+        grid = (f"{self.size} grid points per method at {n(self.epochs)}, tuning seed "
                 f"{self.tune_seed}; final seeds {self.seeds}")
-        budget = (f"Budget: {self.epochs} epochs for every method, tuning and final runs; {grid}."
+        budget = (f"Budget: {n(self.epochs)} for every method, tuning and final runs; {grid}."
                   if epochs in (None, self.epochs) else
-                  f"Budget: {epochs} epochs for every method listed (the longer budget); each "
+                  f"Budget: {n(epochs)} for every method listed (the longer budget); each "
                   f"method's point was chosen with {grid}.")
         return [
             budget,

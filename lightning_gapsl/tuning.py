@@ -234,7 +234,7 @@ def tuning_markdown(runs: Sequence[Run], chosen: Mapping[str, Run], title: str, 
     for r in runs:
         pct = [_pct((r.get(m), None)) for m in METRICS[:4]]
         mark = "**yes**" if chosen.get(r.method) is r else ""
-        status = r.status if r.cause is None else f"{r.status}: {r.cause}"
+        status = r.cause or r.status  # a cause starts with "crashed" or "at chance"
         lines.append(
             f"| {r.method} | {r.point} | {mark} | {' | '.join(pct)} "
             f"| {_mb(r.get('bytes_up'))} | {_mb(r.get('bytes_down'))} "

@@ -213,7 +213,7 @@ def test_a_crashed_run_is_reported_with_its_cause_and_retried(tmp_path, monkeypa
     exp = experiment(grid={k: v for k, v in experiment()["grid"].items() if k != "epsl"})
     assert compare.tune(exp, tmp_path, "tune", 1, 1, "cmd") == 1
     md = (tmp_path / "tuning.md").read_text()
-    assert "crashed: crashed (exit 1): non-finite loss: error: training loss became nan" in md
+    assert "| crashed (exit 1): non-finite loss: error: training loss became nan" in md
     assert "| psl | lo | **yes** |" in md
     assert len(calls) == 4
     compare.tune(exp, tmp_path, "tune", 1, 1, "cmd")  # resume: only the crashed run again
