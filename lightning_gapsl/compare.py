@@ -266,11 +266,15 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
 
     stage: tune (stage 1), final (stage 2, after tune), all (both), long (the longer
     budget `long_epochs` for `long_methods`, default the `long_top` best on validation)."""
-    if stage not in ("tune", "final", "all", "long"):
-        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all, long")
+    if stage not in ("tune", "final", "all", "long", "plan"):
+        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all, long, "
+                        "plan")
     t = Tuner(exp, out_dir, threads)
     for message in t.skipped:
         print(message, file=sys.stderr)
+    if stage == "plan":
+        print(plan(t, exp))
+        return 0
     tuned = t.execute([t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]],
                       workers, train=stage in ("tune", "all"))
     needs_done(tuned, stage, "tune")
@@ -305,6 +309,18 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
     for r in crashed:
         print(f"error: {r.method}/{r.point} seed {r.seed}: {r.cause}", file=sys.stderr)
     return 1 if crashed else 0
+
+
+def plan(t: Tuner, exp: dict) -> str:
+    """How many runs each stage makes and how many are done already; runs nothing."""
+    tune_jobs = [t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
+    done = sum((out / "summary.json").is_file() for _, out, _ in tune_jobs)
+    final = len(t.methods) * len(set(t.seeds) - {t.tune_seed})  # the tuning run is reused
+    top = len(exp.get("long_methods") or []) or int(exp.get("long_top", 4))
+    return (f"{len(t.methods)} methods x {t.size} grid points at {t.epochs} epochs: "
+            f"{len(tune_jobs)} tuning runs ({done} done); final: {final} more runs "
+            f"({len(t.seeds)} seeds per method); long: {top * len(t.seeds)} runs at "
+            f"{exp.get('long_epochs')} epochs")
 
 
 def needs_done(runs: list[Run], stage: str, earlier: str) -> None:

@@ -148,9 +148,12 @@ def test_finished_runs_are_skipped_and_the_tables_written(tmp_path, no_training,
                                      ("sglr", "a0", 9, 0.6), ("sglr", "a1", 9, 0.5),
                                      ("psl", "hi", 0, 0.8), ("psl", "hi", 1, 0.8),
                                      ("sglr", "a0", 0, 0.6), ("sglr", "a0", 1, 0.6)]:
-        write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=1 - val)
+        write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=1 - val,
+                      client_class_acc=[[1.0, 0.5], [0.0, 1.0]] if method == "psl" else None)
     assert compare.tune(experiment(), tmp_path, "all", 2, 1, "python -m cmd") == 0
     assert "skipping epsl" in capsys.readouterr().err
+    assert (tmp_path / "class_acc_psl.png").is_file()  # per-client per-class heat map
+    assert not (tmp_path / "class_acc_sglr.png").exists()  # no client_class_acc: no map
     chosen = (tmp_path / "chosen.yaml").read_text()
     assert "psl:\n- algorithm=psl\n- optim.lr=0.1\n" in chosen
     assert "sglr:\n- algorithm=sglr\n- algorithm.lr_exponent=0\n" in chosen
@@ -186,6 +189,14 @@ def test_top_by_val_needs_validation_numbers():
     assert tuning.top_by_val(rows, 2) == ["b", "c"]
     with pytest.raises(GridError, match="no validation accuracy for a: name the methods"):
         tuning.top_by_val([{"method": "a", "val_acc_mean": (None, None)}], 1)
+
+
+def test_plan_counts_the_runs_and_runs_nothing(tmp_path, no_training, capsys):
+    write_summary(tmp_path / "psl.lo" / "seed9")
+    assert compare.tune(experiment(long_epochs=5), tmp_path, "plan", 1, 1, "cmd") == 0
+    assert capsys.readouterr().out.strip() == (
+        "2 methods x 2 grid points at 2 epochs: 4 tuning runs (1 done); final: 4 more runs "
+        "(2 seeds per method); long: 8 runs at 5 epochs")
 
 
 def test_stage_final_needs_the_tuning_runs(tmp_path, no_training):
