@@ -209,7 +209,6 @@ class Tuner:
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))
         self.setting = [*exp.get("common", []), *exp.get("setting", [])]
-        self.method_base = {m: list(o) for m, o in (exp.get("method_base") or {}).items()}
         self.out_dir, self.threads = out_dir, threads
         self.runs: dict[Path, Run] = {}
 
@@ -223,10 +222,9 @@ class Tuner:
         epochs = epochs or self.epochs
         suffix = "" if epochs == self.epochs else f"_e{epochs}"
         out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
-        point_overrides = [*self.method_base.get(method, []), *self.grid[method][point]]
-        run = self.runs.setdefault(out, Run(method, point, seed, point_overrides))
+        run = self.runs.setdefault(out, Run(method, point, seed, self.grid[method][point]))
         run.stages.add(stage)
-        return run, out, [*self.base(epochs), f"algorithm={method}", *point_overrides]
+        return run, out, [*self.base(epochs), f"algorithm={method}", *run.overrides]
 
     def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
         """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
