@@ -208,7 +208,10 @@ class Tuner:
         self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))
-        self.setting = [*exp.get("common", []), *exp.get("setting", [])]
+        if not exp.get("setting"):
+            raise GridError(f"experiment {exp['name']} has no setting: it is the shared part of "
+                            "the tune_* files; pick one of them")
+        self.setting = [*exp.get("common", []), *exp["setting"]]
         self.out_dir, self.threads = out_dir, threads
         self.runs: dict[Path, Run] = {}
 
@@ -297,6 +300,10 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
     if stage == "long":
         epochs = int(exp["long_epochs"])
         methods = exp.get("long_methods") or tuning.top_by_val(rows, int(exp.get("long_top", 4)))
+        unknown = [m for m in methods if m not in chosen]
+        if unknown:
+            raise GridError(f"long_methods: {', '.join(unknown)} has no chosen point "
+                            f"(chosen: {', '.join(chosen)})")
         long = t.execute([t.job(m, chosen[m].point, s, "long", epochs) for m in methods
                           for s in t.seeds], workers, train=True)
         write_final(t, final_rows({m: chosen[m] for m in methods}, long), long, "_long",
@@ -324,8 +331,9 @@ def plan(t: Tuner, exp: dict) -> str:
 def needs_done(runs: list[Run], stage: str, earlier: str) -> None:
     missing = [f"{r.method}/{r.point}/seed{r.seed}" for r in runs if r.status == "missing"]
     if missing:
-        raise GridError(f"stage={stage} needs every {earlier} run; missing: {', '.join(missing)} "
-                        f"(run stage={earlier} first)")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise GridError(f"stage={stage} needs every {earlier} run; missing: "
+                        f"{', '.join(missing[:5])}{more} (run stage={earlier} first)")
 
 
 def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str, command: str,

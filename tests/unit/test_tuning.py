@@ -199,6 +199,11 @@ def test_plan_counts_the_runs_and_runs_nothing(tmp_path, no_training, capsys):
         "(2 seeds per method); long: 8 runs at 5 epochs")
 
 
+def test_the_shared_part_alone_is_refused(tmp_path, no_training):
+    with pytest.raises(GridError, match="experiment t has no setting"):
+        compare.tune(experiment(setting=[]), tmp_path, "tune", 1, 1, "cmd")
+
+
 def test_stage_final_needs_the_tuning_runs(tmp_path, no_training):
     write_summary(tmp_path / "psl.lo" / "seed9")
     with pytest.raises(GridError, match=r"missing: psl/hi/seed9, sglr/a0/seed9, sglr/a1/seed9"):
