@@ -1,46 +1,76 @@
-"""Run a list of algorithm variants x seeds on one setting and tabulate the results.
+"""Run an experiment file's methods on one setting and tabulate the results.
 
     python -m lightning_gapsl.compare experiment=mnist20_dir01 [jobs=2]
+    python -m lightning_gapsl.compare experiment=tune_mnist20_dir01 [stage=tune|final|all|long]
 
-The experiment file (`conf/experiment/*.yaml`) pins the setting (`base` overrides), the
-variants (label -> overrides) and the seeds. Each run is the ordinary train entry point
-in its own process (`jobs` at a time, one torch thread each), writing
-`<out_dir>/<variant>/seed<k>/summary.json`; runs whose summary already exists are
-skipped, so an interrupted comparison resumes. At the end: `results.csv` (one row per
-run), `results.md` (mean and std per variant) and PNG plots.
+Each run is the ordinary train entry point in its own process (`jobs` at a time, `threads`
+torch threads each) writing `<out_dir>/<run>/seed<k>/summary.json`; runs whose summary
+exists are skipped, so an interrupted comparison resumes (a crashed run is retried).
+
+An experiment file has one of two forms:
+
+- ``variants:`` (label -> overrides) x ``seeds``: `results.csv` (one row per run),
+  `results.md` (mean and std per variant) and PNG plots.
+- ``grid:`` (method -> {point -> overrides}): the tuning protocol of `tuning.py`. Stage
+  `tune` runs every point with `tune_seed` at `epochs` epochs and chooses each method's
+  point on validation (`tuning.{csv,md}`, `chosen.yaml`); stage `final` runs the chosen
+  points over `seeds` (`results.{csv,md}`, `runs.csv`, plots); `all` does both; `long`
+  (after them) runs the best methods on validation at `long_epochs` (`results_long.*`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shlex
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from lightning_gapsl import tuning
+from lightning_gapsl.tuning import GridError, Run
 
 METRICS = ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min", "train_loss_final",
            "bytes_up", "bytes_down", "sim_latency_s", "wall_s", "samples_per_s")
+
+
+def train_command(overrides: list[str], seed: int, out: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "lightning_gapsl.train", *overrides, f"seed={seed}",
+            f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
+
+
+def execute(cmd: list[str], out: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` logging to out/train.log: (exit code, wall s, CPU s of it and its children)."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(out / "train.log", "w") as log:
+        log.write(shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own CPU time
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def run_one(base: list[str], overrides: list[str], seed: int, out: Path, threads: int) -> dict:
     """Train one (variant, seed) in a fresh process unless its summary exists already."""
     summary = out / "summary.json"
     if not summary.is_file():
-        cmd = [sys.executable, "-m", "lightning_gapsl.train", *base, *overrides, f"seed={seed}",
-               f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "train.log", "w") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"run failed ({proc.returncode}); see {out / 'train.log'}")
+        code, _, _ = execute(train_command([*base, *overrides], seed, out, threads), out)
+        if code != 0:
+            raise RuntimeError(f"run failed ({code}); see {out / 'train.log'}")
     return json.loads(summary.read_text())
+
+
+# ---------------------------------------------------------------- variants x seeds
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -84,9 +114,269 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "results.md").write_text(markdown(aggregate(rows), title, command))
-    from lightning_gapsl.plots import plot_comparison
+    from lightning_gapsl.plots import plot_class_acc, plot_comparison
 
-    plot_comparison(summaries, [r["variant"] for r in rows], out_dir)
+    labels = [r["variant"] for r in rows]
+    plot_comparison(summaries, labels, out_dir)
+    for variant in dict.fromkeys(labels):
+        plot_class_acc(variant, [s for s, v in zip(summaries, labels) if v == variant], out_dir)
+
+
+def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, command: str) -> int:
+    base = list(exp.base)
+    todo = [(label, list(ovr), seed) for label, ovr in exp.variants.items() for seed in exp.seeds]
+
+    def work(job):
+        label, overrides, seed = job
+        try:
+            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", threads)
+        except RuntimeError as err:  # keep going: one failed run must not cost the others
+            return err
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(work, todo))
+    failed = [(job, out) for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    for (label, _, seed), err in failed:
+        print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
+    todo = [job for job, out in zip(todo, outcomes) if not isinstance(out, Exception)]
+    summaries = [out for out in outcomes if not isinstance(out, Exception)]
+    rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
+            for (label, _, seed), s in zip(todo, summaries)]
+    write_results(rows, summaries, out_dir, exp.title, command)
+    print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
+    print((out_dir / "results.md").read_text())
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- tuning protocol
+
+
+def registered_algorithms() -> tuple[str, ...]:
+    """The `algorithm=` names the train entry point accepts: the method registry."""
+    from lightning_gapsl.methods import method_names
+
+    return method_names()
+
+
+def load_run(run: Run, out: Path, num_classes: int) -> Run:
+    """Fill ``run`` from its folder: summary.json, run.json (exit code, seconds), the log."""
+    meta = out / "run.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        run.returncode, run.proc_wall_s, run.cpu_s = (info["returncode"], info["proc_wall_s"],
+                                                      info["cpu_s"])
+    summary = out / "summary.json"
+    run.summary = json.loads(summary.read_text()) if summary.is_file() else None
+    if run.summary is None and run.returncode is None:
+        return run  # never ran
+    log = out / "train.log"
+    lines = log.read_text(errors="replace").splitlines()[-50:] if log.is_file() else []
+    run.cause = tuning.failure_cause(run.summary, run.returncode, lines, num_classes)
+    return run
+
+
+def check_not_stale(out: Path, overrides: list[str]) -> None:
+    """A run folder is reused only for the overrides it was made with."""
+    meta = out / "run.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("overrides") != overrides:
+        raise GridError(f"{out} was run with other overrides than the experiment now gives; "
+                        "delete the folder or rename the grid point")
+
+
+def run_point(run: Run, overrides: list[str], out: Path, threads: int, num_classes: int) -> Run:
+    """Train one grid point at one seed unless its summary exists already (resume)."""
+    if not (out / "summary.json").is_file():
+        code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
+        (out / "run.json").write_text(json.dumps(
+            {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu},
+            indent=1))
+    return load_run(run, out, num_classes)
+
+
+Job = tuple[Run, Path, list[str]]  # a run, its folder, its overrides (seed aside)
+
+
+class Tuner:
+    """The runs of one tuning experiment, each created once per (method, point, seed, epochs)."""
+
+    def __init__(self, exp: dict, out_dir: Path, threads: int):
+        self.grid = {m: {p: list(o) for p, o in points.items()}
+                     for m, points in exp["grid"].items()}
+        self.size = tuning.check_grid(self.grid)
+        self.methods, self.skipped = tuning.active_methods(
+            self.grid, exp.get("optional") or [], registered_algorithms())
+        self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
+        self.seeds = [int(s) for s in exp["seeds"]]
+        self.num_classes = int(exp.get("num_classes", 10))
+        if not exp.get("setting"):
+            raise GridError(f"experiment {exp['name']} has no setting: it is the shared part of "
+                            "the tune_* files; pick one of them")
+        self.setting = [*exp.get("common", []), *exp["setting"]]
+        self.out_dir, self.threads = out_dir, threads
+        self.runs: dict[Path, Run] = {}
+
+    def base(self, epochs: int) -> list[str]:
+        """The setting and the budget: evaluated after the last epoch only (evaluation
+        does not change training)."""
+        return [*self.setting, f"trainer.max_epochs={epochs}", f"trainer.eval_every={epochs}"]
+
+    def job(self, method: str, point: str, seed: int, stage: str, epochs: int | None = None
+            ) -> Job:
+        epochs = epochs or self.epochs
+        suffix = "" if epochs == self.epochs else f"_e{epochs}"
+        out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
+        run = self.runs.setdefault(out, Run(method, point, seed, self.grid[method][point]))
+        run.stages.add(stage)
+        return run, out, [*self.base(epochs), f"algorithm={method}", *run.overrides]
+
+    def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
+        """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
+        for _, out, overrides in jobs:
+            check_not_stale(out, overrides)
+
+        def work(job: Job) -> Run:
+            run, out, overrides = job
+            if train:
+                return run_point(run, overrides, out, self.threads, self.num_classes)
+            return load_run(run, out, self.num_classes)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(work, jobs))
+
+    def notes(self, epochs: int | None = None) -> list[str]:
+        def n(k: int) -> str:
+            return f"{k} epoch{'s' if k != 1 else ''}"
+
+        grid = (f"{self.size} grid points per method at {n(self.epochs)}, tuning seed "
+                f"{self.tune_seed}; final seeds {self.seeds}")
+        budget = (f"Budget: {n(self.epochs)} for every method, tuning and final runs; {grid}."
+                  if epochs in (None, self.epochs) else
+                  f"Budget: {n(epochs)} for every method listed (the longer budget); each "
+                  f"method's point was chosen with {grid}.")
+        return [
+            budget,
+            ("Chosen by validation mean client accuracy (ties: validation worst-client "
+             "accuracy); the test set only reports."),
+            f"Setting: `{' '.join(self.base(epochs or self.epochs))}`",
+            *self.skipped,
+        ]
+
+
+def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, command: str) -> int:
+    """The tuning protocol; returns the exit code (1 if any run crashed).
+
+    stage: tune (stage 1), final (stage 2, after tune), all (both), long (the longer
+    budget `long_epochs` for `long_methods`, default the `long_top` best on validation)."""
+    if stage not in ("tune", "final", "all", "long", "plan"):
+        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all, long, "
+                        "plan")
+    t = Tuner(exp, out_dir, threads)
+    for message in t.skipped:
+        print(message, file=sys.stderr)
+    if stage == "plan":
+        print(plan(t, exp))
+        return 0
+    tuned = t.execute([t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]],
+                      workers, train=stage in ("tune", "all"))
+    needs_done(tuned, stage, "tune")
+    choices = {m: tuning.select([r for r in tuned if r.method == m]) for m in t.methods}
+    chosen = {m: run for m, (run, _) in choices.items() if run is not None}
+    notes = [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
+             if not c.startswith(("val_acc_mean", "none"))]
+    notes += [f"{m}: no grid point finished (see tuning.md), so no final runs" for m in t.methods
+              if m not in chosen]
+    title = exp.get("title", exp["name"])
+    if stage in ("tune", "all"):
+        write_tuning(t, tuned, chosen, title, command, t.notes() + notes)
+    done = tuned
+    if stage != "tune":
+        final = t.execute([t.job(m, r.point, s, "final") for m, r in chosen.items()
+                           for s in t.seeds], workers, train=stage != "long")
+        needs_done(final, stage, "final")
+        rows = final_rows(chosen, final)
+        if stage != "long":
+            write_final(t, rows, final, "", title, command, t.notes() + notes)
+        done = done + final
+    if stage == "long":
+        epochs = int(exp["long_epochs"])
+        methods = exp.get("long_methods") or tuning.top_by_val(rows, int(exp.get("long_top", 4)))
+        unknown = [m for m in methods if m not in chosen]
+        if unknown:
+            raise GridError(f"long_methods: {', '.join(unknown)} has no chosen point "
+                            f"(chosen: {', '.join(chosen)})")
+        long = t.execute([t.job(m, chosen[m].point, s, "long", epochs) for m in methods
+                          for s in t.seeds], workers, train=True)
+        write_final(t, final_rows({m: chosen[m] for m in methods}, long), long, "_long",
+                    title.replace(f"{t.epochs} epochs", f"{epochs} epochs"), command,
+                    t.notes(epochs) + notes)
+        done = done + long
+    crashed = [r for r in {id(r): r for r in done}.values() if r.status == "crashed"]
+    for r in crashed:
+        print(f"error: {r.method}/{r.point} seed {r.seed}: {r.cause}", file=sys.stderr)
+    return 1 if crashed else 0
+
+
+def plan(t: Tuner, exp: dict) -> str:
+    """How many runs each stage makes and how many are done already; runs nothing."""
+    tune_jobs = [t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
+    done = sum((out / "summary.json").is_file() for _, out, _ in tune_jobs)
+    final = len(t.methods) * len(set(t.seeds) - {t.tune_seed})  # the tuning run is reused
+    top = len(exp.get("long_methods") or []) or int(exp.get("long_top", 4))
+    return (f"{len(t.methods)} methods x {t.size} grid points at {t.epochs} epochs: "
+            f"{len(tune_jobs)} tuning runs ({done} done); final: {final} more runs "
+            f"({len(t.seeds)} seeds per method); long: {top * len(t.seeds)} runs at "
+            f"{exp.get('long_epochs')} epochs")
+
+
+def needs_done(runs: list[Run], stage: str, earlier: str) -> None:
+    missing = [f"{r.method}/{r.point}/seed{r.seed}" for r in runs if r.status == "missing"]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise GridError(f"stage={stage} needs every {earlier} run; missing: "
+                        f"{', '.join(missing[:5])}{more} (run stage={earlier} first)")
+
+
+def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str, command: str,
+                 notes: list[str]) -> None:
+    """tuning.{csv,md} (every grid point, the choice marked) and chosen.yaml."""
+    tuning.write_csv(t.out_dir / "tuning.csv", [tuning.run_row(r, chosen) for r in tuned])
+    (t.out_dir / "tuning.md").write_text(
+        tuning.tuning_markdown(tuned, chosen, f"Tuning: {title}", command, notes)
+        + "\nSeconds spent on tuning:\n" + tuning.cost_markdown(tuned, t.methods))
+    (t.out_dir / "chosen.yaml").write_text(
+        f"# {command}\n# method -> chosen overrides (grid point in the comment)\n"
+        + "".join(f"# {m}: {r.point}\n" for m, r in chosen.items())
+        + yaml.safe_dump({m: [f"algorithm={m}", *r.overrides] for m, r in chosen.items()},
+                         sort_keys=False))
+    print(f"tuning: {t.out_dir / 'tuning.md'}")
+
+
+def final_rows(chosen: dict[str, Run], final: list[Run]) -> list[dict]:
+    """One `tuning.final_stats` row per method: its chosen point over the seeds."""
+    return [tuning.final_stats(m, run, [r for r in final if r.method == m])
+            for m, run in chosen.items()]
+
+
+def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title: str,
+                command: str, notes: list[str]) -> None:
+    """results{suffix}.{csv,md}, runs.csv (every run so far) and the plots."""
+    from lightning_gapsl.plots import plot_class_acc, plot_tradeoff
+
+    chosen = {row["method"]: row["chosen"] for row in rows}
+    tuning.write_csv(t.out_dir / f"results{suffix}.csv", [tuning.stats_row(row) for row in rows])
+    every = list(t.runs.values())
+    tuning.write_csv(t.out_dir / "runs.csv", [tuning.run_row(r, chosen) for r in every])
+    md = t.out_dir / f"results{suffix}.md"
+    md.write_text(tuning.results_markdown(rows, title, command, notes)
+                  + "\nSeconds spent (every run so far, each counted once):\n"
+                  + tuning.cost_markdown(every, t.methods))
+    summaries = {m: [r.summary for r in final if r.method == m and r.summary is not None]
+                 for m in chosen}
+    plot_tradeoff(summaries, t.out_dir, suffix)
+    for m, found in summaries.items():
+        plot_class_acc(m, found, t.out_dir, suffix)
+    print(f"results: {md}")
+    print(md.read_text())
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="compare")
@@ -94,31 +384,18 @@ def main(cfg: DictConfig) -> None:
     exp = cfg.experiment
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = list(exp.base)
-    jobs = [(label, list(ovr), seed) for label, ovr in exp.variants.items() for seed in exp.seeds]
-
-    def work(job):
-        label, overrides, seed = job
+    command = shlex.join(["python", "-m", "lightning_gapsl.compare", *sys.argv[1:]])
+    if "grid" in exp:
         try:
-            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", cfg.threads)
-        except RuntimeError as err:  # keep going: one failed run must not cost the others
-            return err
-
-    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        outcomes = list(pool.map(work, jobs))
-    failed = [(job, out) for job, out in zip(jobs, outcomes) if isinstance(out, Exception)]
-    for (label, _, seed), err in failed:
-        print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
-    jobs = [job for job, out in zip(jobs, outcomes) if not isinstance(out, Exception)]
-    summaries = [out for out in outcomes if not isinstance(out, Exception)]
-    rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
-            for (label, _, seed), s in zip(jobs, summaries)]
-    command = f"python -m lightning_gapsl.compare experiment={exp.name}"
-    write_results(rows, summaries, out_dir, exp.title, command)
-    print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
-    print((out_dir / "results.md").read_text())
-    if failed:
-        sys.exit(1)
+            code = tune(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage, cfg.jobs,
+                        cfg.threads, command)
+        except GridError as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = 2
+    else:
+        code = compare_variants(exp, out_dir, cfg.jobs, cfg.threads, command)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

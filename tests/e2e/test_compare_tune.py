@@ -1,0 +1,43 @@
+"""End-to-end test (about 30 s on 2 cores, mostly process start-up): the tuning protocol
+as a user runs it, `python -m lightning_gapsl.compare experiment=tune_digits_smoke`:
+digits, 4 clients, 2 methods x 2 grid points, 1 epoch, stage all with 2 seeds (the tuning
+seed is final seed 0, so 6 training runs), then a resume that trains nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _compare(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lightning_gapsl.compare", "experiment=tune_digits_smoke",
+           f"out_dir={out}", "jobs=2", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_tune_then_final_on_digits_and_resume(tmp_path):
+    out = tmp_path / "tune"
+    proc = _compare(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.glob("*/seed*/summary.json"))
+    assert len(runs) == 6 and sum(r.endswith("seed1") for r in runs) == 2  # 4 tune + 2 final
+    tuning_md = (out / "tuning.md").read_text()
+    assert tuning_md.count("**yes**") == 2 and tuning_md.count("| ok |") == 4
+    assert f"out_dir={out}" in tuning_md.splitlines()[2]  # the exact command
+    results = (out / "results.md").read_text()
+    assert "| psl |" in results and "| sglr |" in results and "2/2" in results
+    chosen = (out / "chosen.yaml").read_text()
+    assert "psl:\n- algorithm=psl\n" in chosen and "sglr:\n- algorithm=sglr\n" in chosen
+    for name in ("tuning.csv", "results.csv", "runs.csv", "acc_vs_bytes.png",
+                 "acc_vs_latency.png"):
+        assert (out / name).is_file(), name
+
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/train.log")}
+    again = _compare(out, "stage=final")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/train.log")} == logs
