@@ -90,7 +90,8 @@ def test_splitfed_v1_is_fedavg(compose_cfg):
         assert abs(h1["train_loss"] - h2["train_loss"]) < 1e-5
         assert abs(h1["test_acc_mean"] - h2["test_acc_mean"]) < 1e-5
     # After the round-end average every client holds the same model: one global model.
-    assert sfl["test_acc_global"] == sfl["test_acc_mean"] == sfl["test_acc_min"]
+    assert sfl["test_acc_global"] == sfl["test_acc_min"]
+    assert sfl["test_acc_mean"] == pytest.approx(sfl["test_acc_global"], abs=1e-12)
     # Bytes by hand. 2 epochs x 20 steps, rounds of 5 steps: 8 rounds; N=4, B=16.
     # FedAvg: every round each client sends its full LeNet (13082 float32) up and down.
     full, segment = 13082, 224  # parameters: whole LeNet on 1x8x8, its first block
@@ -135,4 +136,6 @@ def test_sequential_sl_passes_one_segment_bytes_by_hand(compose_cfg):
     assert sl["bytes_up"] == turns * 16 * (act * 4 + 8) + handoffs * 224 * 4
     assert sl["bytes_down"] == turns * 16 * act * 4 + handoffs * 224 * 4
     # One segment for everybody: every client's model is the same model.
-    assert sl["test_acc_global"] == sl["test_acc_mean"] == sl["test_acc_min"] > 0.3
+    # (The mean of N equal floats may differ from them in the last bit.)
+    assert sl["test_acc_global"] == sl["test_acc_min"] > 0.3
+    assert sl["test_acc_mean"] == pytest.approx(sl["test_acc_global"], abs=1e-12)

@@ -1,0 +1,48 @@
+"""Before/after table of the fidelity fixes (README): mean ± std over seeds per method.
+
+    python scripts/before_after.py results/baselines_dir01 results/fidelity_dir01
+
+Reads each folder's results.csv (written by `python -m lightning_gapsl.compare`).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+
+def load(folder: str) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    with open(Path(folder) / "results.csv") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["variant"], []).append(row)
+    return rows
+
+
+def cell(runs: list[dict], key: str) -> str:
+    values = [100 * float(r[key]) for r in runs if r.get(key) not in (None, "", "None")]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f} ({len(values)})"
+
+
+def main(before: str, after: str) -> None:
+    old, new = load(before), load(after)
+    print("| method | test mean before | test mean after | worst client before | "
+          "worst client after | val mean after | MB up+down after |")
+    print("|---|---|---|---|---|---|---|")
+    for method in dict.fromkeys([*old, *new]):
+        b, a = old.get(method, []), new.get(method, [])
+        mb = [(float(r["bytes_up"]) + float(r["bytes_down"])) / 1e6 for r in a]
+        print(f"| {method} | {cell(b, 'test_acc_mean')} | {cell(a, 'test_acc_mean')} "
+              f"| {cell(b, 'test_acc_min')} | {cell(a, 'test_acc_min')} "
+              f"| {cell(a, 'val_acc_mean')} | {statistics.mean(mb):.0f} |" if mb else
+              f"| {method} | {cell(b, 'test_acc_mean')} | n/a | {cell(b, 'test_acc_min')} "
+              f"| n/a | n/a | n/a |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
