@@ -127,7 +127,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=max(t.eval_every, 1),
+        check_val_every_n_epoch=1,  # the module decides which epochs evaluate
         limit_val_batches=0 if t.eval_every == 0 else None,
         use_distributed_sampler=False,
         log_every_n_steps=10,
