@@ -25,6 +25,7 @@ import statistics
 import sys
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 def _log(pl_module, metrics: dict) -> None:
@@ -148,6 +149,20 @@ class FinalSummaryTable(L.Callback):
         for name, value in rows:
             table.add_row(name, value)
         Console(stderr=True).print(table)
+
+
+class TransientProgressBar(RichProgressBar):
+    """Rich's bar, removed when training ends, so no stale "Epoch N/N" line is left
+    under the final results table (Rich redraws a stopped bar's last frame)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.progress is not None:
+            live = self.progress.live
+            if live.console.is_terminal:
+                live.transient = True  # stop() erases the bar instead of redrawing it
+            else:
+                live.console.quiet = True  # a file: nothing to erase, write nothing more
+        self._stop_progress()
 
 
 def _fmt(value, pattern: str) -> str:

@@ -46,15 +46,58 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        if not os.path.isfile(path):
+        return load_file(path, map_location)
+
+
+def load_file(path: str | os.PathLike, map_location=None) -> dict:
+    """``torch.load(path, weights_only=True)`` with messages of our own.
+
+    torch's own message for a file holding other objects advises loading it with
+    ``weights_only=False``, which would run arbitrary code from the file; ours names the
+    file and what is wrong with it, and never suggests that.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"checkpoint file {path} is missing (each rank reads its own file: "
+            "resume with the trainer.devices the checkpoint was written with)"
+        )
+    try:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated") from None
+        raise CheckpointError(
+            f"checkpoint {path} was not written by lightning_gapsl: it holds Python objects "
+            "other than tensors and plain containers, which are not loaded (unpickling them "
+            "can run code from the file)"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (not a complete PyTorch checkpoint)"
+        ) from None
+
+
+def check_resumable(path: str, identity: dict[str, str], devices: int) -> dict:
+    """Check, before any rank starts, that ``path`` can resume a run with ``identity``.
+
+    Loads the server's file and checks that every rank's file exists and loads; raises
+    `CheckpointError` naming the file or the setting that differs. Returns the server's
+    checkpoint (for the W&B run id it holds).
+    """
+    checkpoint = load_file(path)
+    state = checkpoint.get("split_state") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "identity" not in state:
+        raise CheckpointError(f"checkpoint {path} was not written by lightning_gapsl "
+                              "(no split_state)")
+    for key, value in state["identity"].items():
+        if identity.get(key) != value:
             raise CheckpointError(
-                f"checkpoint file {path} is missing (each rank reads its own file: "
-                "resume with the trainer.devices the checkpoint was written with)"
+                f"checkpoint {path} is from a different configuration: {key} was {value}, "
+                f"this run has {identity.get(key)}"
             )
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
+    for rank in range(1, devices):
+        load_file(rank_path(path, rank))
+    return checkpoint
 
 
 class PreemptionFlag:

@@ -35,6 +35,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_gapsl.cli import config_dir
 from lightning_gapsl import tuning
 from lightning_gapsl.tuning import GridError, Run
 
@@ -379,7 +380,7 @@ def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title
     print(md.read_text())
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="compare")
+@hydra.main(version_base=None, config_path=config_dir(), config_name="compare")
 def main(cfg: DictConfig) -> None:
     exp = cfg.experiment
     out_dir = Path(cfg.out_dir)

@@ -8,18 +8,59 @@ and drops what is wrong for split learning:
   GAPSL, and ranks hold different modules (clients on client ranks, server on rank 0);
 - no broadcast of rank 0's weights at set-up: every client is initialised from
   (seed, client id), and rank 0 holds no client at all;
-- checkpoints from every rank, not only rank 0, each written atomically.
+- checkpoints from every rank, not only rank 0, each written atomically;
+- ranks started with fork/spawn run the callbacks' ``on_exception`` when they fail (as
+  a run without a launcher does), so the W&B run is finished inside the rank; and when
+  one rank fails, the launching process waits `KILL_GRACE_S` for the others to leave
+  before it kills them, instead of torch's 30 s SIGTERM grace plus 30 s more (a rank
+  stopped with SIGSTOP ignores SIGTERM until it is killed).
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
+import torch.multiprocessing as torch_mp
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.trainer.call import _interrupt
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_gapsl.checkpoint import AtomicCheckpointIO, rank_path
+
+# Seconds the launching process gives the other ranks to leave after one failed, before
+# SIGTERM, and again before SIGKILL. The healthy ranks have already timed out (or see the
+# failure at once) and only finish their W&B run and exit.
+KILL_GRACE_S = 2.0
+
+
+class SplitLauncher(_MultiProcessingLauncher):
+    """Lightning's fork/spawn launcher, with failure handling inside the ranks."""
+
+    def launch(self, function, *args, trainer=None, **kwargs):
+        start = torch_mp.start_processes
+
+        def start_with_grace(*a, **kw):
+            context = start(*a, **kw)
+            context.join = functools.partial(context.join, grace_period=KILL_GRACE_S)
+            return context
+
+        # Lightning calls ``join()`` without a grace period; give it ours for this launch.
+        torch_mp.start_processes = start_with_grace
+        try:
+            return super().launch(function, *args, trainer=trainer, **kwargs)
+        finally:
+            torch_mp.start_processes = start
+
+    def _wrapping_function(self, process_idx, trainer, *args, **kwargs) -> None:
+        try:
+            super()._wrapping_function(process_idx, trainer, *args, **kwargs)
+        except BaseException as err:
+            if trainer is not None:  # what Lightning does for a run it did not launch
+                _interrupt(trainer, err)
+            raise
 
 
 class SplitStrategy(DDPStrategy):
@@ -28,6 +69,11 @@ class SplitStrategy(DDPStrategy):
     def __init__(self, timeout_s: float = 120.0, start_method: str = "fork", **kwargs):
         kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
         super().__init__(timeout=timedelta(seconds=timeout_s), start_method=start_method, **kwargs)
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if self._start_method != "popen":  # popen: ranks are separate commands (srun-like)
+            self._launcher = SplitLauncher(self, start_method=self._start_method)
 
     # Every rank saves, removes and loads its own file (see lightning_gapsl.checkpoint).
     def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:

@@ -9,20 +9,33 @@ rank starts, with one line naming the key (exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from callbacks.logging import default_callbacks
-from callbacks.summary import SummaryCallback
-from lightning_gapsl.checkpoint import AtomicCheckpointIO, CheckpointError, last_checkpoint
+from lightning_gapsl.callbacks.logging import TransientProgressBar, default_callbacks
+from lightning_gapsl.callbacks.summary import SummaryCallback
+from lightning_gapsl.callbacks.wandb_run import (
+    WandbRunCloser,
+    new_run_id,
+    run_id_from_checkpoint,
+)
+from lightning_gapsl.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_resumable,
+    last_checkpoint,
+)
+from lightning_gapsl.cli import check_command_line, config_dir
+from lightning_gapsl.cli import compose as _compose
 from lightning_gapsl.cluster import check_slurm_tasks, is_slurm_launched
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
@@ -44,8 +57,21 @@ def _run_error_message(err: Exception) -> str:
     if isinstance(err, ProcessRaisedException):
         # The rank's own traceback text: keep its last line, the actual error.
         last = str(err).strip().splitlines()[-1]
+        name, _, message = last.partition(": ")
+        if name.rsplit(".", 1)[-1] in ("TransportError", "CheckpointError"):
+            return message  # names the rank at fault itself (not the one that noticed)
         return f"rank {err.error_index} failed: {last}"
     return str(err)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's tip advertising another logging product (nothing to act on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.
@@ -82,7 +108,7 @@ def preflight(cfg: RunConfig) -> FederatedData:
     return data
 
 
-def build_logger(cfg: RunConfig):
+def build_logger(cfg: RunConfig, wandb_id: str | None = None):
     lg = cfg.logger
     if lg.name == "none":
         return False
@@ -98,11 +124,15 @@ def build_logger(cfg: RunConfig):
         entity=lg.entity,
         save_dir=cfg.output_dir,
         config=dataclasses.asdict(cfg),
+        id=wandb_id,
+        resume="allow",  # a resumed training run continues its W&B run (same id)
         **kwargs,
     )
 
 
-def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig, extra_callbacks: list | None = None, wandb_id: str | None = None
+) -> L.Trainer:
     t = cfg.trainer
     # Under SLURM every rank is an srun task already: "popen" makes Lightning attach to
     # it instead of forking `devices` more processes from each task.
@@ -116,11 +146,12 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         strategy=strategy,
         plugins=[AtomicCheckpointIO()] if t.devices == 1 else None,
         max_epochs=t.max_epochs,
-        logger=build_logger(cfg),
+        logger=build_logger(cfg, wandb_id),
         callbacks=[
             SummaryCallback(cfg),
             *default_callbacks(),
-            *([RichProgressBar()] if t.progress_bar else []),
+            *([WandbRunCloser(wandb_id)] if cfg.logger.name == "wandb" else []),
+            *([TransientProgressBar()] if t.progress_bar else []),
             *(extra_callbacks or []),
         ],
         enable_progress_bar=t.progress_bar,
@@ -135,7 +166,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
     )
 
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = config_dir()
 
 
 def compose(overrides: list[str], output_dir: str) -> RunConfig:
@@ -144,12 +175,21 @@ def compose(overrides: list[str], output_dir: str) -> RunConfig:
     Used by tests, the benchmark and the comparison runner, so they go through the same
     config files and checks as the command line.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    return _compose(overrides, output_dir)
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        raw = hydra_compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
-    return build_config(OmegaConf.to_container(raw, resolve=True))
+
+def resolve_threads(cfg: RunConfig, environ: Mapping[str, str]) -> RunConfig:
+    """``trainer.threads=null`` -> ``$OMP_NUM_THREADS`` if set, else 1.
+
+    The same count in every process, however many processes there are: conv backward
+    sums in thread-sized chunks, so equal counts keep 1-process and N-process runs
+    bit-identical. (Lightning's own default, cores / processes, does not.)
+    """
+    if cfg.trainer.threads is not None:
+        return cfg
+    raw = environ.get("OMP_NUM_THREADS", "")
+    threads = int(raw) if raw.isdigit() and int(raw) >= 1 else 1
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, threads=threads))
 
 
 def resume_path(cfg: RunConfig) -> str | None:
@@ -163,11 +203,22 @@ def resume_path(cfg: RunConfig) -> str | None:
 
 def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
     """Train one configuration; return the path of its summary.json (None if pre-empted)."""
+    cfg = resolve_threads(cfg, os.environ)
+    # Ranks started by Lightning (fork, popen) inherit it, and Lightning leaves it alone.
+    os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.threads)
     data = preflight(cfg)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SplitLearningModule(cfg, data)
-    trainer = build_trainer(cfg, extra_callbacks)
-    trainer.fit(module, ckpt_path=resume_path(cfg))
+    resume = resume_path(cfg)
+    wandb_id = None
+    if resume is not None:  # bad checkpoints stop here, before any rank starts
+        checkpoint = check_resumable(resume, module._identity(), cfg.trainer.devices)
+        wandb_id = run_id_from_checkpoint(checkpoint)
+        del checkpoint
+    if cfg.logger.name == "wandb" and wandb_id is None:
+        wandb_id = new_run_id()
+    trainer = build_trainer(cfg, extra_callbacks, wandb_id)
+    trainer.fit(module, ckpt_path=resume)
     if trainer.global_rank != 0:
         return None  # a client rank started by srun/torchrun: the server reports
     path = Path(cfg.output_dir) / "summary.json"
@@ -181,8 +232,7 @@ def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
     raise RuntimeError(f"training ended without writing {path}")
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(raw: DictConfig) -> None:
+def _app(raw: DictConfig) -> None:
     try:
         cfg = build_config(OmegaConf.to_container(raw, resolve=True))
         path = run(cfg)
@@ -195,6 +245,19 @@ def main(raw: DictConfig) -> None:
         sys.exit(1)
     if path is not None:
         print(path.resolve())
+
+
+_hydra_main = hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")(_app)
+
+
+def main() -> None:
+    """``lgapsl-train``: bad overrides stop with one line before Hydra writes anything."""
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""Command-line plumbing shared by the entry points: where the Hydra configuration lives,
+and one-line errors for bad overrides before Hydra creates any folder.
+
+The configuration's source of truth is the repository's top-level ``conf/``; a wheel
+carries a copy inside the package (``lightning_gapsl/conf``, mapped at build time in
+pyproject.toml), so an installed package runs from any folder. Users add their own
+config folder with Hydra's search path, e.g.
+``lgapsl-train 'hydra.searchpath=[file:///home/me/myconf]' data=mydata``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from lightning_gapsl.config import _SECTIONS, ConfigError, RunConfig, build_config
+
+
+def config_dir() -> str:
+    """The Hydra config folder: the installed package's copy, else the repository's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no Hydra configuration next to {here} (expected conf/config.yaml)")
+
+
+def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
+    """The validated config for Hydra-style ``overrides`` without starting a Hydra app.
+
+    Hydra's own errors (an unknown option of a group, a key that does not exist, an
+    override that does not parse) become `ConfigError` with one line naming the key
+    and what would be valid. ``output_dir`` replaces Hydra's run folder, which only
+    exists inside a Hydra app.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    extra = [] if output_dir is None else [f"output_dir={output_dir}"]
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base=None):
+            raw = hydra_compose(config_name="config", overrides=[*overrides, *extra])
+            container = OmegaConf.to_container(raw, resolve=True)
+    except HydraException as err:
+        raise ConfigError(hydra_error_line(err)) from None
+    return build_config(container)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise `ConfigError` for bad overrides; nothing is written anywhere.
+
+    Skipped when Hydra flags are present (``--multirun``, ``--help``, ``--cfg``...):
+    Hydra handles those itself.
+    """
+    if any(arg.startswith("-") for arg in argv):
+        return
+    has_output = any(arg.split("=", 1)[0].lstrip("+~") == "output_dir" for arg in argv)
+    compose(argv, None if has_output else "outputs/check")
+
+
+_OVERRIDE = re.compile(r"Could not (?:override|append to|delete from) '([^']+)'")
+_MISSING = re.compile(r"Could not find '([^']+)'")
+
+
+def hydra_error_line(err: Exception) -> str:
+    """One line for a Hydra composition error, naming the key and what would be valid."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(err)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        missing = _MISSING.search(text)
+        group, _, name = (missing.group(1) if missing else err.missing_cfg_file).rpartition("/")
+        options = ", ".join(sorted(err.options or [])) or "none found"
+        return f"{group or 'config'}={name!r} is not valid; choose one of: {options}"
+    match = _OVERRIDE.search(text)
+    if match:
+        key = match.group(1)
+        section, _, name = key.partition(".")
+        if section in _SECTIONS and name:
+            valid = ", ".join(f.name for f in dataclasses.fields(_SECTIONS[section]))
+            return f"unknown key {key}; valid keys under {section}: {valid}"
+        valid = ", ".join([*_SECTIONS, "seed", "ckpt_path", "output_dir"])
+        return f"unknown key {key}; valid top-level keys: {valid}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the command line: {first}"
+    return first
