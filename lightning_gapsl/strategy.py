@@ -29,11 +29,12 @@ from lightning.pytorch.trainer.call import _interrupt
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_gapsl.checkpoint import AtomicCheckpointIO, rank_path
+from lightning_gapsl.transport import collective_fault
 
 # Seconds the launching process gives the other ranks to leave after one failed, before
 # SIGTERM, and again before SIGKILL. The healthy ranks have already timed out (or see the
 # failure at once) and only finish their W&B run and exit.
-KILL_GRACE_S = 2.0
+KILL_GRACE_S = 1.5
 
 
 class SplitLauncher(_MultiProcessingLauncher):
@@ -69,6 +70,27 @@ class SplitStrategy(DDPStrategy):
     def __init__(self, timeout_s: float = 120.0, start_method: str = "fork", **kwargs):
         kwargs.setdefault("checkpoint_io", AtomicCheckpointIO())
         super().__init__(timeout=timedelta(seconds=timeout_s), start_method=start_method, **kwargs)
+        self.timeout_s = timeout_s
+
+    # Lightning's own collectives (epoch ends, checkpoints): a timeout names the rank that
+    # stopped answering, as the split-learning exchanges do.
+    def barrier(self, name: str | None = None) -> None:
+        try:
+            super().barrier(name)
+        except RuntimeError as err:
+            raise collective_fault(f"Lightning's barrier ({name})", self.timeout_s) from err
+
+    def broadcast(self, obj, src: int = 0):
+        try:
+            return super().broadcast(obj, src)
+        except RuntimeError as err:
+            raise collective_fault("Lightning's broadcast", self.timeout_s) from err
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
+        try:
+            return super().reduce_boolean_decision(decision, all)
+        except RuntimeError as err:
+            raise collective_fault("Lightning's stop decision", self.timeout_s) from err
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()

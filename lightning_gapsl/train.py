@@ -242,7 +242,11 @@ def _app(raw: DictConfig) -> None:
     except RUN_ERRORS as err:
         # A rank died, timed out or diverged: say which, once, without a traceback.
         print(f"error: {_run_error_message(err)}", file=sys.stderr)
-        sys.exit(1)
+        # Leave now: the interpreter's clean-up would wait seconds on the process group of
+        # a peer that hangs. The W&B run is finished already (``on_exception``).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     if path is not None:
         print(path.resolve())
 

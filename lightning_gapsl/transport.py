@@ -17,6 +17,7 @@ client: the count is the same whichever process hosts which client.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_gapsl.layout import SERVER_RANK, Layout
+from lightning_gapsl.liveness import Heartbeat, blame
 
 _MAGIC = 0x5350_4C31  # "SPL1"
 _MAX_TENSORS = 4
@@ -240,15 +242,16 @@ class DistTransport:
         """Post sends/receives, then wait for each, naming the peer that fails."""
         p2p = [dist.P2POp(dist.isend if op == "send" else dist.irecv, t, peer, self.group)
                for op, t, peer in ops]
-        works = dist.batch_isend_irecv(p2p) if p2p else []
+        watch = heartbeat()
+        try:  # posting fails at once when a peer's connection is already closed
+            works = dist.batch_isend_irecv(p2p) if p2p else []
+        except RuntimeError as err:
+            raise _fault(watch, None, what, self.timeout) from err
         for work, (_, _, peer) in zip(works, ops):
             try:
                 work.wait(self.timeout)
             except RuntimeError as err:
-                raise TransportError(
-                    f"rank {self.layout.rank} lost rank {peer} during {what} "
-                    f"(timeout {self.timeout.total_seconds():.0f}s): {err}"
-                ) from err
+                raise _fault(watch, peer, what, self.timeout) from err
 
     def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
                active: torch.Tensor | None = None) -> list[torch.Tensor] | None:
@@ -385,17 +388,55 @@ class DistTransport:
                 )
 
     def _wait(self, work, what: str) -> None:
+        watch = heartbeat()
         try:
             work.wait(self.timeout)
         except RuntimeError as err:
-            raise TransportError(
-                f"rank {self.layout.rank}: {what} failed or timed out "
-                f"({self.timeout.total_seconds():.0f}s): {err}"
-            ) from err
+            raise _fault(watch, None, what, self.timeout) from err
 
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group(self.group)
+
+
+# -- hung and dead ranks ----------------------------------------------------------
+_HEARTBEAT: tuple[int, Heartbeat] | None = None  # (pid, heartbeat) of this process
+
+
+def heartbeat() -> Heartbeat | None:
+    """This process's heartbeat in the default group's store, started on first use."""
+    global _HEARTBEAT
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    if _HEARTBEAT is None or _HEARTBEAT[0] != os.getpid():  # a forked rank starts its own
+        store = dist.distributed_c10d._get_default_store()
+        beat = Heartbeat(store, dist.get_rank(), dist.get_world_size(), dist.is_initialized)
+        _HEARTBEAT = (os.getpid(), beat.start())
+    return _HEARTBEAT[1]
+
+
+def _store_host() -> int | None:
+    """The rank whose process hosts the rendezvous store (None: torchrun's agent)."""
+    return None if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else SERVER_RANK
+
+
+def _fault(watch: Heartbeat | None, peer: int | None, what: str,
+           timeout: timedelta) -> TransportError:
+    """The error for a failed wait, naming the rank that stopped answering.
+
+    A peer that died closes its connections, and the wait fails at once; one that hangs
+    is found by the heartbeat check (a few seconds, after the timeout).
+    """
+    me = dist.get_rank() if dist.is_initialized() else -1
+    silent = watch.silent() if watch is not None else []
+    if watch is not None:
+        watch.leaving()  # others checking now must not take this rank's exit for a hang
+    return TransportError(blame(me, peer, what, timeout.total_seconds(), silent, _store_host()))
+
+
+def collective_fault(what: str, timeout_s: float) -> TransportError:
+    """The error for a failed Lightning collective (barrier, broadcast), naming the culprit."""
+    return _fault(heartbeat(), None, what, timedelta(seconds=timeout_s))
 
 
 def make_transport(num_clients: int, device: torch.device, timeout_s: float):
