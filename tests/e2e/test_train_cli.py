@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lightning_gapsl.data import load_dataset
+from tests.wandb_reader import history, kinds
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,13 @@ def test_train_wandb_offline_one_run_folder(tmp_path):
     runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # created on the server rank only
     assert (tmp_path / "out" / "summary.json").is_file()
+    # The run file holds the epoch's metrics and the run's clean end (it was 7 bytes).
+    (run_file,) = runs[0].glob("run-*.wandb")
+    assert kinds(run_file)[-1] == "exit"
+    rows = [row for row in history(run_file) if "epoch" in row]
+    logged = set().union(*rows)
+    assert {"test_acc_mean", "bytes_up", "client_acc/5", "samples_per_s"} <= logged, logged
+    assert "litlogger" not in proc.stderr  # no advertisement for another product
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,87 @@
+"""End-to-end tests (about 30 s): W&B runs hold what was logged, in every layout.
+
+W&B runs offline; each run's ``.wandb`` file is read back with `tests.wandb_reader`
+and must hold every documented key (callbacks/logging.py) for every epoch, and end with
+the run's exit record (finished, not abandoned). Layouts: one process (in-process), and
+three processes forked by Lightning, pre-empted with SIGUSR1 in the middle of epoch 2
+and resumed from the checkpoint: the resumed run continues the same W&B run (same id).
+The CLI test in test_train_cli.py reads a 3-process CLI run the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from lightning_gapsl.train import run
+from tests.conftest import load_summary
+from tests.wandb_reader import history, kinds
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 4
+FAST = ["logger=wandb", "data.steps_per_epoch=6", "trainer.threads=1",
+        f"data.num_clients={CLIENTS}"]
+PER_CLIENT = ("client_acc", "client_test_loss", "gapsl/leader_freq")
+DOCUMENTED = (
+    "train_loss_epoch", "test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_std",
+    "bytes_up", "bytes_down", "bytes_up_epoch", "bytes_down_epoch", "sim_latency_s",
+    "samples_per_s", "gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after",
+    *[f"{name}/{c}" for name in PER_CLIENT for c in range(CLIENTS)],
+)
+
+
+def run_files(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def assert_every_key_every_epoch(files: list[Path], epochs: int) -> None:
+    keys_by_epoch: dict[int, set] = {}
+    for path in files:
+        assert kinds(path)[-1] == "exit", f"{path}: run not finished"
+        for row in history(path):
+            if "epoch" in row:  # the other row: the label-histogram table, logged once
+                keys_by_epoch.setdefault(int(row["epoch"]) + 1, set()).update(row)
+    assert sorted(keys_by_epoch) == list(range(1, epochs + 1)), sorted(keys_by_epoch)
+    for epoch, keys in keys_by_epoch.items():
+        missing = set(DOCUMENTED) - keys
+        assert not missing, (epoch, sorted(missing))
+
+
+def test_one_process(compose_cfg):
+    cfg = compose_cfg(*FAST, "trainer.devices=1", "trainer.max_epochs=2", name="one")
+    run(cfg)
+    files = run_files(Path(cfg.output_dir))
+    assert len(files) == 1
+    assert_every_key_every_epoch(files, 2)
+
+
+class PreemptAt(L.Callback):
+    """Sends SIGUSR1 (SLURM's warning signal) to the server rank at one step."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == 0 and (trainer.current_epoch, batch_idx) == (self.epoch,
+                                                                                 self.batch):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_three_processes_preempted_and_resumed(compose_cfg):
+    common = [*FAST, "trainer.devices=3", "trainer.max_epochs=3"]
+    first = compose_cfg(*common, name="first")
+    assert run(first, extra_callbacks=[PreemptAt(epoch=1, batch=2)]) is None  # pre-empted
+    ckpt = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = compose_cfg(*common, f"ckpt_path={ckpt}", name="resumed")
+    summary = load_summary(run(resumed))
+    assert summary["epochs"] == 3
+    before, after = run_files(Path(first.output_dir)), run_files(Path(resumed.output_dir))
+    assert len(before) == len(after) == 1
+    assert before[0].name == after[0].name  # run-<id>.wandb: the same W&B run continues
+    assert "preempting" in kinds(before[0])  # the first part says why it stopped
+    assert_every_key_every_epoch([*before, *after], 3)
