@@ -39,14 +39,31 @@ def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from hydra.core.global_hydra import GlobalHydra
+
     extra = [] if output_dir is None else [f"output_dir={output_dir}"]
+    GlobalHydra.instance().clear()  # a Hydra app that ran before in this process leaves it set
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base=None):
             raw = hydra_compose(config_name="config", overrides=[*overrides, *extra])
             container = OmegaConf.to_container(raw, resolve=True)
     except HydraException as err:
-        raise ConfigError(hydra_error_line(err)) from None
+        raise ConfigError(hydra_error_line(err, overrides)) from None
     return build_config(container)
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException:
+            return override
+    return None
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -65,7 +82,21 @@ _OVERRIDE = re.compile(r"Could not (?:override|append to|delete from) '([^']+)'"
 _MISSING = re.compile(r"Could not find '([^']+)'")
 
 
-def hydra_error_line(err: Exception) -> str:
+def _algorithm_config(overrides) -> type:
+    """The config class of the method these overrides choose (else the default one)."""
+    from omegaconf import OmegaConf
+
+    from lightning_gapsl.config import _method_config_class
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("algorithm=")]
+    if not chosen:
+        defaults = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "config.yaml"))
+        defaults = defaults.get("defaults", [])
+        chosen = [d["algorithm"] for d in defaults if isinstance(d, dict) and "algorithm" in d]
+    return _method_config_class(chosen[-1])
+
+
+def hydra_error_line(err: Exception, overrides: list[str] = ()) -> str:
     """One line for a Hydra composition error, naming the key and what would be valid."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
@@ -79,12 +110,21 @@ def hydra_error_line(err: Exception) -> str:
     if match:
         key = match.group(1)
         section, _, name = key.partition(".")
+        if section == "algorithm" and name:
+            return f"unknown key {key}; valid keys under algorithm: " + ", ".join(
+                f.name for f in dataclasses.fields(_algorithm_config(overrides)))
         if section in _SECTIONS and name:
-            valid = ", ".join(f.name for f in dataclasses.fields(_SECTIONS[section]))
+            fields = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+            valid = ", ".join(fields)
+            if name in fields:  # a real key that the chosen group file does not set
+                return (f"{key} is not set by the chosen {section} config; add it with "
+                        f"+{key}=... (valid keys under {section}: {valid})")
             return f"unknown key {key}; valid keys under {section}: {valid}"
         valid = ", ".join([*_SECTIONS, "seed", "ckpt_path", "output_dir"])
         return f"unknown key {key}; valid top-level keys: {valid}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the command line: {first}"
+        bad = _unparsable(list(overrides))
+        where = f"override {bad!r}" if bad else "the command line"
+        return f"cannot parse {where} (KEY=VALUE, lists as [a,b]): {first}"
     return first

@@ -107,9 +107,10 @@ class TrainerConfig:
     progress_bar: bool = True
     """Show the progress bar on the server rank."""
     threads: int | None = None
-    """torch intra-op threads per process (null: cores / processes). Equal thread counts
-    make 1-process and N-process runs agree to the last bit; unequal ones only to float
-    reduction-order noise, which GAPSL's discrete leader choice can amplify."""
+    """torch intra-op threads per process (null: $OMP_NUM_THREADS if set, else 1; never
+    derived from the process count). Equal thread counts make 1-process and N-process
+    runs agree to the last bit; unequal ones only to float reduction-order noise, which
+    GAPSL's discrete leader choice can amplify."""
     ckpt_every: int = 1
     """Write <output_dir>/checkpoints/last.ckpt every this many epochs (0: only on SIGUSR1)."""
     eval_every: int = 1
@@ -127,6 +128,9 @@ class LoggerConfig:
     """W&B entity (team or user)."""
     mode: str | None = None
     """W&B mode: online | offline | disabled (null: WANDB_MODE or online)."""
+
+
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,15 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
                 raise TypeError
             return int(value)
         if type_name.startswith("float"):
-            return float(value)
+            number = float(value)
+            if math.isfinite(number):  # NaN passes every `x > 0` style check: refuse it here
+                return number
+            raise TypeError
         if type_name.startswith("str"):
             return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {type_name}") from None
+        kind = "finite number" if type_name.startswith("float") else type_name
+        raise ConfigError(f"{key}={value!r} is not a valid {kind}") from None
     return value
 
 
@@ -265,6 +273,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         f"trainer.devices={t.devices} gives {t.devices - 1} client ranks but "
         f"data.num_clients={d.num_clients}; use trainer.devices <= {d.num_clients + 1}",
     )
+    check(cfg.logger.mode is None or cfg.logger.mode in WANDB_MODES,
+          f"logger.mode={cfg.logger.mode!r} is not valid; choose one of: "
+          f"{', '.join(WANDB_MODES)} or null")
+    check(bool(cfg.logger.project), "logger.project must not be empty")
     a.validate(cfg)  # the method's own keys and cross-field rules
     if cfg.ckpt_path is not None:
         check(os.path.isfile(cfg.ckpt_path), f"ckpt_path={cfg.ckpt_path!r}: no such file")

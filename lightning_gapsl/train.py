@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,11 +83,15 @@ for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
 
 
 def _check_output_dir(path: str) -> None:
+    """Create ``path`` if needed and check that files can be written in it.
+
+    The probe is an unnamed temporary file (O_TMPFILE on Linux): an existing folder
+    gets no new entry, even for a run that stops at a later check.
+    """
     try:
         os.makedirs(path, exist_ok=True)
-        probe = Path(path) / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):
+            pass
     except OSError as err:
         raise ConfigError(f"output_dir={path!r} is not writable: {err.strerror}") from None
 

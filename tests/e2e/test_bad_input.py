@@ -1,0 +1,129 @@
+"""End-to-end tests (about 15 s): bad command lines, through the real entry point.
+
+Each command line runs ``lgapsl-train``'s `main` in this process (no subprocess per
+case: the same code path, seconds instead of minutes) and must exit non-zero at
+start-up with exactly one line on stderr that names the key or file and what would be
+valid, no traceback, and nothing written to the existing output folder it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gapsl import train
+from tests.conftest import DIGITS
+
+pytestmark = pytest.mark.slow
+
+FAST = ["data.steps_per_epoch=3", "data.num_clients=4", "trainer.threads=1"]
+
+# (overrides, text the one line must contain). {ckpt}, {other}, {trunc}, {foreign},
+# {missing}, {unwritable} are filled in by the test.
+CASES = [
+    (["algorithm=nope"], "algorithm='nope' is not valid; choose one of: centralized"),
+    (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, digits"),
+    (["model=vgg"], "model='vgg' is not valid; choose one of: lenet, resnet18"),
+    (["optim=lion"], "optim='lion' is not valid; choose one of: adam, sgd"),
+    (["logger=tensorboard"], "logger='tensorboard' is not valid; choose one of: csv, none"),
+    (["data.nope=1"], "unknown key data.nope; valid keys under data: name"),
+    (["+trainer.gpus=2"], "unknown key trainer.gpus; valid keys under trainer:"),
+    (["epochs=3"], "unknown key epochs; valid top-level keys:"),
+    (["data.partition=random"], "data.partition='random' is not valid; choose one of: iid"),
+    (["data.num_clients=0"], "data.num_clients=0 must be >= 1"),
+    (["data.num_clients=four"], "data.num_clients='four' is not a valid int"),
+    (["data.alpha=nan"], "data.alpha=nan is not a valid finite number"),
+    (["data.alpha=-1"], "data.alpha=-1.0 must be > 0"),
+    (["optim.lr=inf"], "optim.lr=inf is not a valid finite number"),
+    (["optim.momentum=1.5"], "optim.momentum=1.5 must be in [0, 1)"),
+    (["algorithm.lam=2"], "algorithm.lam=2.0 must be in [0, 1]"),
+    (["trainer.devices=0"], "trainer.devices=0 must be >= 1"),
+    (["trainer.devices=9"], "trainer.devices=9 gives 8 client ranks but data.num_clients=4"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5 is not a valid int"),
+    (["trainer.timeout_s=nan"], "trainer.timeout_s=nan is not a valid finite number"),
+    (["trainer.threads=0"], "trainer.threads=0 must be >= 1 or null"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not valid; choose one of: cpu"),
+    (["trainer.progress_bar=maybe"], "trainer.progress_bar='maybe' is not a valid bool"),
+    (["trainer.max_epochs=3", "trainer.eval_every=2"], "trainer.eval_every=2 must divide"),
+    (["model.cut_layer=7"], "model.cut_layer"),
+    (["seed=abc"], "seed='abc' is not a valid int"),
+    (["logger=wandb", "logger.mode=sometimes"], "logger.mode='sometimes' is not valid"),
+    (["data.alpha=["], "cannot parse override 'data.alpha=['"),
+    (["algorithm=centralized", "trainer.devices=3"], "algorithm=centralized runs in one process"),
+    (["ckpt_path={missing}"], "ckpt_path='{missing}': no such file"),
+    (["data=cifar10", "data.root={missing}"], "{missing}"),
+    (["output_dir={unwritable}"], "output_dir='{unwritable}' is not writable"),
+    (["ckpt_path={trunc}"], "checkpoint {trunc} is corrupt or truncated"),
+    (["ckpt_path={foreign}"], "checkpoint {foreign} was not written by lightning_gapsl"),
+    (["data.num_clients=5", "ckpt_path={ckpt}"],
+     "checkpoint {ckpt} is from a different configuration: data was"),
+    (["trainer.devices=3", "ckpt_path={ckpt}"], "trainer.devices was 1, this run has 3"),
+]
+
+
+class Foreign:
+    """A pickled object that weights_only loading refuses."""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A real checkpoint (1 process, 1 epoch) and broken or foreign files beside it."""
+    root = tmp_path_factory.mktemp("bad_input")
+    cfg = train.compose([*DIGITS, *FAST, "trainer.devices=1", "trainer.max_epochs=1"],
+                        str(root / "first"))
+    train.run(cfg)
+    ckpt = root / "first" / "checkpoints" / "last.ckpt"
+    (root / "trunc.ckpt").write_bytes(ckpt.read_bytes()[:2000])
+    torch.save({"state_dict": {}, "payload": Foreign()}, root / "foreign.ckpt")
+    return {"ckpt": ckpt, "trunc": root / "trunc.ckpt", "foreign": root / "foreign.ckpt",
+            "missing": root / "does-not-exist", "unwritable": "/proc/version/run",
+            "root": root}
+
+
+def _snapshot(folder: Path) -> list:
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("overrides, expected", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_command_line(overrides, expected, files, tmp_path, monkeypatch, capfd):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "results.txt").write_text("earlier results\n")
+    before = _snapshot(existing) + [existing.stat().st_mtime_ns]
+    args = [arg.format(**files) for arg in overrides]
+    if not any(arg.startswith("output_dir=") for arg in args):
+        args.append(f"output_dir={existing}")
+    monkeypatch.chdir(tmp_path)  # Hydra's own run folder, if it gets that far, goes here
+    monkeypatch.setattr(sys, "argv", ["lgapsl-train", "data=digits", "logger=none",
+                                      "trainer.progress_bar=false", *FAST, *args])
+    with pytest.raises(SystemExit) as exited:
+        train.main()
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exited.value.code not in (0, None)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    assert expected.format(**files) in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert _snapshot(existing) + [existing.stat().st_mtime_ns] == before
+
+
+def test_slurm_task_count_mismatch(files, tmp_path, monkeypatch, capfd):
+    """Inside a 2-task srun step, ``trainer.devices=3`` stops before any rank starts."""
+    for var in [v for v in os.environ if v.startswith(("SLURM", "TORCHELASTIC"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "lgapsl")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lgapsl-train", "data=digits", "logger=none", *FAST,
+                                      "trainer.devices=3", f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exited:
+        train.main()
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2
+    assert lines == [lines[0]] and "trainer.devices=3 but this SLURM job runs 2 tasks" in lines[0]
+    shutil.rmtree(tmp_path / "outputs", ignore_errors=True)
