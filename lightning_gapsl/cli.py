@@ -36,10 +36,9 @@ def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
-
-    from hydra.core.global_hydra import GlobalHydra
 
     extra = [] if output_dir is None else [f"output_dir={output_dir}"]
     GlobalHydra.instance().clear()  # a Hydra app that ran before in this process leaves it set

@@ -76,7 +76,7 @@ class Heartbeat:
                 return
             try:
                 self.store.add(key, 1)
-            except Exception:  # store gone or timed out: the check will say so
+            except RuntimeError:  # store gone or timed out (DistError): the check says so
                 if self._stop.wait(PERIOD_S):
                     return
 
@@ -87,7 +87,7 @@ class Heartbeat:
         def read() -> None:
             try:
                 out.extend(self.store.add(key.format(rank=r), 0) for r in range(self.world_size))
-            except Exception:
+            except RuntimeError:  # DistError: the store is gone
                 out.clear()
 
         reader = threading.Thread(target=read, daemon=True)

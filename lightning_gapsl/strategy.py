@@ -86,7 +86,7 @@ class SplitStrategy(DDPStrategy):
         except RuntimeError as err:
             raise collective_fault("Lightning's broadcast", self.timeout_s) from err
 
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         try:
             return super().reduce_boolean_decision(decision, all)
         except RuntimeError as err:
