@@ -19,7 +19,7 @@ import pytest
 
 from lightning_gapsl.train import run
 from tests.conftest import load_summary
-from tests.wandb_reader import history, kinds
+from tests.wandb_reader import history, kinds, records
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +85,17 @@ def test_three_processes_preempted_and_resumed(compose_cfg):
     assert before[0].name == after[0].name  # run-<id>.wandb: the same W&B run continues
     assert "preempting" in kinds(before[0])  # the first part says why it stopped
     assert_every_key_every_epoch([*before, *after], 3)
+
+
+def test_three_processes_error_still_finishes_the_run(compose_cfg):
+    """A diverging run stops with an error on the server rank; its W&B run is finished
+    there with exit code 1, holding what was logged before."""
+    from torch.multiprocessing import ProcessRaisedException
+
+    cfg = compose_cfg(*FAST, "trainer.devices=3", "trainer.max_epochs=3", "optim.lr=1e12",
+                      name="diverged")
+    with pytest.raises(ProcessRaisedException, match="training loss became"):
+        run(cfg)
+    (path,) = run_files(Path(cfg.output_dir))
+    assert kinds(path)[-1] == "exit" and "run" in kinds(path)
+    assert records(path)[-1].exit.exit_code == 1
