@@ -64,8 +64,14 @@ def _wait_for_checkpoint(out: Path, procs: list[subprocess.Popen], timeout: floa
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("srun", [False, True], ids=["forked", "srun"])
-@pytest.mark.parametrize("stopped", [2, 0], ids=["client_rank", "server_rank"])
+# Three of the four (layout, role) pairs, to keep the suite short: the forked layout
+# with the server stopped differs from the srun one only in the launcher's kill, which
+# the forked client case checks (measured once: 10.4 s with timeout_s=4).
+@pytest.mark.parametrize(
+    "srun, stopped",
+    [(False, 2), (True, 2), (True, 0)],
+    ids=["forked-client_rank", "srun-client_rank", "srun-server_rank"],
+)
 def test_stopped_rank_is_named_and_everyone_leaves(tmp_path, srun, stopped):
     out = tmp_path / "run"
     procs, pids = _start(out, srun)
