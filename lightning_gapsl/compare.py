@@ -35,8 +35,8 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_gapsl.cli import config_dir
 from lightning_gapsl import tuning
+from lightning_gapsl.cli import config_dir
 from lightning_gapsl.tuning import GridError, Run
 
 METRICS = ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min", "train_loss_final",
