@@ -49,7 +49,7 @@ CASES = [
     (["trainer.threads=0"], "trainer.threads=0 must be >= 1 or null"),
     (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not valid; choose one of: cpu"),
     (["trainer.progress_bar=maybe"], "trainer.progress_bar='maybe' is not a valid bool"),
-    (["trainer.max_epochs=3", "trainer.eval_every=2"], "trainer.eval_every=2 must divide"),
+    (["data.val_fraction=0.7"], "data.val_fraction=0.7 must be in [0, 0.5)"),
     (["model.cut_layer=7"], "model.cut_layer"),
     (["seed=abc"], "seed='abc' is not a valid int"),
     (["logger=wandb", "logger.mode=sometimes"], "logger.mode='sometimes' is not valid"),
