@@ -109,11 +109,9 @@ def hydra_error_line(err: Exception, overrides: list[str] = ()) -> str:
     if match:
         key = match.group(1)
         section, _, name = key.partition(".")
-        if section == "algorithm" and name:
-            return f"unknown key {key}; valid keys under algorithm: " + ", ".join(
-                f.name for f in dataclasses.fields(_algorithm_config(overrides)))
-        if section in _SECTIONS and name:
-            fields = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+        if section in (*_SECTIONS, "algorithm") and name:
+            cls = _algorithm_config(overrides) if section == "algorithm" else _SECTIONS[section]
+            fields = [f.name for f in dataclasses.fields(cls)]
             valid = ", ".join(fields)
             if name in fields:  # a real key that the chosen group file does not set
                 return (f"{key} is not set by the chosen {section} config; add it with "

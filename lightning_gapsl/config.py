@@ -223,6 +223,7 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
             return str(value)
     except (TypeError, ValueError):
         kind = "finite number" if type_name.startswith("float") else type_name
+        kind = kind.replace(" | None", " or null")
         raise ConfigError(f"{key}={value!r} is not a valid {kind}") from None
     return value
 
