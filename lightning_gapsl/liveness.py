@@ -64,10 +64,15 @@ class Heartbeat:
 
     def leaving(self) -> None:
         """Tell the others this rank exits on purpose (best effort: the store may be gone)."""
-        reader = threading.Thread(target=self.store.add, args=(LEFT.format(rank=self.rank), 1),
-                                  daemon=True)
-        reader.start()
-        reader.join(STORE_DEADLINE_S / 4)
+        def say() -> None:
+            try:
+                self.store.add(LEFT.format(rank=self.rank), 1)
+            except RuntimeError:  # DistError: the store is gone, nobody is left to tell
+                pass
+
+        writer = threading.Thread(target=say, daemon=True)
+        writer.start()
+        writer.join(STORE_DEADLINE_S / 4)
 
     def _beat(self) -> None:
         key = KEY.format(rank=self.rank)
