@@ -20,6 +20,7 @@ ALGORITHMS = ("centralized", "psl", "gapsl", "sglr", "sfl_v1", "sfl_v2", "fedavg
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
+CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
 OPTIMIZERS = ("sgd", "adam")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
@@ -80,6 +81,10 @@ class ModelConfig:
     """Model: lenet | resnet18."""
     cut_layer: int = 1
     """Number of blocks held by each client (1 .. blocks-1)."""
+    client_exec: str = "auto"
+    """How a rank runs its K virtual clients: loop (one client after another, bitwise equal
+    to separate models) | vmap | grouped (one grouped kernel per layer for all K) | auto
+    (loop on CPU, measured fastest there; grouped on CUDA, not yet measured)."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("data", d.name, DATASETS)
     _choice("data.partition", d.partition, PARTITIONS)
     _choice("model", m.name, MODELS)
+    _choice("model.client_exec", m.client_exec, CLIENT_EXECS)
     _choice("optim", o.name, OPTIMIZERS)
     _choice("logger", cfg.logger.name, LOGGERS)
     _choice("trainer.accelerator", t.accelerator, ACCELERATORS)

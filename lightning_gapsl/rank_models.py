@@ -91,7 +91,7 @@ def build_rank_models(cfg: RunConfig, data: FederatedData, layout: Layout) -> Ra
     if hosted and algo == "sl":  # one travelling segment: a physical copy per rank
         m.clients = StackedSegments([build_client_segment(name, shape, classes, cut, seed, 0)])
     elif hosted:
-        m.clients = StackedSegments([build(c) for c in hosted])
+        m.clients = StackedSegments([build(c) for c in hosted], mode=cfg.model.client_exec)
     if hosted and algo in ("cse_fsl", "fsl_sage"):
         # CSE-FSL heads are averaged: one shared initialisation; FSL-SAGE estimators
         # are per client, and the server's copy starts equal to the client's.
