@@ -25,6 +25,14 @@ CASES = {
     "resnet18_cifar_cut2": ("resnet18", (3, 32, 32), 2),
 }
 
+# (case, K, B) per device: CPU sizes a 2-core machine times in seconds.
+EXEC_POINTS = {
+    "cpu": [("lenet_mnist_cut1", 20, 32), ("lenet_mnist_cut1", 100, 32),
+            ("resnet18_cifar_cut2", 4, 32)],
+    "cuda": [("lenet_mnist_cut1", 100, 32), ("lenet_mnist_cut1", 1000, 32),
+             ("resnet18_cifar_cut2", 100, 32)],
+}
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
