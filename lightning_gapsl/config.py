@@ -21,6 +21,7 @@ DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
 CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
+PRECISIONS = ("32-true", "bf16-mixed")
 OPTIMIZERS = ("sgd", "adam")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
@@ -170,6 +171,9 @@ class TrainerConfig:
     """Write <output_dir>/checkpoints/last.ckpt every this many epochs (0: only on SIGUSR1)."""
     eval_every: int = 1
     """Evaluate every this many epochs; must divide max_epochs; 0 = never (benchmarks)."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true | bf16-mixed (autocast forwards; weights, optimizer
+    state and the cut-layer traffic stay float32 where the layers return float32)."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("logger", cfg.logger.name, LOGGERS)
     _choice("trainer.accelerator", t.accelerator, ACCELERATORS)
     _choice("trainer.start_method", t.start_method, START_METHODS)
+    _choice("trainer.precision", t.precision, PRECISIONS)
     _choice("algorithm.reading", a.reading, READINGS)
     _choice("algorithm.align_mode", a.align_mode, ALIGN_MODES)
     _choice("algorithm.client_grad", a.client_grad, CLIENT_GRADS)

@@ -136,6 +136,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: list | None = None) -> L.Trai
         strategy=strategy,
         plugins=[AtomicCheckpointIO()] if t.devices == 1 else None,
         max_epochs=t.max_epochs,
+        precision=t.precision,
         logger=build_logger(cfg),
         callbacks=[
             SummaryCallback(cfg),
