@@ -6,7 +6,9 @@ Every point is the real train entry in a process of its own (``python -m
 lightning_gapsl.train``, one process, evaluation off), so its peak resident memory
 (``ru_maxrss``) is its own. MNIST, LeNet cut 1, IID, batch 32 per client; centralized
 trains the same model with batch N*32 (the samples of one PSL step). Time per sample is
-read from the last of 2 epochs (the first warms up). Memory: peak RSS per point, its
+read from the last of 2 epochs (the first warms up), both as wall time and as the
+process's CPU time (one thread per process, so CPU time is the work done: the stable
+figure on a machine shared with other jobs). Memory: peak RSS per point, its
 slope per client (a line through the smallest and largest N, checked against the
 middle point), and the persistent state per client computed from the model (weights,
 gradients, optimizer state).
@@ -15,13 +17,14 @@ gradients, optimizer state).
 from __future__ import annotations
 
 import json
-import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_gapsl.algorithms.gapsl import GapslConfig, gapsl_step
 
@@ -37,22 +40,49 @@ COMMON = ["data=mnist", "model=lenet", "data.partition=iid", "logger=none",
           "trainer.threads=1"]
 
 
-def run_point(overrides: list[str], workdir: str) -> dict:
-    """One training process: samples/s of its last epoch, peak RSS (MiB), wall seconds."""
-    out = tempfile.mkdtemp(dir=workdir)
-    cmd = [sys.executable, "-m", "lightning_gapsl.train", *COMMON, *overrides, f"output_dir={out}"]
+class EpochCpuTimer(Callback):
+    """CPU seconds of this process per training epoch (``time.process_time``).
+
+    With one thread per process the CPU time is the work done, so on a machine shared
+    with other jobs it stays stable while wall time swings with the load.
+    """
+
+    def __init__(self) -> None:
+        self.cpu_s: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.process_time()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.cpu_s.append(time.process_time() - self._start)
+
+
+def measure(overrides: list[str]) -> dict:
+    """Inside the point's process: train, return last-epoch samples/s (wall and CPU)."""
+    from lightning_gapsl.train import compose, run
+
+    out = tempfile.mkdtemp()
+    timer = EpochCpuTimer()
+    with open(run(compose(overrides, out), extra_callbacks=[timer])) as f:
+        last = json.load(f)["history"][-1]
+    return {"samples_per_s": last["samples_per_s"],
+            "cpu_samples_per_s": last["samples"] / timer.cpu_s[-1],
+            "epoch_wall_s": last["train_s"], "epoch_cpu_s": timer.cpu_s[-1],
+            "train_loss": last["train_loss"]}
+
+
+def run_point(overrides: list[str], workdir: str, common: list[str] = COMMON) -> dict:
+    """One training process: last-epoch samples/s (wall, CPU), peak RSS (MiB), wall s."""
+    cmd = [sys.executable, "-m", "lightning_gapsl.bench_scaling", *common, *overrides]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=workdir)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(overrides)} failed:\n{stderr[-2000:]}")
-    with open(os.path.join(out, "summary.json")) as f:
-        history = json.load(f)["history"]
-    return {"samples_per_s": history[-1]["samples_per_s"], "peak_rss_mib": usage.ru_maxrss / 1024,
-            "process_wall_s": wall}
+    return {**json.loads(stdout.strip().splitlines()[-1]), "process_wall_s": wall}
 
 
 def client_state_bytes(optimizer_slots: int = 1) -> int:
@@ -77,8 +107,9 @@ def scaling(clients: tuple[int, ...] = (10, 100, 1000), batch: int = 32) -> dict
             row = {"clients": n, "steps_per_epoch": steps, "centralized": central}
             for algo in ("psl", "gapsl"):
                 point = run_point([*base, f"algorithm={algo}", f"data.batch_size={batch}"], tmp)
-                point["time_per_sample_vs_centralized"] = round(
-                    central["samples_per_s"] / point["samples_per_s"], 3)
+                point["time_per_sample_vs_centralized"] = {
+                    "wall": round(central["samples_per_s"] / point["samples_per_s"], 3),
+                    "cpu": round(central["cpu_samples_per_s"] / point["cpu_samples_per_s"], 3)}
                 row[algo] = point
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -115,3 +146,16 @@ def cosine_cost(n: int, dim: int = 1568, repeats: int = 3) -> dict:
         times.append(time.perf_counter() - start)
     return {"clients": n, "dim": dim, "seconds": round(sorted(times[1:])[len(times[1:]) // 2], 4),
             "matrix_mib": round(n * n * 4 / 2**20, 1)}
+
+
+def main() -> None:
+    """One point in a process of its own: JSON with samples/s and peak RSS on stdout."""
+    point = measure(sys.argv[1:])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    point["peak_rss_mib"] = usage.ru_maxrss / 1024
+    point["process_cpu_s"] = usage.ru_utime + usage.ru_stime
+    print(json.dumps(point))
+
+
+if __name__ == "__main__":
+    main()

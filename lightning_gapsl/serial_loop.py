@@ -73,7 +73,7 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
     loss_weights = client_loss_weights(data.client_sizes)  # (N,) the reported mean's weights
     history = []
     for epoch in range(cfg.trainer.max_epochs):
-        start, losses = time.perf_counter(), []
+        start, cpu_start, losses = time.perf_counter(), time.process_time(), []
         for step in range(epoch * steps, (epoch + 1) * steps):
             x, y, _ = batches[step]  # (N, B, C, H, W), (N, B)
             step_losses = torch.empty(n)
@@ -92,11 +92,12 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
             if (step + 1) % round_steps == 0:
                 fedavg_(clients, data.client_sizes)
                 fedavg_(servers, data.client_sizes)
-        train_s = time.perf_counter() - start
+        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         acc = (evaluate(clients[0], servers[0], ds.test_x, ds.test_y, cfg.data.eval_batch_size)
                if evaluate_every_round else math.nan)
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                        "train_s": train_s, "round_s": time.perf_counter() - start,
+                        "train_s": train_s, "train_cpu_s": train_cpu_s,
+                        "round_s": time.perf_counter() - start,
                         "test_acc": acc})
     return {"num_clients": n, "steps_per_epoch": steps, "history": history}
 
@@ -114,46 +115,49 @@ def main() -> None:
 
 
 # The comparison: MNIST, LeNet cut 1, 20 clients (Dirichlet 0.3, the default), batch 32,
-# one round = one epoch, 2 rounds (the second timed). Each side is a fresh process.
+# one round = one epoch, 2 rounds (the second timed), one thread on both sides (CPU time
+# is then the work done; wall time on a shared machine swings with the load). Each side
+# is a fresh process.
 SERIAL_BENCH = ["data=mnist", "model=lenet", "data.num_clients=20", "data.batch_size=32",
-                "trainer.max_epochs=2"]
+                "trainer.max_epochs=2", "trainer.threads=1"]
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _loop_process(evaluation: bool) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "lightning_gapsl.serial_loop", *SERIAL_BENCH,
+           *(["--eval"] if evaluation else [])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - start, proc.stdout
+        raise RuntimeError(f"serial loop failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_serial(evaluation: bool = False) -> dict:
-    """Project (sfl_v1, one process) vs this loop: per round and whole process."""
+    """Project (sfl_v1, one process) vs this loop: per round (wall and CPU), whole process."""
+    from lightning_gapsl.bench_scaling import run_point
+
+    project_common = ["algorithm=sfl_v1", *SERIAL_BENCH, "trainer.devices=1", "logger=none",
+                      "trainer.progress_bar=false", "trainer.ckpt_every=0",
+                      f"trainer.eval_every={1 if evaluation else 0}"]
     with tempfile.TemporaryDirectory() as tmp:
-        project_cmd = [sys.executable, "-m", "lightning_gapsl.train", "algorithm=sfl_v1",
-                       *SERIAL_BENCH, "trainer.devices=1", "logger=none",
-                       "trainer.progress_bar=false", "trainer.ckpt_every=0",
-                       f"trainer.eval_every={1 if evaluation else 0}", f"output_dir={tmp}/p"]
-        project_wall, _ = _timed(project_cmd)
-        with open(f"{tmp}/p/summary.json") as f:
-            project = json.load(f)["history"]
-        loop_cmd = [sys.executable, "-m", "lightning_gapsl.serial_loop", *SERIAL_BENCH,
-                    *(["--eval"] if evaluation else [])]
-        loop_wall, out = _timed(loop_cmd)
-        loop = json.loads(out.strip().splitlines()[-1])["history"]
-    # The project's epoch time excludes evaluation; with it on, add the epoch's share.
-    project_round = project[-1]["train_s"]
-    if evaluation and len(project) > 1:
-        project_round = project[-1]["wall_s"] - project[-2]["wall_s"]
-    loop_round = loop[-1]["round_s"]
+        project = run_point([], tmp, common=project_common)
+    loop_wall, loop = _loop_process(evaluation)
+    last = loop["history"][-1]
+    # Training time of the last round (evaluation excluded on both sides; with
+    # evaluation on, the whole-process figures include it).
+    per_round = {"project": {"wall_s": project["epoch_wall_s"], "cpu_s": project["epoch_cpu_s"]},
+                 "serial_loop": {"wall_s": last["train_s"], "cpu_s": last["train_cpu_s"]}}
     return {
         "evaluation": evaluation,
-        "round_s": {"project": round(project_round, 2), "serial_loop": round(loop_round, 2)},
-        "process_s": {"project": round(project_wall, 2), "serial_loop": round(loop_wall, 2)},
-        "project_vs_loop": {"per_round": round(project_round / loop_round, 3),
-                            "whole_process": round(project_wall / loop_wall, 3)},
-        "train_loss_last_round": {"project": project[-1]["train_loss"],
-                                  "serial_loop": loop[-1]["train_loss"]},
+        "round": per_round,
+        "process_wall_s": {"project": round(project["process_wall_s"], 2),
+                           "serial_loop": round(loop_wall, 2)},
+        "project_vs_loop": {
+            "per_round_wall": round(project["epoch_wall_s"] / last["train_s"], 3),
+            "per_round_cpu": round(project["epoch_cpu_s"] / last["train_cpu_s"], 3),
+            "whole_process_wall": round(project["process_wall_s"] / loop_wall, 3)},
+        "train_loss_last_round": {"project": project["train_loss"],
+                                  "serial_loop": last["train_loss"]},
         "target_per_round": 1.0,
     }
 
