@@ -75,7 +75,8 @@ class StackedSegments(nn.Module):
             raise ValueError("StackedSegments needs at least one segment")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "grouped" and not grouped_supported(segments[0]):
+        self._grouped_ok = grouped_supported(segments[0])
+        if mode == "grouped" and not self._grouped_ok:
             raise ValueError("mode='grouped' has no translation for a layer of this segment; "
                              "use loop or vmap")
         self.mode = mode
@@ -126,7 +127,7 @@ class StackedSegments(nn.Module):
         """The execution mode on ``device``: ``mode`` itself unless it is ``"auto"``."""
         if self.mode != "auto":
             return self.mode
-        return resolve_mode(device, grouped_supported(self._template[0]))
+        return resolve_mode(device, self._grouped_ok)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (K, B, *in) -> (K, B, *out); client k's segment on ``x[k]``."""
