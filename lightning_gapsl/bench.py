@@ -3,6 +3,7 @@
     python -m lightning_gapsl.bench                    # CPU: MNIST, LeNet, 20 clients
     python -m lightning_gapsl.bench --preset scaling   # N = 10, 100, 1000 in-process (CPU)
     python -m lightning_gapsl.bench --preset serial    # SplitFed V1 vs a plain serial loop
+                                                       #   (--eval: evaluation every round)
     python -m lightning_gapsl.bench --preset exec      # loop / vmap / grouped client kernels
     python -m lightning_gapsl.bench --preset gpu       # GPU: synthetic 3x32x32, ResNet-18,
                                                        #      100 clients; fits the GPUs seen
@@ -123,6 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted([*PRESETS, *OTHER_PRESETS]), default="cpu")
     parser.add_argument("--epochs", type=int, default=2, help="epochs; the last one is timed")
+    parser.add_argument("--eval", action="store_true",
+                        help="serial preset: evaluate every round on both sides")
     args = parser.parse_args()
     if args.preset == "scaling":
         from lightning_gapsl.bench_scaling import scaling
@@ -131,7 +134,7 @@ def main() -> None:
     elif args.preset == "serial":
         from lightning_gapsl.serial_loop import bench_serial
 
-        result = bench_serial()
+        result = bench_serial(evaluation=args.eval)
     elif args.preset == "exec":
         from lightning_gapsl.bench_exec import EXEC_POINTS, bench_exec
 

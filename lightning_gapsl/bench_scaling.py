@@ -65,8 +65,11 @@ def measure(overrides: list[str]) -> dict:
     out = tempfile.mkdtemp()
     timer = EpochCpuTimer()
     with open(run(compose(overrides, out), extra_callbacks=[timer])) as f:
-        last = json.load(f)["history"][-1]
+        history = json.load(f)["history"]
+    last = history[-1]
     return {"samples_per_s": last["samples_per_s"],
+            # the whole last epoch, evaluation included (the timer spans it too)
+            "round_wall_s": last["wall_s"] - (history[-2]["wall_s"] if len(history) > 1 else 0),
             "cpu_samples_per_s": last["samples"] / timer.cpu_s[-1],
             "epoch_wall_s": last["train_s"], "epoch_cpu_s": timer.cpu_s[-1],
             "train_loss": last["train_loss"]}
