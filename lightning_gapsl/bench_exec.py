@@ -4,7 +4,9 @@
 
 One timed call = forward + backward of K stacked client segments on (K, B, *in)
 inputs, the client side of one PSL step; the median of ``repeats`` calls after
-``warmup`` untimed ones. CUDA calls are synchronised before the clock is read.
+``warmup`` untimed ones. On CPU the clock is this process's CPU time (run it with one
+thread: then it is the work done, stable on a shared machine); on CUDA, wall time
+after synchronising.
 """
 
 from __future__ import annotations
@@ -46,15 +48,16 @@ def time_mode(case: str, mode: str, k: int, batch: int, device: torch.device,
     segments = [build_client_segment(name, shape, 10, cut, 0, c) for c in range(k)]
     stacked = StackedSegments(segments, mode=mode).to(device)
     x = torch.randn(k, batch, *shape, device=device)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     times = []
     for i in range(warmup + repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = stacked(x)
         out.backward(torch.ones_like(out))
         _sync(device)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
         stacked.zero_grad(set_to_none=True)
     return statistics.median(times)
 
