@@ -18,11 +18,15 @@ from typing import Any
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
+CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
+PRECISIONS = ("32-true", "bf16-mixed")
 OPTIMIZERS = ("sgd", "adam")
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
 START_METHODS = ("fork", "spawn", "popen")
 CLIENT_INITS = ("shared", "independent")
+CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 class ConfigError(ValueError):
@@ -78,6 +82,10 @@ class ModelConfig:
     auxiliary model or decoder) starts as a copy, as deployed split learning and the
     reference codes do; independent: a seed per client (the pre-issue-8 PSL/GAPSL/SGLR
     behaviour, kept to study its effect)."""
+    client_exec: str = "auto"
+    """How a rank runs its K virtual clients: loop (one client after another, bitwise equal
+    to separate models) | vmap | grouped (one grouped kernel per layer for all K) | auto
+    (loop on CPU, measured fastest there; grouped on CUDA, not yet measured)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,9 @@ class TrainerConfig:
     eval_every: int = 1
     """Evaluate every this many epochs, and always after the last one; 0 = never
     (benchmarks)."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true | bf16-mixed (autocast forwards; weights, optimizer
+    state and the cut-layer traffic stay float32 where the layers return float32)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     choice("trainer.accelerator", t.accelerator, ACCELERATORS)
     choice("trainer.start_method", t.start_method, START_METHODS)
     choice("model.client_init", m.client_init, CLIENT_INITS)
+    choice("model.client_exec", m.client_exec, CLIENT_EXECS)
+    choice("trainer.precision", t.precision, PRECISIONS)
     check(d.num_clients >= 1, f"data.num_clients={d.num_clients} must be >= 1")
     check(d.alpha > 0 and math.isfinite(d.alpha), f"data.alpha={d.alpha} must be > 0")
     check(d.shards_per_client >= 1, f"data.shards_per_client={d.shards_per_client} must be >= 1")

@@ -37,7 +37,13 @@ from lightning_gapsl.checkpoint import (
 )
 from lightning_gapsl.cli import check_command_line, config_dir
 from lightning_gapsl.cli import compose as _compose
-from lightning_gapsl.cluster import check_slurm_tasks, is_slurm_launched
+from lightning_gapsl.cluster import (
+    check_gpu_processes,
+    check_slurm_tasks,
+    check_torchrun_world,
+    is_externally_launched,
+    lightning_process_grid,
+)
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
 from lightning_gapsl.federated import FederatedData, build_federated_data
@@ -96,9 +102,21 @@ def _check_output_dir(path: str) -> None:
         raise ConfigError(f"output_dir={path!r} is not writable: {err.strerror}") from None
 
 
+def _cuda_device_count() -> int:
+    """GPUs visible here, counted as Lightning counts them before it forks ranks (NVML,
+    no CUDA context: a context in the parent would break forked GPU ranks)."""
+    from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+    return num_cuda_devices()
+
+
 def preflight(cfg: RunConfig) -> FederatedData:
     """Everything that can fail on bad input, done once in the launching process."""
-    check_slurm_tasks(cfg.trainer.devices, os.environ)
+    t = cfg.trainer
+    check_slurm_tasks(t.devices, os.environ)
+    check_torchrun_world(t.devices, os.environ)
+    check_gpu_processes(t.accelerator, t.devices, os.environ, _cuda_device_count())
+    lightning_process_grid(t.devices, t.accelerator, os.environ)  # raises if inexpressible
     _check_output_dir(cfg.output_dir)
     data = build_federated_data(cfg)
     blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
@@ -139,18 +157,21 @@ def build_trainer(
     cfg: RunConfig, extra_callbacks: list | None = None, wandb_id: str | None = None
 ) -> L.Trainer:
     t = cfg.trainer
-    # Under SLURM every rank is an srun task already: "popen" makes Lightning attach to
-    # it instead of forking `devices` more processes from each task.
-    start_method = "popen" if is_slurm_launched(os.environ) else t.start_method
+    # Under SLURM or torchrun every rank is a process already: "popen" makes Lightning
+    # attach to it instead of forking `devices` more processes from each one.
+    start_method = "popen" if is_externally_launched(os.environ) else t.start_method
+    per_node, num_nodes = lightning_process_grid(t.devices, t.accelerator, os.environ)
     strategy = (
         SplitStrategy(timeout_s=t.timeout_s, start_method=start_method) if t.devices > 1 else "auto"
     )
     return L.Trainer(
         accelerator=t.accelerator,
-        devices=t.devices,
+        devices=per_node,
+        num_nodes=num_nodes,
         strategy=strategy,
         plugins=[AtomicCheckpointIO()] if t.devices == 1 else None,
         max_epochs=t.max_epochs,
+        precision=t.precision,
         logger=build_logger(cfg, wandb_id),
         callbacks=[
             SummaryCallback(cfg),

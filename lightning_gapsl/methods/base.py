@@ -184,7 +184,7 @@ def split_state(cfg: RunConfig, data: FederatedData, layout: Layout) -> RankStat
     if layout.hosted:
         clients = StackedSegments([
             build_client_segment(name, shape, classes, cut, cfg.seed, init_id(cfg, c))
-            for c in layout.hosted])
+            for c in layout.hosted], mode=cfg.model.client_exec)
     server = build_server_segment(name, shape, classes, cut, cfg.seed)
     return RankState(cfg, data, layout, clients, server, server)
 

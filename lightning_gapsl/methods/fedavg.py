@@ -34,7 +34,8 @@ def full_model_state(cfg, data, layout) -> RankState:
     args = model_args(cfg, data)
     clients = None
     if layout.hosted:
-        clients = StackedSegments([build_full_model(*args, cfg.seed) for _ in layout.hosted])
+        clients = StackedSegments([build_full_model(*args, cfg.seed) for _ in layout.hosted],
+                                  mode=cfg.model.client_exec)
     state = RankState(cfg, data, layout, clients, None, nn.Identity())
     state.extras["client_shapes"] = shapes_of(build_full_model(*args, cfg.seed))
     return state

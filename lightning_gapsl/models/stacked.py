@@ -6,20 +6,30 @@ exactly K independent per-client optimizers for elementwise update rules (SGD wi
 momentum / weight decay, Adam, AdamW). Optimizers that couple elements across a tensor
 (LARS/LAMB trust ratios, whole-tensor gradient clipping) would mix clients: don't.
 
-Two ways to run the K segments (measured on a 2-core CPU, torch 2.13, forward+backward,
-lenet cut 1 on MNIST, B=32):
+Three ways to run the K segments (``mode``; ``"auto"`` picks per device, see
+`resolve_mode`). Measured on a 2-core CPU shared with other jobs, torch 2.13, one
+thread, forward+backward of lenet cut 1 on MNIST, B=32 (``bench --preset exec``):
 
-- ``"loop"`` (default): a Python loop over clients on slices of the stacked parameters.
-  K=20: 63 ms (1 thread) / 40 ms (2 threads), the same as one unsplit segment on K*B
-  samples (68 / 49 ms), i.e. the per-client overhead is negligible at these sizes.
-  Client k's output and gradients are bitwise equal to its unstacked segment, so they
-  cannot depend on how clients are grouped per process.
-- ``"vmap"``: one ``torch.vmap`` over ``functional_call``. K=20: 169 / 131 ms. Slower
-  because vmap's grouped conv returns a (B, K*C, H, W) layout, so the vmapped GroupNorm
-  after it works on strided memory (profile: ~45% of the time in one aten::mul). It
-  only wins when per-client work is tiny (8x8 digits, B=8: 3.6 ms vs 4.9 ms). Results
-  agree with the loop to float32 rounding only (not bitwise), and for ResNet they also
-  change bitwise with K.
+- ``"loop"``: a Python loop over clients on slices of the stacked parameters.
+  K=20: 74 ms, K=100: 383 ms (earlier, idle machine: K=20 63 ms, the same as one
+  unsplit segment on K*B samples, i.e. the per-client overhead is negligible at these
+  sizes). Client k's output and gradients are bitwise equal to its unstacked segment,
+  so they cannot depend on how clients are grouped per process. Fastest on CPU.
+- ``"grouped"`` (`models.grouped`): one grouped convolution / GroupNorm / batched
+  matmul per layer for all K clients, in a (B, K*C, H, W) layout that keeps every
+  client's GroupNorm groups contiguous. K=20: 85 ms, K=100: 695 ms on CPU (the CPU
+  grouped-conv backward is slower than K dense ones). Meant for CUDA, where it replaces
+  K small kernel launches per layer by one; its GPU speed is not measured yet.
+- ``"vmap"``: one ``torch.vmap`` over ``functional_call``. K=20: 111 ms, K=100:
+  1037 ms. Slower because vmap's grouped conv returns a (B, K*C, H, W) layout that the
+  vmapped GroupNorm then reads as strided memory (profile: ~45% of the time in one
+  aten::mul). It only wins when per-client work is tiny (8x8 digits, B=8).
+
+``grouped`` and ``vmap`` agree with the loop to float32 rounding only (not bitwise), and
+for ResNet they also change bitwise with K. Known CPU defect (torch 2.13, oneDNN on):
+for a ResNet stem + stage 1 with K=3 both give the last client weight gradients ~1% off
+(tests/unit/test_client_exec.py pins it as a strict xfail); with oneDNN off they agree.
+``auto`` never picks them on CPU.
 """
 
 from __future__ import annotations
@@ -29,6 +39,15 @@ import copy
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from lightning_gapsl.models.grouped import (
+    from_grouped,
+    grouped_forward,
+    grouped_supported,
+    to_grouped,
+)
+
+MODES = ("auto", "loop", "vmap", "grouped")
 
 # Registered attribute names may not contain "."; the constructor checks that escaping
 # is collision-free and keeps the original names for the mapping back.
@@ -44,17 +63,22 @@ class StackedSegments(nn.Module):
     """K client segments of the same architecture; parameters stored stacked, (K, *shape).
 
     ``forward`` takes ``(K, B, *in)`` and returns ``(K, B, *out)``: client ``k``'s segment
-    applied to its own mini-batch ``x[k]``. ``mode`` is ``"loop"`` (default: fastest at
-    realistic sizes and bitwise equal to unstacked segments) or ``"vmap"`` (see module
-    docstring). The segments' weights are copied; the segments themselves are not kept.
+    applied to its own mini-batch ``x[k]``. ``mode`` is ``"loop"`` (default: fastest on
+    CPU at realistic sizes and bitwise equal to unstacked segments), ``"vmap"``,
+    ``"grouped"`` (see module docstring) or ``"auto"`` (`resolve_mode` per device).
+    The segments' weights are copied; the segments themselves are not kept.
     """
 
     def __init__(self, segments: list[nn.Module], mode: str = "loop") -> None:
         super().__init__()
         if not segments:
             raise ValueError("StackedSegments needs at least one segment")
-        if mode not in ("vmap", "loop"):
-            raise ValueError(f"mode must be 'vmap' or 'loop', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self._grouped_ok = grouped_supported(segments[0])
+        if mode == "grouped" and not self._grouped_ok:
+            raise ValueError("mode='grouped' has no translation for a layer of this segment; "
+                             "use loop or vmap")
         self.mode = mode
         self.num_segments = len(segments)
 
@@ -99,13 +123,24 @@ class StackedSegments(nn.Module):
         """Run the template with one client's tensors on its mini-batch ``x`` (B, *in)."""
         return functional_call(self._template[0], params_and_buffers, (x,))
 
+    def resolved_mode(self, device: torch.device) -> str:
+        """The execution mode on ``device``: ``mode`` itself unless it is ``"auto"``."""
+        if self.mode != "auto":
+            return self.mode
+        return resolve_mode(device, self._grouped_ok)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (K, B, *in) -> (K, B, *out); client k's segment on ``x[k]``."""
         if x.shape[0] != self.num_segments:
             raise ValueError(f"expected leading dim {self.num_segments}, got {tuple(x.shape)}")
         tensors = {**self.stacked_params(), **self._stacked_buffers()}
-        if self.mode == "vmap":
+        mode = self.resolved_mode(x.device)
+        if mode == "vmap":
             return torch.vmap(self._call_one)(tensors, x)
+        if mode == "grouped":
+            k = self.num_segments
+            grouped_in = to_grouped(x) if x.dim() == 5 else x  # (B, K*C, H, W) or (K, B, F)
+            return from_grouped(grouped_forward(self._template[0], tensors, grouped_in, k), k)
         # unbind once per tensor: its backward is a single stack, not K index-scatters.
         per_client = {n: t.unbind(0) for n, t in tensors.items()}
         outs = [
@@ -232,3 +267,17 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
                 if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k:
                     old = state.get(name)
                     v.index_copy_(0, idle_p, old if old is not None else torch.zeros_like(v[idle_p]))
+
+
+
+def resolve_mode(device: torch.device, grouped_ok: bool) -> str:
+    """What ``mode="auto"`` runs on ``device``.
+
+    CPU: the loop, measured fastest there (module docstring, BENCHMARKS.md). CUDA: the
+    grouped kernels when every layer has a translation, else vmap; one launch per layer
+    for all K clients instead of K small launches. The CUDA choice is not measured yet
+    (no GPU was available to this work); ``bench --preset gpu`` times all three modes.
+    """
+    if device.type != "cuda":
+        return "loop"
+    return "grouped" if grouped_ok else "vmap"
