@@ -31,8 +31,8 @@ from lightning_gapsl.algorithms.psl import client_loss_weights
 from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.sampling import ClientBatches
 from lightning_gapsl.federated import build_federated_data
-from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.methods.base import make_optimizer
+from lightning_gapsl.models.split import build_client_segment, build_server_segment
 
 
 @torch.no_grad()

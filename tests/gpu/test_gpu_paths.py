@@ -14,7 +14,9 @@ import sys
 import pytest
 import torch
 
-from lightning_gapsl.config import ALGORITHMS
+from lightning_gapsl.methods import method_names
+
+ALGORITHMS = method_names()
 from lightning_gapsl.train import run
 from tests.conftest import DIGITS, load_summary
 

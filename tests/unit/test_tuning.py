@@ -262,12 +262,14 @@ def load_experiment(hydra_compose, name: str) -> dict:
 
 
 def test_every_setting_tunes_every_registered_method_with_equal_grids(hydra_compose):
-    from lightning_gapsl.config import ALGORITHMS
+    from lightning_gapsl.methods import method_names
+
+    registered = method_names()
 
     grids = [load_experiment(hydra_compose, name)["grid"] for name in SETTINGS]
     for grid in grids:
         assert tuning.check_grid(grid) == 6
-        assert set(ALGORITHMS) <= set(grid) and "epsl" in grid
+        assert set(registered) <= set(grid) and "epsl" in grid
         assert grid == grids[0]  # one grid, in tune_common.yaml
 
 
@@ -279,14 +281,17 @@ def test_every_grid_point_is_a_valid_run_config(hydra_compose):
     import yaml
     from omegaconf import OmegaConf
 
-    from lightning_gapsl.config import ALGORITHMS, build_config
+    from lightning_gapsl.config import build_config
+    from lightning_gapsl.methods import method_names
+
+    registered = method_names()
 
     exp = load_experiment(hydra_compose, "tune_mnist20_dir01")
     base = [*exp["common"], *exp["setting"], f"trainer.max_epochs={exp['epochs']}",
             "output_dir=unused"]
     composed = {}
     for method, points in exp["grid"].items():
-        if method not in ALGORITHMS:
+        if method not in registered:
             continue
         for overrides in points.values():
             groups = tuple(o for o in overrides if "." not in o.split("=")[0])
