@@ -93,7 +93,9 @@ class SplitLearningModule(L.LightningModule):
         c = self.cfg
         return {"algorithm": repr(c.algorithm),
                 "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
-                "model": repr(c.model), "optim": repr(c.optim), "seed": str(c.seed),
+                # How clients execute (loop/grouped) does not change what they compute.
+                "model": repr(dataclasses.replace(c.model, client_exec="")),
+                "optim": repr(c.optim), "seed": str(c.seed),
                 "trainer.devices": str(c.trainer.devices)}
 
     def _fingerprint(self) -> int:

@@ -2,12 +2,14 @@
 
     python scripts/before_after.py results/baselines_dir01 results/fidelity_dir01
 
-Reads each folder's results.csv (written by `python -m lightning_gapsl.compare`).
+Reads the "before" folder's results.csv and the "after" folder's run summaries
+(`<variant>/seed<k>/summary.json`, so runs of an unfinished comparison count too).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -21,6 +23,13 @@ def load(folder: str) -> dict[str, list[dict]]:
     return rows
 
 
+def load_summaries(folder: str) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(Path(folder).glob("*/seed*/summary.json")):
+        rows.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+    return rows
+
+
 def cell(runs: list[dict], key: str) -> str:
     values = [100 * float(r[key]) for r in runs if r.get(key) not in (None, "", "None")]
     if not values:
@@ -30,7 +39,7 @@ def cell(runs: list[dict], key: str) -> str:
 
 
 def main(before: str, after: str) -> None:
-    old, new = load(before), load(after)
+    old, new = load(before), load_summaries(after)
     print("| method | test mean before | test mean after | worst client before | "
           "worst client after | val mean after | MB up+down after |")
     print("|---|---|---|---|---|---|---|")
