@@ -67,3 +67,12 @@ def epoch_record(inp: EpochInputs, previous: dict | None) -> dict:
         else:
             record[key] = sum(values) / len(values)
     return record
+
+
+def non_finite_message(loss: float, client_losses: torch.Tensor | None, step: int) -> str:
+    """Name the clients whose loss went non-finite (the server sees every client's loss)."""
+    if client_losses is None:
+        return f"training loss became {loss} at step {step} (centralized model)"
+    bad = [c for c, v in enumerate(client_losses.tolist()) if not math.isfinite(v)]
+    return (f"training loss became {loss} at step {step}: client {bad[0] if bad else None} "
+            f"first (non-finite clients: {bad}); lower optim.lr or check the data")

@@ -29,26 +29,10 @@ from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
-from lightning_gapsl.latency import (
-    client_speeds,
-    forward_flops,
-    parallel_step_latency,
-    sequential_step_latency,
-)
 from lightning_gapsl.methods import get_method
-from lightning_gapsl.methods.base import make_optimizers, model_args
-from lightning_gapsl.metrics import EpochInputs, epoch_record
-from lightning_gapsl.models.split import build_client_segment, build_server_segment
+from lightning_gapsl.methods.base import make_optimizers, step_latency_model
+from lightning_gapsl.metrics import EpochInputs, epoch_record, non_finite_message
 from lightning_gapsl.transport import make_transport
-
-
-def _non_finite_message(loss: float, client_losses: torch.Tensor | None, step: int) -> str:
-    """Name the clients whose loss went non-finite (the server sees every client's loss)."""
-    if client_losses is None:
-        return f"training loss became {loss} at step {step} (centralized model)"
-    bad = [c for c, v in enumerate(client_losses.tolist()) if not math.isfinite(v)]
-    return (f"training loss became {loss} at step {step}: client {bad[0] if bad else None} "
-            f"first (non-finite clients: {bad}); lower optim.lr or check the data")
 
 
 class SplitLearningModule(L.LightningModule):
@@ -80,13 +64,7 @@ class SplitLearningModule(L.LightningModule):
         self.state = self.method.build(self.cfg, self.data, self.transport.layout)
         # Registered, so Lightning moves them to the device and checkpoints them.
         self.models = nn.ModuleDict(self.state.modules())
-        name, shape, classes, cut = model_args(self.cfg, self.data)
-        client = build_client_segment(name, shape, classes, cut, self.cfg.seed, 0)
-        server = build_server_segment(name, shape, classes, cut, self.cfg.seed)
-        cut_shape = client(torch.zeros(1, *shape)).shape[1:]
-        self._cost = self.method.cost(self.state, forward_flops(client, shape),
-                                      forward_flops(server, cut_shape))
-        self._speeds = client_speeds(self.cfg.latency, self.data.num_clients, self.cfg.seed)
+        self._step_latency = step_latency_model(self.method, self.state)
 
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
@@ -167,15 +145,9 @@ class SplitLearningModule(L.LightningModule):
         self._train_loader.next_step = step + 1
         if out.loss is not None:
             if not math.isfinite(out.loss):
-                raise FloatingPointError(_non_finite_message(out.loss, out.client_losses, step))
+                raise FloatingPointError(non_finite_message(out.loss, out.client_losses, step))
             self._epoch_losses.append(out.loss)
             self.log("train_loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
-
-    def _step_latency(self, up: int, down: int) -> float:
-        n, cost = self.data.num_clients, self._cost
-        step_latency = sequential_step_latency if cost.sequential else parallel_step_latency
-        return step_latency(self.cfg.latency, self._speeds, cost.client, cost.server,
-                            up / n, down / n)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()

@@ -269,3 +269,28 @@ def with_defaults(method: Method) -> Method:
 
     return dataclasses.replace(method, before_eval=method.before_eval or broadcast_server,
                                cost=method.cost or parallel_cost)
+
+
+def step_latency_model(method: Method, state: RankState) -> Callable[[int, int], float]:
+    """(bytes up, bytes down) of a step -> its simulated seconds (`lightning_gapsl.latency`),
+    from the method's cost model on FLOPs counted once from the model."""
+    from lightning_gapsl.latency import (
+        client_speeds,
+        forward_flops,
+        parallel_step_latency,
+        sequential_step_latency,
+    )
+
+    cfg, n = state.cfg, state.data.num_clients
+    name, shape, classes, cut = model_args(cfg, state.data)
+    client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
+    server = build_server_segment(name, shape, classes, cut, cfg.seed)
+    cut_shape = client(torch.zeros(1, *shape)).shape[1:]
+    cost = method.cost(state, forward_flops(client, shape), forward_flops(server, cut_shape))
+    speeds = client_speeds(cfg.latency, n, cfg.seed)
+    latency = sequential_step_latency if cost.sequential else parallel_step_latency
+
+    def step_latency(up: int, down: int) -> float:
+        return latency(cfg.latency, speeds, cost.client, cost.server, up / n, down / n)
+
+    return step_latency
