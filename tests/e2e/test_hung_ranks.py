@@ -58,7 +58,9 @@ def _start(out: Path, srun: bool) -> tuple[list[subprocess.Popen], list[int]]:
 
 def _wait_for_checkpoint(out: Path, procs: list[subprocess.Popen], timeout: float = 120) -> None:
     deadline = time.time() + timeout
-    while not (out / "checkpoints" / "last.ckpt.rank2").exists():
+    # Every rank's file: stopping rank 0 before its first rename would leave no last.ckpt.
+    names = ("last.ckpt", "last.ckpt.rank1", "last.ckpt.rank2")
+    while not all((out / "checkpoints" / name).exists() for name in names):
         assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
         assert time.time() < deadline, "no checkpoint"
         time.sleep(0.1)
