@@ -59,8 +59,13 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, join: bool = False) -> None:
+        """Stop beating; ``join``: also wait for the thread, so no store call is in flight
+        when the process exits (a C++ store call interrupted by interpreter shutdown
+        aborts the process: "terminate called without an active exception")."""
         self._stop.set()
+        if join and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(STORE_DEADLINE_S)
 
     def leaving(self) -> None:
         """Tell the others this rank exits on purpose (best effort: the store may be gone)."""

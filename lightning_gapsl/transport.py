@@ -395,6 +395,7 @@ class DistTransport:
             raise _fault(watch, None, what, self.timeout) from err
 
     def close(self) -> None:
+        stop_heartbeat()
         if dist.is_initialized():
             dist.destroy_process_group(self.group)
 
@@ -413,6 +414,14 @@ def heartbeat() -> Heartbeat | None:
         beat = Heartbeat(store, dist.get_rank(), dist.get_world_size(), dist.is_initialized)
         _HEARTBEAT = (os.getpid(), beat.start())
     return _HEARTBEAT[1]
+
+
+def stop_heartbeat() -> None:
+    """Stop this process's heartbeat and wait for its thread (before the process exits)."""
+    global _HEARTBEAT
+    if _HEARTBEAT is not None and _HEARTBEAT[0] == os.getpid():
+        _HEARTBEAT[1].stop(join=True)
+        _HEARTBEAT = None
 
 
 def _store_host() -> int | None:
