@@ -299,13 +299,12 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _method_config_class(name: Any) -> type:
     """The config dataclass of method ``name`` (the registry is the one list of names)."""
-    from lightning_gapsl.methods import get_method
+    from lightning_gapsl.methods import get_method, method_names
 
-    try:
-        return get_method(str(name)).config
-    except KeyError as err:
-        raise ConfigError(f"algorithm={name!r} is not valid; {err.args[0].split('; ')[1]}"
-                          ) from None
+    if str(name) not in method_names():
+        raise ConfigError(f"algorithm={name!r} is not valid; choose one of: "
+                          f"{', '.join(method_names())}")
+    return get_method(str(name)).config
 
 
 def _method_config(name: str) -> Any:

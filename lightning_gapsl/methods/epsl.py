@@ -24,7 +24,13 @@ import torch
 
 from lightning_gapsl.config import check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
-from lightning_gapsl.methods.base import Method, StepCost, parallel_cost, split_state
+from lightning_gapsl.methods.base import (
+    Method,
+    StepCost,
+    cut_shape,
+    parallel_cost,
+    split_state,
+)
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, scatter_down, split_exchange
 
@@ -70,8 +76,6 @@ def _downlink(state, transport, step, cut_grads):
 
 
 def build(cfg, data, layout):
-    from lightning_gapsl.methods.base import cut_shape
-
     state = split_state(cfg, data, layout)
     state.extras["cut_shape"] = cut_shape(cfg, data)
     return state

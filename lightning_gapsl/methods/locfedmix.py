@@ -59,15 +59,16 @@ class LocFedMixConfig(SplitConfig, RoundConfig):
 
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
+    act, image = cut_shape(cfg, data), data.dataset.input_shape
+
+    def decoder(client_id: int) -> nn.Module:
+        return seeded(lambda: decoder_for(act, image), cfg.seed, "decoder",
+                      init_id(cfg, client_id))
+
     if layout.hosted:
-        act = cut_shape(cfg, data)
-        state.client_extras["decoders"] = StackedSegments([
-            seeded(lambda: decoder_for(act, data.dataset.input_shape), cfg.seed, "decoder", init_id(cfg, c))
-            for c in layout.hosted])
+        state.client_extras["decoders"] = StackedSegments([decoder(c) for c in layout.hosted])
     state.extras["client_shapes"] = segment_shapes(cfg, data)
-    state.extras["decoder_shapes"] = shapes_of(seeded(
-        lambda: decoder_for(cut_shape(cfg, data), data.dataset.input_shape), cfg.seed,
-        "decoder", 0))
+    state.extras["decoder_shapes"] = shapes_of(decoder(0))
     return state
 
 

@@ -24,14 +24,14 @@ from lightning_gapsl.config import check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import (
     Method,
+    RankState,
     StepCost,
     StepOutput,
     broadcast_server,
     model_args,
-    split_state,
 )
 from lightning_gapsl.models.flat import flatten, load_flat_
-from lightning_gapsl.models.split import build_client_segment
+from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments
 
 
@@ -46,12 +46,13 @@ class SlConfig:
 
 
 def build(cfg, data, layout):
-    state = split_state(cfg, data, layout)
-    if layout.hosted:  # one travelling segment: a physical copy per rank
-        state.clients = StackedSegments([build_client_segment(*model_args(cfg, data),
-                                                              cfg.seed, 0)])
-    state.extras["segment_numel"] = sum(
-        p.numel() for p in build_client_segment(*model_args(cfg, data), cfg.seed, 0).parameters())
+    args = model_args(cfg, data)
+    segment = build_client_segment(*args, cfg.seed, 0)  # the travelling segment's start
+    server = build_server_segment(*args, cfg.seed)
+    # One physical copy per client rank, current whenever one of its clients has the turn.
+    clients = StackedSegments([segment]) if layout.hosted else None
+    state = RankState(cfg, data, layout, clients, server, server)
+    state.extras["segment_numel"] = sum(p.numel() for p in segment.parameters())
     return state
 
 
