@@ -141,7 +141,8 @@ class SplitLearningModule(L.LightningModule):
             self._epoch_diag.setdefault(key, []).append(value)
         if self.method.after_step is not None:
             self.method.after_step(self.state, self.transport, step)
-        self.sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0)
+        self.sim_latency += self._step_latency(counter.bytes_up - up0, counter.bytes_down - down0,
+                                               self.state.active)
         self._train_loader.next_step = step + 1
         if out.loss is not None:
             if not math.isfinite(out.loss):

@@ -272,7 +272,7 @@ def with_defaults(method: Method) -> Method:
 
 
 def step_latency_model(method: Method, state: RankState) -> Callable[[int, int], float]:
-    """(bytes up, bytes down) of a step -> its simulated seconds (`lightning_gapsl.latency`),
+    """(bytes up, bytes down[, active clients]) of a step -> its simulated seconds (`lightning_gapsl.latency`),
     from the method's cost model on FLOPs counted once from the model."""
     from lightning_gapsl.latency import (
         client_speeds,
@@ -290,7 +290,13 @@ def step_latency_model(method: Method, state: RankState) -> Callable[[int, int],
     speeds = client_speeds(cfg.latency, n, cfg.seed)
     latency = sequential_step_latency if cost.sequential else parallel_step_latency
 
-    def step_latency(up: int, down: int) -> float:
-        return latency(cfg.latency, speeds, cost.client, cost.server, up / n, down / n)
+    def step_latency(up: int, down: int, active: torch.Tensor | None = None) -> float:
+        """``active`` (N,) bool: the clients that took part (local-pass rounds, turns);
+        idle clients neither compute nor send, and the server serves only the active
+        ones (the parallel cost counts the server's work for all N clients)."""
+        part = speeds if active is None else speeds[active.cpu()]  # (k,)
+        k = part.numel()
+        server = cost.server if cost.sequential else cost.server * k / n
+        return latency(cfg.latency, part, cost.client, server, up / k, down / k)
 
     return step_latency

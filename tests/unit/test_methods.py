@@ -241,3 +241,35 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
         moved += torch.tensor([any(not torch.equal(p0[k], p1[k]) for p0, p1 in
                                    zip(before, after)) for k in range(N)])
     assert torch.equal(moved, expected), (moved, expected, sizes)
+
+
+
+def test_step_latency_counts_only_the_active_clients(compose_cfg):
+    """An idle client (local-pass rounds, turns) neither computes nor sends: a step where
+    one client works is the parallel model on that client alone, its bytes all its own,
+    with the server serving one client's batch."""
+    from lightning_gapsl.latency import client_speeds, forward_flops, parallel_step_latency
+    from lightning_gapsl.methods.base import model_args, step_latency_model, with_defaults
+    from lightning_gapsl.models.split import build_client_segment, build_server_segment
+
+    method, state = _state(compose_cfg, "algorithm=psl", "latency.client_hetero=1.0")
+    method = with_defaults(method)
+    latency = step_latency_model(method, state)
+    cfg = state.cfg
+    name, shape, classes, cut = model_args(cfg, state.data)
+    client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
+    server = build_server_segment(name, shape, classes, cut, cfg.seed)
+    cost = method.cost(state, forward_flops(client, shape),
+                       forward_flops(server, client(torch.zeros(1, *shape)).shape[1:]))
+    speeds = client_speeds(cfg.latency, N, cfg.seed)  # (N,)
+    slowest = int(speeds.argmin())
+    one = torch.zeros(N, dtype=torch.bool)
+    one[slowest] = True
+    assert latency(3000, 300, torch.ones(N, dtype=torch.bool)) == latency(3000, 300)
+    expected = parallel_step_latency(cfg.latency, speeds[[slowest]], cost.client,
+                                     cost.server / N, 1000, 100)
+    assert latency(1000, 100, one) == pytest.approx(expected, rel=1e-12)
+    # Everyone active with the same per-client bytes: the same slowest client, N batches
+    # on the server.
+    assert latency(3000, 300) == pytest.approx(expected + (N - 1) * cost.server / N
+                                               / cfg.latency.server_flops, rel=1e-9)
