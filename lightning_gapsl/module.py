@@ -91,7 +91,7 @@ class SplitLearningModule(L.LightningModule):
         indices = {c: self.data.client_indices[c] for c in hosted}
         batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
                                 self.cfg.seed, self.state.total_steps,
-                                round_len=self.state.round_len)
+                                round_len=self.state.round_len, turns=self.state.turns)
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
@@ -132,7 +132,9 @@ class SplitLearningModule(L.LightningModule):
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step, counter = int(step), self.transport.counter
         up0, down0 = counter.bytes_up, counter.bytes_down
-        if self.state.round_len is not None:  # local-pass rounds: who steps this step
+        if self.state.turns is not None:  # whole-epoch turns: whose turn it is
+            self.state.active = self.state.turns.active(step).to(self.device)
+        elif self.state.round_len is not None:  # local-pass rounds: who steps this step
             self.state.active = active_clients(step % self.state.round_len,
                                                self.data.client_sizes, self.data.batch_size
                                                ).to(self.device)

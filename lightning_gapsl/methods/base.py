@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.algorithms.stacked_adam import StackedAdam
 from lightning_gapsl.config import OptimConfig, RunConfig
+from lightning_gapsl.data.rounds import Turns
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.layout import Layout
@@ -55,6 +57,7 @@ class RankState:
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
     loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
     active: torch.Tensor | None = None  # (N,) bool: clients taking part in this step
+    turns: Turns | None = None  # whole-epoch turns (SL, SplitFed V2); None: no turns
 
     @property
     def seed(self) -> int:
@@ -67,7 +70,7 @@ class RankState:
     @property
     def round_len(self) -> int | None:
         """Local-pass rounds: steps per round (= per epoch); None: lockstep rounds."""
-        if getattr(self.cfg.algorithm, "rounds", None) == "local_pass":
+        if self.turns is None and getattr(self.cfg.algorithm, "rounds", None) == "local_pass":
             return self.data.steps_per_epoch
         return None
 
@@ -215,9 +218,13 @@ def client_step(state: RankState) -> None:
         masked_step_(state.client_opt, active.cpu())
 
 
-def make_optimizer(params, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """One optimizer per party; elementwise rules, so a stacked one is K independent ones."""
+def make_optimizer(params, cfg: OptimConfig, lr: float | None = None,
+                   stacked: bool = False) -> torch.optim.Optimizer:
+    """One optimizer per party; elementwise rules, so a stacked one is K independent ones
+    (``stacked``: parameters (K, ...); Adam then keeps a step count per client)."""
     params, lr = list(params), cfg.lr if lr is None else lr
+    if cfg.name == "adam" and stacked:
+        return StackedAdam(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -237,11 +244,12 @@ def make_optimizers(method: Method, state: RankState,
         params = list(state.clients.parameters())
         for extra in state.client_extras.values():
             params += list(extra.parameters())
-        state.client_opt = make_optimizer(params, optim)
+        state.client_opt = make_optimizer(params, optim, stacked=True)
     server_params = list(state.server.parameters()) if state.server is not None else []
     if state.layout.is_server and server_params:
         lr = method.server_lr(state.cfg, state.data) if method.server_lr else optim.lr
-        state.server_opt = make_optimizer(server_params, optim, lr)
+        state.server_opt = make_optimizer(server_params, optim, lr,
+                                          stacked=isinstance(state.server, StackedSegments))
     return [o for o in (state.client_opt, state.server_opt) if o is not None]
 
 

@@ -66,3 +66,45 @@ def local_pass_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
 def round_ends(step: int, round_steps: int) -> bool:
     """True after the last step of a round (rounds of ``round_steps`` steps from step 0)."""
     return (step + 1) % round_steps == 0
+
+
+TURN_MODES = ("epoch", "batch")
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """What one client's turn is in a sequential method (SL, SplitFed V2)."""
+
+    turns: str = "epoch"
+    """epoch: a turn is one pass over the client's own data, then the next client's
+    (SplitFed's code, SL_ResNet_HAM10000.py / SFLV2_ResNet_HAM10000.py); an epoch is one
+    round, sum_i ceil(n_i / B) steps of one client each. batch: every step each client
+    in turn trains on one batch (CycleSL's convention; this project's before)."""
+    turn_order: str = "random"
+    """epoch turns only: random (a new order every round, SplitFed's code) or id."""
+
+    def validate_turns(self, run: RunConfig) -> None:
+        from lightning_gapsl.data.rounds import TURN_ORDERS
+
+        choice("algorithm.turns", self.turns, TURN_MODES)
+        choice("algorithm.turn_order", self.turn_order, TURN_ORDERS)
+        if self.turns == "epoch":
+            check(run.data.steps_per_epoch is None,
+                  "data.steps_per_epoch is for algorithm.turns=batch; with whole-epoch turns "
+                  "an epoch is one pass over every client's data (set algorithm.turns=batch)")
+
+
+def turn_schedule(cfg: RunConfig, sizes, batch_size: int):
+    """The `Turns` of whole-epoch turns (every client's size, so every rank agrees), or
+    None for one-batch turns and for methods without turns."""
+    from lightning_gapsl.data.rounds import Turns
+
+    if getattr(cfg.algorithm, "turns", None) != "epoch":
+        return None
+    return Turns(tuple(int(n) for n in sizes), batch_size, cfg.algorithm.turn_order, cfg.seed)
+
+
+def turn_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
+    """`Method.epoch_steps` with whole-epoch turns: one round, sum_i ceil(n_i / B) steps."""
+    turns = turn_schedule(cfg, sizes, batch_size)
+    return turns.length if turns is not None else None

@@ -129,3 +129,32 @@ def _with_extra_loss(extra: ExtraServerLoss) -> ServerPass:
 def reported_loss(state: RankState, client_losses: torch.Tensor) -> torch.Tensor:
     """The size-weighted mean of per-client losses: the training loss every method reports."""
     return (client_losses * step_weights(state).to(client_losses.dtype)).sum()
+
+
+def one_client_exchange(state: RankState, transport: Transport, step: int, client: int,
+                        x: torch.Tensor, y: torch.Tensor, slot: int,
+                        step_client: Callable[[], None], tag: str) -> torch.Tensor | None:
+    """One client's turn of a sequential method (SL, SplitFed V2 with whole-epoch turns):
+    its batch through its segment (row ``slot`` of this rank's stack), the server's
+    forward, backward and step on those activations alone, the gradient back, the
+    client's backward and ``step_client()``. x (K, B, ...), y (K, B) hosted batches.
+    Returns the client's loss (0-d) on the server rank, else None."""
+    hosted = state.layout.hosted
+    mine = client in hosted
+    acts = state.clients.forward_one(slot, x[hosted.index(client)]) if mine else None  # (B, *F)
+    got = transport.to_server(step, f"{tag}_acts/{client}", client,
+                              [acts, y[hosted.index(client)]] if mine else None)
+    grads, loss = None, None
+    if state.layout.is_server:
+        z = got[0].detach().requires_grad_(True)  # (B, *F)
+        loss = torch.nn.functional.cross_entropy(state.server(z), got[1])
+        state.server_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.server_opt.step()
+        grads, loss = [z.grad], loss.detach()
+    back = transport.to_client(step, f"{tag}_grads/{client}", client, grads)
+    if mine:
+        state.client_opt.zero_grad(set_to_none=True)
+        acts.backward(back[0])
+        step_client()
+    return loss

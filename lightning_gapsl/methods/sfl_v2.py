@@ -1,5 +1,11 @@
-"""SplitFed V2 (Thapa et al.): one server; each step it serves the clients one at a time
-in a random order, stepping after each; FedAvg of the client segments every round."""
+"""SplitFed V2 (Thapa et al.): one server that serves the clients one at a time,
+stepping after each, and FedAvg of the client segments every round.
+
+Whole-epoch turns (``algorithm.turns=epoch``, default, SplitFed's
+SFLV2_ResNet_HAM10000.py): in a round (= an epoch) each client in turn, in a new random
+order every round, makes one pass over its own data with the server; the round ends
+with FedAvg. One-batch turns (``turns=batch``): every step the server serves each
+client's batch in a random order (CycleSL's convention; this project's before)."""
 
 from __future__ import annotations
 
@@ -8,17 +14,36 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_gapsl.methods.base import Method, split_state
-from lightning_gapsl.methods.configs import RoundConfig, local_pass_epoch
-from lightning_gapsl.methods.exchange import Hooks, reported_loss, split_exchange
+from lightning_gapsl.config import check
+from lightning_gapsl.methods.base import Method, StepOutput, client_step, split_state
+from lightning_gapsl.methods.configs import (
+    RoundConfig,
+    TurnConfig,
+    local_pass_epoch,
+    turn_epoch,
+    turn_schedule,
+)
+from lightning_gapsl.methods.exchange import (
+    Hooks,
+    one_client_exchange,
+    reported_loss,
+    split_exchange,
+)
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, segment_shapes
 from lightning_gapsl.seeding import generator
 
 
 @dataclass(frozen=True)
-class SflV2Config(RoundConfig):
+class SflV2Config(RoundConfig, TurnConfig):
     name: str = "sfl_v2"
     """The method's registry name (``algorithm=``)."""
+
+    def validate(self, run) -> None:
+        super().validate(run)
+        self.validate_turns(run)
+        check(self.turns == "batch" or self.rounds == "local_pass",
+              "algorithm.rounds=lockstep is for algorithm.turns=batch: with whole-epoch turns "
+              "a round is every client's turn (set algorithm.turns=batch)")
 
 
 def _sequential_server_pass(state, acts, labels, step):
@@ -43,14 +68,29 @@ def _sequential_server_pass(state, acts, labels, step):
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
     state.extras["client_shapes"] = segment_shapes(cfg, data)
+    state.turns = turn_schedule(cfg, data.client_sizes, data.batch_size)
     return state
 
 
 def train_step(state, transport, step, x, y):
-    return split_exchange(state, transport, step, x, y,
-                          Hooks(server_pass=_sequential_server_pass))
+    if state.turns is None:
+        return split_exchange(state, transport, step, x, y,
+                              Hooks(server_pass=_sequential_server_pass))
+    client = state.turns.at(step)[1]  # only this client computes: the others are idle
+    slot = state.layout.hosted.index(client) if client in state.layout.hosted else -1
+    loss = one_client_exchange(state, transport, step, client, x, y, slot,
+                               lambda: client_step(state), "sfl_v2")
+    if loss is None:
+        return StepOutput(None, None)
+    losses = torch.zeros(state.layout.num_clients)
+    losses[client] = loss
+    return StepOutput(float(loss), losses)
+
+
+def _epoch_steps(cfg, sizes, batch_size):
+    return turn_epoch(cfg, sizes, batch_size) or local_pass_epoch(cfg, sizes, batch_size)
 
 
 METHOD = Method("sfl_v2", SflV2Config, build, train_step, after_step=fedavg_after_round,
                 global_model=every_round_global,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=_epoch_steps)

@@ -1,16 +1,18 @@
 """Sequential split learning (SL): one client segment travels from client to client.
 
-Each step the clients take turns in id order: client c receives the segment (with its
-SGD momentum) from client c-1, runs it on its batch, the server runs its segment on
-those activations and steps, client c back-propagates the returned gradient, steps,
-and passes the segment on (client N-1 hands it to client 0 of the next step). Every
-rank walks the same sequence, so ranks stay in lockstep; each client rank holds one
-physical copy of the segment (a stack of one), current whenever one of its clients
-has the turn.
+With whole-epoch turns (``algorithm.turns=epoch``, the default, as SplitFed's
+SL_ResNet_HAM10000.py): a round (= an epoch) gives each client in turn, in a new
+random order every round, one pass over its own data with the segment; the server
+steps after every batch; the segment (with its SGD momentum) then goes to the next
+client. With one-batch turns (``turns=batch``): each step every client in id order
+trains on one batch and passes the segment on (client N-1 hands it to client 0 of the
+next step). Every rank walks the same schedule, so ranks stay in lockstep; each client
+rank holds one physical copy of the segment (a stack of one), current whenever one of
+its clients has the turn.
 
 Traffic counted per turn: activations + labels up, the gradient down, and the
-segment's P parameters passed on (counted once up and once down: it leaves one client
-and reaches another), whether or not the two clients share a process.
+segment's P parameters at each hand-off (counted once up and once down: it leaves one
+client and reaches another), whether or not the two clients share a process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from lightning_gapsl.config import check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
@@ -29,18 +30,22 @@ from lightning_gapsl.methods.base import (
     StepOutput,
     broadcast_server,
     model_args,
+    step_weights,
 )
+from lightning_gapsl.methods.configs import TurnConfig, turn_epoch, turn_schedule
+from lightning_gapsl.methods.exchange import one_client_exchange
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments
 
 
 @dataclass(frozen=True)
-class SlConfig:
+class SlConfig(TurnConfig):
     name: str = "sl"
     """The method's registry name (``algorithm=``)."""
 
     def validate(self, run) -> None:
+        self.validate_turns(run)
         check(run.optim.name == "sgd",
               "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd")
 
@@ -53,6 +58,7 @@ def build(cfg, data, layout):
     clients = StackedSegments([segment]) if layout.hosted else None
     state = RankState(cfg, data, layout, clients, server, server)
     state.extras["segment_numel"] = sum(p.numel() for p in segment.parameters())
+    state.turns = turn_schedule(cfg, data.client_sizes, data.batch_size)
     return state
 
 
@@ -86,39 +92,43 @@ def _hand_off(state, transport, step: int, giver: int, taker: int) -> None:
 
 
 def train_step(state, transport, step, x, y):
-    """Every client's turn in order. x (K, B, ...), y (K, B) hosted batches."""
-    layout = state.layout
-    n, hosted = layout.num_clients, layout.hosted
-    losses = torch.zeros(n) if layout.is_server else None
-    for c in range(n):
-        if step > 0 or c > 0:  # at step 0 client 0 starts from the shared initialisation
-            _hand_off(state, transport, step, (c - 1) % n, c)
-        mine = c in hosted
-        acts = state.clients.forward_one(0, x[hosted.index(c)]) if mine else None  # (B, *F)
-        got = transport.to_server(step, f"sl_acts/{c}", c,
-                                  [acts, y[hosted.index(c)]] if mine else None)
-        grads = None
-        if layout.is_server:
-            z = got[0].detach().requires_grad_(True)  # (B, *F)
-            loss = nn.functional.cross_entropy(state.server(z), got[1])
-            state.server_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            state.server_opt.step()
-            grads, losses[c] = [z.grad], loss.detach()
-        back = transport.to_client(step, f"sl_grads/{c}", c, grads)
-        if mine:
-            state.client_opt.zero_grad(set_to_none=True)
-            acts.backward(back[0])
-            state.client_opt.step()
-    if not layout.is_server:
+    """Whole-epoch turns: this step's client; one-batch turns: every client in id order.
+    x (K, B, ...), y (K, B) hosted batches."""
+    n = state.layout.num_clients
+    losses = torch.zeros(n) if state.layout.is_server else None
+
+    def turn(client: int) -> None:
+        loss = one_client_exchange(state, transport, step, client, x, y, 0,
+                                   lambda: state.client_opt.step(), "sl")
+        if loss is not None:
+            losses[client] = loss
+
+    if state.turns is not None:
+        client = state.turns.at(step)[1]
+        if step > 0 and (giver := state.turns.at(step - 1)[1]) != client:
+            _hand_off(state, transport, step, giver, client)
+        turn(client)
+    else:
+        for c in range(n):
+            if step > 0 or c > 0:  # at step 0 client 0 starts from the shared initialisation
+                _hand_off(state, transport, step, (c - 1) % n, c)
+            turn(c)
+    if losses is None:
         return StepOutput(None, None)
-    return StepOutput(float((losses * state.loss_weights.cpu()).sum()), losses)
+    return StepOutput(float((losses * step_weights(state).cpu()).sum()), losses)
+
+
+def _holder(state, epoch: int) -> int:
+    """The client holding the segment when ``epoch`` (0-based) ends: the last turn's."""
+    if state.turns is None:
+        return state.layout.num_clients - 1
+    return state.turns.at((epoch + 1) * state.data.steps_per_epoch - 1)[1]
 
 
 def before_eval(state, transport, epoch: int) -> None:
-    """Every rank gets the current segment (held by client N-1's rank), then the server."""
+    """Every rank gets the current segment (from its holder's rank), then the server."""
     layout = state.layout
-    last = layout.num_clients - 1
+    last = _holder(state, epoch)
     step = -1 - epoch
     rows = [_state_vector(state)] if layout.rank == layout.rank_of(last) else None
     got = transport.to_server(step, "sl_share", last, rows, count=False)
@@ -131,11 +141,12 @@ def before_eval(state, transport, epoch: int) -> None:
 
 
 def cost(state, client_flops: float, server_flops: float) -> StepCost:
-    """Turns, not parallel: per turn one client's batch on both segments."""
+    """Turns, not parallel: per turn one client's batch on both segments (a step is
+    every client's turn with one-batch turns, one client's with whole-epoch turns)."""
     b = state.data.batch_size
     return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b,
                     TRAIN_FLOPS_PER_FORWARD * server_flops * b, sequential=True)
 
 
 METHOD = Method("sl", SlConfig, build, train_step, before_eval=before_eval, cost=cost,
-                global_model=lambda state, epoch: True)
+                global_model=lambda state, epoch: True, epoch_steps=turn_epoch)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_gapsl.algorithms.stacked_adam import StackedAdam
 from lightning_gapsl.models.grouped import (
     from_grouped,
     grouped_forward,
@@ -233,11 +234,10 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
     for idle clients, which is what their own first step will find (SGD starts its buffer
     at the gradient, ``m * 0 + g``; Adam's moments start at 0).
 
-    Exact for SGD (momentum, dampening, weight decay, nesterov). For Adam/AdamW one
-    thing stays shared: the scalar ``step`` count that drives bias correction advances
-    for every client, so an idle client's next step is bias-corrected as if it had
-    stepped (negligible once ``beta2 ** step`` is small; per-client counts would need
-    one optimizer per client).
+    Exact for SGD (momentum, dampening, weight decay, nesterov). Adam's scalar ``step``
+    count would advance for every client, so the runtime's stacked Adam is
+    `lightning_gapsl.algorithms.stacked_adam.StackedAdam`, which keeps one count per
+    client and steps only the active rows itself.
 
     Args:
         optimizer: over stacked parameters only (first dimension ``K`` each).
@@ -245,6 +245,9 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
     """
     if active.dtype != torch.bool or active.dim() != 1:
         raise ValueError(f"active must be a bool (K,) tensor, got {active.dtype} {tuple(active.shape)}")
+    if isinstance(optimizer, StackedAdam):
+        optimizer.step(active=active)
+        return
     if bool(active.all()):
         optimizer.step()
         return

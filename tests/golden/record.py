@@ -34,7 +34,7 @@ CASES = {
     "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5", INDEPENDENT,
              "algorithm.avg_phase_where=first", "algorithm.server_loss=weighted"],
     "sfl_v1": ["algorithm=sfl_v1", LOCKSTEP, "algorithm.round_steps=5"],
-    "sfl_v2": ["algorithm=sfl_v2", LOCKSTEP, "algorithm.round_steps=5"],
+    "sfl_v2": ["algorithm=sfl_v2", "algorithm.turns=batch", LOCKSTEP, "algorithm.round_steps=5"],
     "fedavg": ["algorithm=fedavg", LOCKSTEP, "algorithm.round_steps=5"],
     "locfedmix": ["algorithm=locfedmix", LOCKSTEP, "algorithm.round_steps=5", "algorithm.fedavg_interval=2",
                   "algorithm.rec_weight=0.1", "algorithm.mix_alpha=2.0",
@@ -45,7 +45,11 @@ CASES = {
                  "algorithm.server_steps=averaged", "algorithm.align_when=end",
                  "algorithm.align_epochs=5", "algorithm.align_batch=128",
                  "algorithm.align_optimizer=fresh"],
-    "sl": ["algorithm=sl"],
+    "sl": ["algorithm=sl", "algorithm.turns=batch"],
+    # Whole-epoch turns (recorded when they were added): an epoch is every client's pass.
+    "sl_epoch_turns": ["algorithm=sl", "data.steps_per_epoch=null"],
+    "sfl_v2_epoch_turns": ["algorithm=sfl_v2", "data.steps_per_epoch=null", "optim=adam",
+                           "optim.lr=0.001"],
 }
 # Small and fast; equal threads per process so 1 and 3 processes agree bitwise.
 COMMON = ["data=digits", "logger=none", "trainer.progress_bar=false", "trainer.timeout_s=60",

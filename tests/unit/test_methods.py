@@ -58,7 +58,11 @@ def _with(method, state, **changes):
 
 
 def _same(a, b) -> bool:
-    return all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    return _same_params(a.parameters(), b.parameters())
+
+
+def _same_params(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_locfedmix_mixup_moves_server_not_client_gradients(compose_cfg):
@@ -241,6 +245,60 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
         moved += torch.tensor([any(not torch.equal(p0[k], p1[k]) for p0, p1 in
                                    zip(before, after)) for k in range(N)])
     assert torch.equal(moved, expected), (moved, expected, sizes)
+
+
+
+@pytest.mark.parametrize("name", ["sfl_v2", "sl"])
+def test_epoch_turns_give_each_client_one_pass_in_one_turn(compose_cfg, name):
+    """algorithm.turns=epoch (SplitFed's code, the default of SL and SplitFed V2): an epoch
+    is one round of sum_i ceil(n_i / B) steps; each step only the turn's client computes
+    and sends (B rows up), the server steps once; each client's turn is ceil(n_i / B)
+    consecutive steps and every client has exactly one turn per round."""
+    from lightning_gapsl.data.rounds import local_steps
+
+    method, state = _state(compose_cfg, f"algorithm={name}", "data.partition=dirichlet",
+                           "data.alpha=0.5", "optim.momentum=0.9", "data.max_train=60")
+    sizes, b = state.data.client_sizes.long(), state.data.batch_size
+    expected = local_steps(sizes, b)  # (N,)
+    assert state.round_len is None
+    assert state.turns.length == state.data.steps_per_epoch == int(expected.sum())
+    transport = LocalTransport(Layout(0, 1, N))
+    row = 8 * 4 * 4 * 4 + 8  # one sample's activations (float32) + its label (int64)
+    segment_bytes = 4 * sum(p.numel() for p in state.clients.parameters())
+    turns, server_steps = [], []
+    for t in range(state.turns.length):
+        state.active = state.turns.active(t)
+        client = state.turns.at(t)[1]
+        handoff = name == "sl" and t > 0 and turns[-1] != client
+        server_before = [p.detach().clone() for p in state.server.parameters()]
+        up0 = transport.counter.bytes_up
+        x, y = _batch()
+        method.train_step(state, transport, t, x, y)
+        assert transport.counter.bytes_up - up0 == B * row + handoff * segment_bytes
+        server_steps.append(not _same_params(server_before, state.server.parameters()))
+        turns.append(client)
+    assert all(server_steps)
+    counts = torch.bincount(torch.tensor(turns), minlength=N)
+    assert torch.equal(counts, expected), (counts, expected)
+    changes = sum(a != b for a, b in zip(turns, turns[1:]))
+    assert changes == N - 1  # one turn per client: the schedule never comes back
+
+
+def test_sfl_v2_epoch_turns_move_only_the_turns_client(compose_cfg):
+    """SplitFed V2 with whole-epoch turns: a step changes the turn's client segment and
+    no other (momentum steps of idle clients are masked)."""
+    method, state = _state(compose_cfg, "algorithm=sfl_v2", "optim.momentum=0.9")
+    transport = LocalTransport(Layout(0, 1, N))
+    for t in range(3):
+        state.active = state.turns.active(t)
+        client = state.turns.at(t)[1]
+        before = [p.detach().clone() for p in state.clients.stacked_params().values()]
+        x, y = _batch()
+        method.train_step(state, transport, t, x, y)
+        after = list(state.clients.stacked_params().values())
+        moved = [any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after))
+                 for k in range(N)]
+        assert moved == [k == client for k in range(N)], (t, client, moved)
 
 
 
