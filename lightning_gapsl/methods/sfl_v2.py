@@ -39,11 +39,14 @@ class SflV2Config(RoundConfig, TurnConfig):
     """The method's registry name (``algorithm=``)."""
 
     def validate(self, run) -> None:
-        super().validate(run)
         self.validate_turns(run)
-        check(self.turns == "batch" or self.rounds == "local_pass",
-              "algorithm.rounds=lockstep is for algorithm.turns=batch: with whole-epoch turns "
-              "a round is every client's turn (set algorithm.turns=batch)")
+        if self.turns == "batch":
+            super().validate(run)
+            return
+        check(self.rounds == "local_pass" and self.round_steps is None,
+              f"algorithm.rounds={self.rounds} / round_steps={self.round_steps} are for "
+              "algorithm.turns=batch: with whole-epoch turns a round is every client's turn "
+              "(set algorithm.turns=batch)")
 
 
 def _sequential_server_pass(state, acts, labels, step):

@@ -126,10 +126,12 @@ def test_cse_fsl_and_fsl_sage_bytes_by_hand(compose_cfg):
 
 
 def test_sequential_sl_passes_one_segment_bytes_by_hand(compose_cfg):
-    """SL: 5 clients take turns with one segment; every turn sends activations + labels
-    up and the gradient down, and every hand-off but the very first moves the segment's
-    224 parameters (counted leaving and arriving). B=16, 2 epochs x 10 steps."""
-    sl = load_summary(run(compose_cfg("algorithm=sl", "data.num_clients=5", "trainer.devices=1",
+    """SL with one-batch turns: 5 clients take turns with one segment; every turn sends
+    activations + labels up and the gradient down, and every hand-off but the very first
+    moves the segment's 224 parameters (counted leaving and arriving). B=16, 2 epochs x
+    10 steps."""
+    sl = load_summary(run(compose_cfg("algorithm=sl", "algorithm.turns=batch",
+                                      "data.num_clients=5", "trainer.devices=1",
                                       "trainer.max_epochs=2", "data.steps_per_epoch=10",
                                       name="sl")))
     turns, handoffs, act = 20 * 5, 20 * 5 - 1, 8 * 4 * 4
