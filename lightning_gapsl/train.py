@@ -121,6 +121,13 @@ def preflight(cfg: RunConfig) -> FederatedData:
     data = build_federated_data(cfg)
     blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
     split_blocks(blocks, cfg.model.cut_layer)
+    if getattr(cfg.algorithm, "aux_model", None) == "next_stage" and \
+            len(blocks) - cfg.model.cut_layer < 2:
+        raise ConfigError(
+            f"algorithm.aux_model=next_stage copies the server's next block, but "
+            f"model.cut_layer={cfg.model.cut_layer} leaves the server one block of "
+            f"{len(blocks)} ({cfg.model.name}); use a cut of at most {len(blocks) - 2} or "
+            "algorithm.aux_model=linear")
     rounds = getattr(cfg.algorithm, "round_steps", None)  # methods with FedAvg rounds
     if rounds is not None and data.steps_per_epoch % rounds:
         raise ConfigError(

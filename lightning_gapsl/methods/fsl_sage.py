@@ -19,6 +19,7 @@ from lightning_gapsl.algorithms.fsl_sage import (
     alignment_due,
     alignment_optimizer,
     aux_model_for,
+    next_stage_aux,
     server_cut_grads,
 )
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
@@ -29,7 +30,9 @@ from lightning_gapsl.methods.configs import local_pass_epoch, round_ends
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.stacked import StackedSegments
-from lightning_gapsl.seeding import generator
+from lightning_gapsl.seeding import derive_seed, generator
+
+AUX_MODELS = ("linear", "next_stage")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class FslSageConfig(AuxConfig):
     align_optimizer: str = "persistent"
     """persistent: one Adam per client kept across alignments (the reference); fresh: a
     new Adam for every alignment."""
+    aux_model: str = "linear"
+    """linear: flatten (+ pooling for large activations) + one linear layer; next_stage:
+    the reference's ResNet-18 auxiliary model, a freshly initialised copy of the server's
+    next block + global average pool + linear (needs a server segment of >= 2 blocks)."""
 
     def validate(self, run) -> None:
         super().validate(run)
@@ -62,6 +69,7 @@ class FslSageConfig(AuxConfig):
         check(self.align_lr > 0, f"algorithm.align_lr={self.align_lr} must be > 0")
         choice("algorithm.align_when", self.align_when, ("start", "end"))
         choice("algorithm.align_optimizer", self.align_optimizer, ("persistent", "fresh"))
+        choice("algorithm.aux_model", self.aux_model, AUX_MODELS)
 
 
 def build(cfg, data, layout):
@@ -69,6 +77,9 @@ def build(cfg, data, layout):
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
 
     def estimator(client_id: int) -> nn.Module:
+        if cfg.algorithm.aux_model == "next_stage":
+            return next_stage_aux(state.server, act, classes, init="fresh",
+                                  seed=derive_seed(cfg.seed, "aux", init_id(cfg, client_id)))
         return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux",
                       init_id(cfg, client_id))
 

@@ -302,6 +302,28 @@ def test_sfl_v2_epoch_turns_move_only_the_turns_client(compose_cfg):
 
 
 
+@pytest.mark.parametrize("model", ["lenet", "resnet18"])
+def test_fsl_sage_next_stage_auxiliary_model(compose_cfg, model):
+    """algorithm.aux_model=next_stage: every client's estimator is a freshly initialised
+    copy of the server's next block (same shapes, other values) + pool + linear, equal
+    for every client and for the server's copies; a training step runs through it."""
+    cut = 3 if model == "resnet18" else 1
+    method, state = _state(compose_cfg, "algorithm=fsl_sage", f"model={model}",
+                           f"model.cut_layer={cut}", "algorithm.aux_model=next_stage",
+                           "algorithm.rounds=lockstep", "algorithm.align_epochs=2")
+    estimators = state.other_modules["estimators"]
+    first = estimators.segment(0)
+    block, server_block = first[0], state.server[0]
+    shapes = [p.shape for p in block.parameters()]
+    assert shapes == [p.shape for p in server_block.parameters()]
+    assert not _same(block, server_block)  # its own initialisation, as the reference
+    assert all(_same(first, estimators.segment(k)) for k in range(1, N))
+    assert all(_same(first, copy_) for copy_ in state.other_modules["server_estimators"])
+    _step(method, state)
+    assert not _same(first, state.other_modules["server_estimators"][0])  # aligned at step 0
+
+
+
 def test_step_latency_counts_only_the_active_clients(compose_cfg):
     """An idle client (local-pass rounds, turns) neither computes nor sends: a step where
     one client works is the parallel model on that client alone, its bytes all its own,
