@@ -21,6 +21,7 @@ MODELS = ("lenet", "resnet18")
 CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
 PRECISIONS = ("32-true", "bf16-mixed")
 OPTIMIZERS = ("sgd", "adam")
+METHOD_OPTIM = "method"  # optim=method: the method's own optimizer (conf/algorithm/*.yaml)
 LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
 START_METHODS = ("fork", "spawn", "popen")
@@ -91,7 +92,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"
-    """sgd | adam; one optimizer per party with these settings."""
+    """sgd | adam; one optimizer per party with these settings. The config group
+    ``optim=method`` (default) takes each method's own choice (conf/algorithm/*.yaml,
+    key ``optim``); a method without one gets these defaults."""
     lr: float = 0.05
     """Learning rate of clients and server."""
     momentum: float = 0.9
@@ -311,14 +314,30 @@ def _method_config(name: str) -> Any:
     return _method_config_class(name)()
 
 
+def _resolve_optim(optim: dict, method_optim: Mapping[str, Any] | None) -> dict:
+    """``optim=method`` (the default): the optimizer the method's yaml gives under
+    ``optim`` (each method's tuned choice), with every ``optim.*`` key set on the command
+    line winning; ``optim=sgd|adam``: exactly that file and its overrides."""
+    if optim.get("name", METHOD_OPTIM) != METHOD_OPTIM:
+        return optim
+    if method_optim is not None:  # validated like the optim section, naming its place
+        _section("algorithm.optim", OptimConfig, method_optim)
+    given = {k: v for k, v in optim.items() if k != "name" and v is not None}
+    return {**dict(method_optim or {}), **given}
+
+
 def build_config(raw: Mapping[str, Any]) -> RunConfig:
     """Turn the composed (resolved) Hydra config into a validated ``RunConfig``."""
     unknown = sorted(set(raw) - set(_SECTIONS) - _TOP_LEVEL)
     if unknown:
         valid = ", ".join(sorted(set(_SECTIONS) | _TOP_LEVEL - {"hydra"}))
         raise ConfigError(f"unknown key {unknown[0]}; valid top-level keys: {valid}")
-    sections = {key: _section(key, cls, raw.get(key)) for key, cls in _SECTIONS.items()}
     algorithm = dict(raw.get("algorithm") or {})
+    method_optim = algorithm.pop("optim", None)  # the optimizer the method runs with
+    sections = {key: _section(key, cls, raw.get(key)) for key, cls in _SECTIONS.items()
+                if key != "optim"}
+    sections["optim"] = _section("optim", OptimConfig,
+                                 _resolve_optim(dict(raw.get("optim") or {}), method_optim))
     sections["algorithm"] = _section("algorithm", _method_config_class(algorithm.get("name")),
                                      algorithm)
     top = {

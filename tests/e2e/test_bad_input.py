@@ -29,7 +29,7 @@ CASES = [
     (["algorithm=nope"], "algorithm='nope' is not valid; choose one of: centralized"),
     (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, digits"),
     (["model=vgg"], "model='vgg' is not valid; choose one of: lenet, resnet18"),
-    (["optim=lion"], "optim='lion' is not valid; choose one of: adam, sgd"),
+    (["optim=lion"], "optim='lion' is not valid; choose one of: adam, method, sgd"),
     (["logger=tensorboard"], "logger='tensorboard' is not valid; choose one of: csv, none"),
     (["data.nope=1"], "unknown key data.nope; valid keys under data: name"),
     (["+trainer.gpus=2"], "unknown key trainer.gpus; valid keys under trainer:"),

@@ -82,3 +82,42 @@ def test_preflight_unwritable_output_dir(tmp_path):
     cfg = compose(["data=digits"], str(blocker / "sub"))
     with pytest.raises(ConfigError, match="output_dir"):
         preflight(cfg)
+
+
+def _raw_optim(method_optim, **optim):
+    from lightning_gapsl.config import build_config
+
+    base = {"name": "method", "lr": None, "momentum": None, "weight_decay": None}
+    return build_config({"algorithm": {"name": "psl", "optim": method_optim},
+                         "optim": {**base, **optim}}).optim
+
+
+def test_optim_method_takes_the_methods_own_optimizer_and_lets_keys_win():
+    """optim=method (default): the method yaml's optimizer; any optim.* key given wins;
+    optim=sgd|adam ignores the method's entirely."""
+    tuned = {"name": "adam", "lr": 0.003, "momentum": 0.0, "weight_decay": 0.0}
+    assert (_raw_optim(tuned).name, _raw_optim(tuned).lr) == ("adam", 0.003)
+    assert (_raw_optim(tuned, lr=0.01).name, _raw_optim(tuned, lr=0.01).lr) == ("adam", 0.01)
+    explicit = _raw_optim(tuned, name="sgd", lr=0.1, momentum=0.5, weight_decay=0.0)
+    assert (explicit.name, explicit.lr, explicit.momentum) == ("sgd", 0.1, 0.5)
+    plain = _raw_optim(None)  # a method without an entry: the OptimConfig defaults
+    assert (plain.name, plain.lr, plain.momentum) == ("sgd", 0.05, 0.9)
+
+
+def test_a_bad_method_optimizer_names_its_place():
+    with pytest.raises(ConfigError, match="unknown key algorithm.optim.beta"):
+        _raw_optim({"name": "adam", "beta": 0.9})
+    with pytest.raises(ConfigError, match="optim='lion' is not valid; choose one of: sgd, adam"):
+        _raw_optim({"name": "lion"})
+
+
+def test_every_method_yaml_names_its_optimizer(tmp_path):
+    """Each conf/algorithm/*.yaml carries the optimizer the method runs with by default,
+    and the command line still wins."""
+    from lightning_gapsl.methods import method_names
+
+    for name in method_names():
+        cfg = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1")
+        assert cfg.optim.name in ("sgd", "adam") and cfg.optim.lr > 0, name
+        lr = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1", "optim.lr=0.123").optim.lr
+        assert lr == 0.123, name
