@@ -10,9 +10,12 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-# Small, fast settings shared by the multi-process and end-to-end tests.
+# Small, fast settings shared by the multi-process and end-to-end tests. One optimizer
+# for every method (the tests check mechanics); each method's own optimizer
+# (optim=method, the default) is checked in tests/unit/test_config.py.
 DIGITS = [
     "data=digits",
+    "optim=sgd",
     "logger=none",
     "trainer.progress_bar=false",
     "trainer.timeout_s=60",
