@@ -31,7 +31,7 @@ SERVER_STEPS = ("per_client", "averaged")
 class AuxConfig(RoundConfig):
     name: str = "cse_fsl"
     """The method's registry name (``algorithm=``)."""
-    server_interval: int = 5
+    server_interval: int = 1
     """Activations go to the server every q steps (step 0 included)."""
     server_steps: str = "per_client"
     """per_client: one server step per uploaded client batch, clients in id order (the

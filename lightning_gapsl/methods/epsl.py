@@ -41,7 +41,7 @@ BACKWARD_FLOPS_PER_FORWARD = TRAIN_FLOPS_PER_FORWARD - 1.0  # input and weight g
 class EpslConfig(SplitConfig):
     name: str = "epsl"
     """The method's registry name (``algorithm=``)."""
-    phi: float = 0.5
+    phi: float = 1.0
     """Fraction of each batch's positions whose gradients are aggregated over clients
     and broadcast once (0: PSL exactly; 1: every position aggregated)."""
 

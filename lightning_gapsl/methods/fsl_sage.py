@@ -39,7 +39,7 @@ AUX_MODELS = ("linear", "next_stage")
 class FslSageConfig(AuxConfig):
     name: str = "fsl_sage"
     """The method's registry name (``algorithm=``)."""
-    align_interval: int = 10
+    align_interval: int = 1
     """Fit the clients' auxiliary models every l rounds."""
     align_when: str = "start"
     """start: at the start of rounds 0, l, 2l, ... after that step's upload and before any

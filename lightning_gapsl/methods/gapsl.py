@@ -44,7 +44,7 @@ class GapslMethodConfig(SplitConfig):
     """EMA factor of the leader gradient."""
     lam: float = 1.0
     """Alignment coefficient lambda (0 = psl; 1.0 measured best, see README)."""
-    align_mode: str = "norm"
+    align_mode: str = "linear"
     """Alignment form: norm | norm_exact | linear | pcgrad."""
 
     def lgi_gda(self) -> GapslConfig:

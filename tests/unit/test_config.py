@@ -121,3 +121,12 @@ def test_every_method_yaml_names_its_optimizer(tmp_path):
         assert cfg.optim.name in ("sgd", "adam") and cfg.optim.lr > 0, name
         lr = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1", "optim.lr=0.123").optim.lr
         assert lr == 0.123, name
+
+
+def test_method_yaml_and_config_class_agree(tmp_path):
+    """The yaml is what runs; the dataclass defaults must not tell another story."""
+    from lightning_gapsl.methods import get_method, method_names
+
+    for name in method_names():
+        composed = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1").algorithm
+        assert composed == get_method(name).config(), name
