@@ -47,7 +47,9 @@ def test_train_three_processes_csv(tmp_path):
     assert summary["algorithm"] == "gapsl" and summary["devices"] == 3
     assert summary["epochs"] == 2 and len(summary["history"]) == 2
     assert summary["bytes_up"] > 0 and summary["sim_latency_s"] > 0
-    assert 0 < summary["test_acc_min"] <= summary["test_acc_mean"] <= 1
+    # (<= up to the last bit: the default GAPSL keeps every client one model, and the
+    # mean of N equal floats may differ from them in the last bit.)
+    assert 0 < summary["test_acc_min"] <= summary["test_acc_mean"] + 1e-12 <= 1 + 1e-12
     # The CSV logger got the per-epoch metrics.
     with open(tmp_path / "out" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

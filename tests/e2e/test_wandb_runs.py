@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -39,10 +40,21 @@ def run_files(output_dir: Path) -> list[Path]:
     return sorted(output_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def _finished(path: Path, wait_s: float = 30.0) -> bool:
+    """The run's last record is its exit. W&B's service process writes the file after
+    ``finish`` returns, so on a loaded machine the record can land a little later."""
+    deadline = time.monotonic() + wait_s
+    while kinds(path)[-1] != "exit":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def assert_every_key_every_epoch(files: list[Path], epochs: int) -> None:
     keys_by_epoch: dict[int, set] = {}
     for path in files:
-        assert kinds(path)[-1] == "exit", f"{path}: run not finished"
+        assert _finished(path), f"{path}: run not finished"
         for row in history(path):
             if "epoch" in row:  # the other row: the label-histogram table, logged once
                 keys_by_epoch.setdefault(int(row["epoch"]) + 1, set()).update(row)

@@ -194,7 +194,7 @@ def test_independent_init_keeps_clients_apart(compose_cfg):
 def test_upload_step_makes_one_server_step_per_client(compose_cfg, name, mode, expected):
     fast = ["algorithm.align_epochs=1"] if name == "fsl_sage" else []
     method, state = _state(compose_cfg, f"algorithm={name}", f"algorithm.server_steps={mode}",
-                           *fast)
+                           "algorithm.server_interval=5", *fast)
     steps = []
     state.server_opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     _step(method, state, step=0)  # step 0 uploads (every q-th step, step 0 included)
