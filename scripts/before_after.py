@@ -3,7 +3,8 @@
     python scripts/before_after.py results/baselines_dir01 results/fidelity_dir01
 
 Reads the "before" folder's results.csv and the "after" folder's run summaries
-(`<variant>/seed<k>/summary.json`, so runs of an unfinished comparison count too).
+(`<variant>/seed<k>/summary.json`, so runs of an unfinished comparison count too). An
+after-variant `<method>_<option>` is compared with `<method>`'s before.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def main(before: str, after: str) -> None:
           "worst client after | val mean after | MB up+down after |")
     print("|---|---|---|---|---|---|---|")
     for method in dict.fromkeys([*old, *new]):
-        b, a = old.get(method, []), new.get(method, [])
+        # `<method>_<option>` variants (e.g. sl_batch_turns) share <method>'s "before".
+        base = next((m for m in old if method.startswith(m + "_")), method)
+        b, a = old.get(base, []), new.get(method, [])
         mb = [(float(r["bytes_up"]) + float(r["bytes_down"])) / 1e6 for r in a]
         print(f"| {method} | {cell(b, 'test_acc_mean')} | {cell(a, 'test_acc_mean')} "
               f"| {cell(b, 'test_acc_min')} | {cell(a, 'test_acc_min')} "
