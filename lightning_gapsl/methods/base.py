@@ -279,9 +279,9 @@ def with_defaults(method: Method) -> Method:
                                cost=method.cost or parallel_cost)
 
 
-def step_latency_model(method: Method, state: RankState) -> Callable[[int, int], float]:
-    """(bytes up, bytes down[, active clients]) of a step -> its simulated seconds (`lightning_gapsl.latency`),
-    from the method's cost model on FLOPs counted once from the model."""
+def step_latency_model(method: Method, state: RankState) -> Callable[..., float]:
+    """(bytes up, bytes down[, active clients]) of a step -> its simulated seconds
+    (`lightning_gapsl.latency`), from the method's cost model on FLOPs counted once."""
     from lightning_gapsl.latency import (
         client_speeds,
         forward_flops,

@@ -52,8 +52,8 @@ CASES = {
                            "optim.lr=0.001"],
 }
 # Small and fast; equal threads per process so 1 and 3 processes agree bitwise.
-COMMON = ["data=digits", "optim=sgd", "logger=none", "trainer.progress_bar=false", "trainer.timeout_s=60",
-          "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1",
+COMMON = ["data=digits", "optim=sgd", "logger=none", "trainer.progress_bar=false",
+          "trainer.timeout_s=60", "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1",
           "data.steps_per_epoch=15", "data.val_fraction=0"]
 LAYOUTS = {"one": ["trainer.devices=1"], "three": ["trainer.devices=3"]}
 

@@ -31,7 +31,8 @@ GPU = ["trainer.accelerator=gpu", "trainer.max_epochs=1", "data.steps_per_epoch=
 # turn is a full pass over the data, too long for this check).
 ROUNDS = ["algorithm.rounds=lockstep", "algorithm.round_steps=2"]
 EXTRA = {"sfl_v1": ROUNDS, "sfl_v2": [*ROUNDS, "algorithm.turns=batch"], "fedavg": ROUNDS,
-         "locfedmix": ROUNDS, "cse_fsl": ROUNDS, "fsl_sage": ROUNDS, "sl": ["algorithm.turns=batch"]}
+         "locfedmix": ROUNDS, "cse_fsl": ROUNDS, "fsl_sage": ROUNDS,
+         "sl": ["algorithm.turns=batch"]}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

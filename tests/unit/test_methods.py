@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def test_epoch_turns_give_each_client_one_pass_in_one_turn(compose_cfg, name):
     assert all(server_steps)
     counts = torch.bincount(torch.tensor(turns), minlength=N)
     assert torch.equal(counts, expected), (counts, expected)
-    changes = sum(a != b for a, b in zip(turns, turns[1:]))
+    changes = sum(a != b for a, b in itertools.pairwise(turns))
     assert changes == N - 1  # one turn per client: the schedule never comes back
 
 
