@@ -300,7 +300,11 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
         done = done + final
     if stage == "long":
         epochs = int(exp["long_epochs"])
-        methods = exp.get("long_methods") or tuning.top_by_val(rows, int(exp.get("long_top", 4)))
+        from lightning_gapsl.methods import get_method
+
+        references = [m for m in t.methods if get_method(m).pools_data]
+        methods = exp.get("long_methods") or tuning.top_by_val(
+            rows, int(exp.get("long_top", 4)), references)
         unknown = [m for m in methods if m not in chosen]
         if unknown:
             raise GridError(f"long_methods: {', '.join(unknown)} has no chosen point "

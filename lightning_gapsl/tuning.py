@@ -186,8 +186,11 @@ def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
     return row
 
 
-def top_by_val(rows: Sequence[dict], k: int) -> list[str]:
-    """The k methods with the best validation mean accuracy over their final seeds."""
+def top_by_val(rows: Sequence[dict], k: int, references: Sequence[str] = ()) -> list[str]:
+    """The k methods with the best validation mean accuracy over their final seeds,
+    leaving out ``references`` (centralized training on pooled data is the yardstick,
+    not a contender for the longer budget)."""
+    rows = [row for row in rows if row["method"] not in references]
     lacking = [row["method"] for row in rows if row["val_acc_mean"][0] is None]
     if lacking:
         raise GridError(f"no validation accuracy for {', '.join(lacking)}: name the methods "

@@ -187,6 +187,7 @@ def test_top_by_val_needs_validation_numbers():
     rows = [{"method": m, "val_acc_mean": (v, None)}
             for m, v in [("a", 0.5), ("b", 0.9), ("c", 0.7)]]
     assert tuning.top_by_val(rows, 2) == ["b", "c"]
+    assert tuning.top_by_val(rows, 2, references=["b"]) == ["c", "a"]  # the yardstick
     with pytest.raises(GridError, match="no validation accuracy for a: name the methods"):
         tuning.top_by_val([{"method": "a", "val_acc_mean": (None, None)}], 1)
 
