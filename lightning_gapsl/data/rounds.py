@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -199,16 +200,29 @@ class Turns:
     order: str = "id"
     seed: int = 0
 
-    @property
+    @cached_property
     def length(self) -> int:
         """Steps per round: ``sum_i ceil(n_i / B)``."""
         return sequential_round_length(self.sizes, self.batch_size)
 
+    @cached_property
+    def _orders(self) -> dict[int, Tensor]:
+        return {}  # round index -> its order: this round's and the one before (SL looks back)
+
+    def round_order(self, round_index: int) -> Tensor:
+        """Round ``round_index``'s turn order (`turn_order`), drawn once: the loader, the
+        runtime and the method all ask for it at every step of the round."""
+        if round_index not in self._orders:
+            if len(self._orders) >= 2:
+                del self._orders[next(iter(self._orders))]  # the oldest round
+            self._orders[round_index] = turn_order(len(self.sizes), self.seed, round_index,
+                                                   self.order)
+        return self._orders[round_index]
+
     def at(self, step: int) -> tuple[int, int, int]:
         """``(round index, client whose turn it is, that client's step in its pass)``."""
         r, t = round_position(step, self.length)
-        order = turn_order(len(self.sizes), self.seed, r, self.order)
-        client, local = sequential_turn(t, self.sizes, self.batch_size, order)
+        client, local = sequential_turn(t, self.sizes, self.batch_size, self.round_order(r))
         return r, client, local
 
     def active(self, step: int) -> Tensor:

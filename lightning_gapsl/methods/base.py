@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from lightning_gapsl.data.rounds import Turns
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.layout import Layout
+from lightning_gapsl.methods.configs import turn_schedule
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments, masked_step_
@@ -57,7 +59,6 @@ class RankState:
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
     loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
     active: torch.Tensor | None = None  # (N,) bool: clients taking part in this step
-    turns: Turns | None = None  # whole-epoch turns (SL, SplitFed V2); None: no turns
 
     @property
     def seed(self) -> int:
@@ -66,6 +67,11 @@ class RankState:
     @property
     def total_steps(self) -> int:
         return self.data.steps_per_epoch * self.cfg.trainer.max_epochs
+
+    @cached_property
+    def turns(self) -> Turns | None:
+        """Whole-epoch turns (SL, SplitFed V2 with ``algorithm.turns=epoch``); else None."""
+        return turn_schedule(self.cfg, self.data.client_sizes, self.data.batch_size)
 
     @property
     def round_len(self) -> int | None:

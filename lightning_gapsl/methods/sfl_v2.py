@@ -21,7 +21,6 @@ from lightning_gapsl.methods.configs import (
     TurnConfig,
     local_pass_epoch,
     turn_epoch,
-    turn_schedule,
 )
 from lightning_gapsl.methods.exchange import (
     Hooks,
@@ -71,7 +70,6 @@ def _sequential_server_pass(state, acts, labels, step):
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
     state.extras["client_shapes"] = segment_shapes(cfg, data)
-    state.turns = turn_schedule(cfg, data.client_sizes, data.batch_size)
     return state
 
 

@@ -32,7 +32,7 @@ from lightning_gapsl.methods.base import (
     model_args,
     step_weights,
 )
-from lightning_gapsl.methods.configs import TurnConfig, turn_epoch, turn_schedule
+from lightning_gapsl.methods.configs import TurnConfig, turn_epoch
 from lightning_gapsl.methods.exchange import one_client_exchange
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
@@ -58,7 +58,6 @@ def build(cfg, data, layout):
     clients = StackedSegments([segment]) if layout.hosted else None
     state = RankState(cfg, data, layout, clients, server, server)
     state.extras["segment_numel"] = sum(p.numel() for p in segment.parameters())
-    state.turns = turn_schedule(cfg, data.client_sizes, data.batch_size)
     return state
 
 
