@@ -19,7 +19,7 @@ import pytest
 
 from lightning_gapsl.train import run
 from tests.conftest import DIGITS, load_summary
-from tests.dist.launch import _free_port
+from tests.distributed.launch import _free_port
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
     python -m tests.golden.record [CASE ...]   # rewrites tests/golden/methods_digits.json
 
-Recorded once before a refactor of the runtime; `tests/dist/test_layout_invariance.py`
+Recorded once before a refactor of the runtime; `tests/distributed/test_layout_invariance.py`
 re-runs the same cases in 1 and 3 processes and requires every recorded number to be
 equal to the last bit (JSON keeps Python floats exactly). Regenerate only when numbers
 change on purpose, and say so in the commit.
@@ -29,8 +29,10 @@ INDEPENDENT = "model.client_init=independent"
 LOCKSTEP = "algorithm.rounds=lockstep"
 CASES = {
     "psl": ["algorithm=psl", INDEPENDENT],
-    "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut", INDEPENDENT],
-    "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client", INDEPENDENT],
+    "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut", "algorithm.align_mode=norm",
+                  INDEPENDENT],
+    "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client", "algorithm.align_mode=norm",
+                     INDEPENDENT],
     "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5", INDEPENDENT,
              "algorithm.avg_phase_where=first", "algorithm.server_loss=weighted"],
     "sfl_v1": ["algorithm=sfl_v1", LOCKSTEP, "algorithm.round_steps=5"],
@@ -41,7 +43,8 @@ CASES = {
                   "algorithm.average_decoders=false"],
     "cse_fsl": ["algorithm=cse_fsl", LOCKSTEP, "algorithm.round_steps=5", "algorithm.server_interval=3",
                 "algorithm.server_steps=averaged"],
-    "fsl_sage": ["algorithm=fsl_sage", LOCKSTEP, "algorithm.round_steps=5", "algorithm.align_interval=2",
+    "fsl_sage": ["algorithm=fsl_sage", LOCKSTEP, "algorithm.round_steps=5",
+                 "algorithm.server_interval=5", "algorithm.align_interval=2",
                  "algorithm.server_steps=averaged", "algorithm.align_when=end",
                  "algorithm.align_epochs=5", "algorithm.align_batch=128",
                  "algorithm.align_optimizer=fresh"],

@@ -11,7 +11,7 @@ import torch
 
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.transport import DistTransport, LocalTransport, TransportError
-from tests.dist.launch import run_ranks
+from tests.distributed.launch import run_ranks
 
 pytestmark = pytest.mark.slow
 
