@@ -192,6 +192,17 @@ def test_top_by_val_needs_validation_numbers():
         tuning.top_by_val([{"method": "a", "val_acc_mean": (None, None)}], 1)
 
 
+def test_top_by_val_gives_one_slot_to_methods_with_identical_numbers():
+    # FedAvg and SplitFed V1 compute the same function: equal numbers on every seed.
+    same = {"val_acc_mean": (0.8, 0.01), "test_acc_mean": (0.79, 0.02)}
+    rows = [{"method": "gapsl", "val_acc_mean": (0.9, 0.0), "test_acc_mean": (0.9, 0.0)},
+            {"method": "fedavg", **same}, {"method": "sfl_v1", **same},
+            {"method": "sl", "val_acc_mean": (0.8, 0.03), "test_acc_mean": (0.8, 0.0)}]
+    assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sl"]
+    rows[2]["test_acc_mean"] = (0.79, 0.03)  # same validation mean, other numbers: kept
+    assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sfl_v1"]
+
+
 def test_plan_counts_the_runs_and_runs_nothing(tmp_path, no_training, capsys):
     write_summary(tmp_path / "psl.lo" / "seed9")
     assert compare.tune(experiment(long_epochs=5), tmp_path, "plan", 1, 1, "cmd") == 0
