@@ -25,7 +25,7 @@ def _worker(rank, world_size, port, fn, queue):
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         queue.put((rank, "ok", fn(rank, world_size)))
-    except BaseException as err:  # report every failure, never hang the parent
+    except BaseException as err:  # noqa: BLE001 -- report every failure, never hang the parent
         queue.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
         if dist.is_initialized():

@@ -116,8 +116,8 @@ def test_every_method_yaml_names_its_optimizer(tmp_path):
     and the command line still wins."""
     from omegaconf import OmegaConf
 
-    from lightning_gapsl.methods import method_names
     from lightning_gapsl.cli import config_dir
+    from lightning_gapsl.methods import method_names
 
     for name in method_names():
         entry = OmegaConf.load(f"{config_dir()}/algorithm/{name}.yaml").get("optim")
