@@ -174,7 +174,10 @@ class SplitLearningModule(L.LightningModule):
         if not self._eval_now:
             return
         self.method.before_eval(self.state, self.transport, self.current_epoch)
-        self._identical = self._global_model()
+        # Bit-identical client segments give identical rows: evaluate one (the same
+        # numbers, a K-th of the cost; GAPSL at full alignment, any method's round end).
+        clients = self.state.clients
+        self._identical = self._global_model() or (clients is not None and clients.all_equal())
         k, width = len(self.transport.layout.hosted), row_width(self.data.dataset.num_classes)
         self._eval_rows = {s: torch.zeros(k, width, dtype=torch.float64, device=self.device)
                            for s in self._eval_splits}

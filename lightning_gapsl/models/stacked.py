@@ -119,6 +119,12 @@ class StackedSegments(nn.Module):
         """Original buffer name -> stacked ``(K, *shape)`` buffer."""
         return {n: getattr(self, _escape(n)) for n in self._buffer_names}
 
+    def all_equal(self) -> bool:
+        """True when every segment holds bit-identical parameters and buffers (GAPSL at
+        full alignment keeps its clients one model), so one forward stands for all."""
+        tensors = [*self.stacked_params().values(), *self._stacked_buffers().values()]
+        return all(torch.equal(t, t[:1].expand_as(t)) for t in tensors)
+
     # ------------------------------------------------------------------ forward
     def _call_one(self, params_and_buffers: dict[str, Tensor], x: Tensor) -> Tensor:
         """Run the template with one client's tensors on its mini-batch ``x`` (B, *in)."""

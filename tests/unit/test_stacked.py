@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -267,3 +268,30 @@ def test_masked_step_adam_keeps_idle_clients_and_their_moments() -> None:
     with pytest.raises(ValueError, match="stacked"):
         masked_step_(torch.optim.SGD([nn.Parameter(torch.ones(3))], lr=0.1),
                      torch.tensor([True, False]))
+
+
+def test_all_equal_needs_every_parameter_and_buffer_bit_identical() -> None:
+    same = [copy.deepcopy(_segments(1)[0]) for _ in range(3)]
+    assert StackedSegments(same).all_equal()
+    assert not StackedSegments(_segments(3)).all_equal()  # distinct seeded weights
+    nudged = StackedSegments(same)
+    with torch.no_grad():
+        next(iter(nudged.stacked_params().values()))[2].view(-1)[0] += 1e-7
+    assert not nudged.all_equal()
+    norms = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)) for _ in range(2)]
+    norms[1][0].load_state_dict(norms[0][0].state_dict())
+    norms[1][1].running_mean.fill_(1.0)  # equal weights, different running statistics
+    assert not StackedSegments(norms).all_equal()
+
+
+def test_evaluating_one_of_identical_segments_gives_every_row() -> None:
+    from lightning_gapsl.evaluation import evaluate_clients
+    from lightning_gapsl.models.split import build_server_segment
+
+    stacked = StackedSegments([copy.deepcopy(_segments(1)[0]) for _ in range(3)])
+    server = build_server_segment("lenet", SHAPE, 10, 2, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, *SHAPE, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    every = evaluate_clients(stacked, server, x, y, 10, only_first=False)  # (3, 21)
+    one = evaluate_clients(stacked, server, x, y, 10, only_first=True)  # (1, 21)
+    assert torch.equal(every, one.expand_as(every))
