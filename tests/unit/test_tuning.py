@@ -280,7 +280,7 @@ def test_every_setting_tunes_every_registered_method_with_equal_grids(hydra_comp
 
     grids = [load_experiment(hydra_compose, name)["grid"] for name in SETTINGS]
     for grid in grids:
-        assert tuning.check_grid(grid) == 6
+        assert tuning.check_grid(grid) == 7
         assert set(registered) <= set(grid) and "epsl" in grid
         assert grid == grids[0]  # one grid, in tune_common.yaml
 
