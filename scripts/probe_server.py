@@ -22,10 +22,11 @@ from lightning_gapsl.train import compose, run
 
 class ServerProbe(L.Callback):
     def __init__(self, steps: int):
-        self.steps = steps
+        self.steps, self.step = steps, 0  # steps since the start, over epochs
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx >= self.steps:
+        step, self.step = self.step, self.step + 1
+        if step >= self.steps:
             trainer.should_stop = True
             return
         x, y = batch[0], batch[1]  # (K, B, C, H, W), (K, B)
@@ -43,7 +44,7 @@ class ServerProbe(L.Callback):
         predicted = logits.argmax(-1)
         acc = (predicted == y.flatten()).float().mean().item()
         counts = torch.bincount(predicted, minlength=logits.shape[-1]).tolist()
-        print(f"step {batch_idx:4d}  server norm {norm:6.1f}  live units "
+        print(f"step {step:4d}  server norm {norm:6.1f}  live units "
               f"{' '.join(f'{f:.2f}' for f in live)}  acc {acc:.3f}  predicted {counts}",
               flush=True)
 
