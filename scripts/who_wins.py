@@ -1,0 +1,75 @@
+"""The plain statement under each tuned table: ranking and GAPSL's per-seed gaps.
+
+    python scripts/who_wins.py results/tune_mnist20_dir01 [--long]
+
+Reads chosen.yaml and the chosen points' summaries (seeds 0-2; --long: the 10-epoch
+runs, `seed<k>_e10`) and prints each method's test mean and worst-client accuracy (mean ± std over seeds, failed
+seeds included and counted), the ranking among the distributed methods (centralized is
+the yardstick), and GAPSL's per-seed difference to the first and to each method within
+one standard deviation of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+CHANCE = 0.15  # tuning.py's failure threshold for 10 classes (1.5 / classes)
+
+
+def load(out_dir: Path, suffix: str) -> dict[str, dict[int, dict]]:
+    """method -> seed -> summary row (point, test_acc_mean, test_acc_min, status)."""
+    points = dict(re.findall(r"(?m)^# (\w+): (\S+)$", (out_dir / "chosen.yaml").read_text()))
+    runs: dict[str, dict[int, dict]] = {}
+    for method, point in points.items():
+        for path in sorted((out_dir / f"{method}.{point}").glob(f"seed[0-9]{suffix}/summary.json")):
+            summary = json.loads(path.read_text())
+            seed = int(path.parent.name[len("seed"):len(path.parent.name) - len(suffix)])
+            runs.setdefault(method, {})[seed] = {
+                "point": point, "test_acc_mean": summary["test_acc_mean"],
+                "test_acc_min": summary["test_acc_min"],
+                "status": "ok" if summary["test_acc_mean"] >= CHANCE else "failed"}
+    return runs
+
+
+def pct(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--long", action="store_true", help="the 10-epoch runs")
+    args = parser.parse_args()
+    runs = load(args.out_dir, "_e10" if args.long else "")
+    if not runs:
+        raise SystemExit(f"{args.out_dir}: no final runs of the chosen points")
+    means = {m: statistics.mean(float(r["test_acc_mean"]) for r in seeds.values())
+             for m, seeds in runs.items()}
+    order = sorted((m for m in runs if m != "centralized"), key=lambda m: -means[m])
+    for rank, method in enumerate(order, 1):
+        seeds = runs[method]
+        failed = [s for s, r in seeds.items() if r["status"] != "ok"]
+        print(f"{rank:2d}. {method:12s} test {pct([float(r['test_acc_mean']) for r in seeds.values()])}"
+              f"  worst {pct([float(r['test_acc_min']) for r in seeds.values()])}"
+              f"  point {next(iter(seeds.values()))['point']}"
+              + (f"  FAILED seeds {failed}" if failed else ""))
+    if "centralized" in runs:
+        print(f"    centralized  test {pct([float(r['test_acc_mean']) for r in runs['centralized'].values()])}")
+    if "gapsl" in runs:
+        gapsl = runs["gapsl"]
+        for other in order[:4]:
+            if other == "gapsl":
+                continue
+            common = sorted(set(gapsl) & set(runs[other]))
+            diffs = [100 * (float(gapsl[s]["test_acc_mean"]) - float(runs[other][s]["test_acc_mean"]))
+                     for s in common]
+            print(f"gapsl - {other}: per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
+
+
+if __name__ == "__main__":
+    main()
