@@ -189,9 +189,10 @@ def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
 def top_by_val(rows: Sequence[dict], k: int, references: Sequence[str] = ()) -> list[str]:
     """The k methods with the best validation mean accuracy over their final seeds,
     leaving out ``references`` (centralized training on pooled data is the yardstick,
-    not a contender for the longer budget) and any method whose final numbers equal, to
-    the last digit, those of a better-placed one: it computes the same function (FedAvg and
-    SplitFed V1 do, tested), so a second slot for it would buy no information."""
+    not a contender for the longer budget) and any method whose validation numbers equal,
+    to the last digit, those of a better-placed one: it computes the same function (FedAvg
+    and SplitFed V1 do, tested), so a second slot for it would buy no information. Test
+    numbers play no part."""
     rows = [row for row in rows if row["method"] not in references]
     lacking = [row["method"] for row in rows if row["val_acc_mean"][0] is None]
     if lacking:
@@ -199,8 +200,7 @@ def top_by_val(rows: Sequence[dict], k: int, references: Sequence[str] = ()) -> 
                         "for the longer budget with experiment.long_methods=[...]")
     picked, seen = [], set()
     for row in sorted(rows, key=lambda r: -r["val_acc_mean"][0]):
-        numbers = tuple(row.get(m) for m in ("val_acc_mean", "val_acc_min",
-                                             "test_acc_mean", "test_acc_min"))
+        numbers = (row["val_acc_mean"], row.get("val_acc_min"))
         if numbers not in seen and len(picked) < k:
             picked.append(row["method"])
         seen.add(numbers)

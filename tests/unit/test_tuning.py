@@ -194,12 +194,12 @@ def test_top_by_val_needs_validation_numbers():
 
 def test_top_by_val_gives_one_slot_to_methods_with_identical_numbers():
     # FedAvg and SplitFed V1 compute the same function: equal numbers on every seed.
-    same = {"val_acc_mean": (0.8, 0.01), "test_acc_mean": (0.79, 0.02)}
-    rows = [{"method": "gapsl", "val_acc_mean": (0.9, 0.0), "test_acc_mean": (0.9, 0.0)},
+    same = {"val_acc_mean": (0.8, 0.01), "val_acc_min": (0.7, 0.02)}
+    rows = [{"method": "gapsl", "val_acc_mean": (0.9, 0.0), "val_acc_min": (0.9, 0.0)},
             {"method": "fedavg", **same}, {"method": "sfl_v1", **same},
-            {"method": "sl", "val_acc_mean": (0.8, 0.03), "test_acc_mean": (0.8, 0.0)}]
+            {"method": "sl", "val_acc_mean": (0.8, 0.03), "val_acc_min": (0.8, 0.0)}]
     assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sl"]
-    rows[2]["test_acc_mean"] = (0.79, 0.03)  # same validation mean, other numbers: kept
+    rows[2]["val_acc_min"] = (0.7, 0.03)  # same validation mean, another worst: kept
     assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sfl_v1"]
 
 
