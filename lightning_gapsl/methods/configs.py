@@ -105,9 +105,7 @@ def turn_schedule(cfg: RunConfig, sizes, batch_size: int):
 
 
 def turn_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
-    """`Method.epoch_steps` with whole-epoch turns: one round, sum_i ceil(n_i / B) steps."""
-    from lightning_gapsl.data.rounds import sequential_round_length
-
-    if getattr(cfg.algorithm, "turns", None) != "epoch":
-        return None
-    return sequential_round_length(sizes, batch_size)
+    """`Method.epoch_steps` with whole-epoch turns: one round, sum_i ceil(n_i / B) steps
+    (a `Turns` costs nothing to build: its orders are drawn when first asked for)."""
+    turns = turn_schedule(cfg, sizes, batch_size)
+    return turns.length if turns is not None else None
