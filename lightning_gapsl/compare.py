@@ -23,12 +23,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import hydra
@@ -184,13 +186,19 @@ def check_not_stale(out: Path, overrides: list[str]) -> None:
                         "delete the folder or rename the grid point")
 
 
+def host() -> dict:
+    """Where a run was made: its seconds and last digits depend on the machine and torch."""
+    return {"torch": version("torch"), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "processor": platform.machine()}
+
+
 def run_point(run: Run, overrides: list[str], out: Path, threads: int, num_classes: int) -> Run:
     """Train one grid point at one seed unless its summary exists already (resume)."""
     if not (out / "summary.json").is_file():
         code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
         (out / "run.json").write_text(json.dumps(
-            {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu},
-            indent=1))
+            {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu,
+             "host": host()}, indent=1))
     return load_run(run, out, num_classes)
 
 

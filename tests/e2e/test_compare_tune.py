@@ -5,8 +5,10 @@ seed is final seed 0, so 6 training runs), then a resume that trains nothing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ def test_tune_then_final_on_digits_and_resume(tmp_path):
     assert "| psl |" in results and "| sglr |" in results and "2/2" in results
     chosen = (out / "chosen.yaml").read_text()
     assert "psl:\n- algorithm=psl\n" in chosen and "sglr:\n- algorithm=sglr\n" in chosen
+    meta = json.loads(next(out.glob("*/seed1/run.json")).read_text())
+    assert meta["returncode"] == 0 and meta["host"]["torch"] == version("torch")  # provenance
     for name in ("tuning.csv", "results.csv", "runs.csv", "acc_vs_bytes.png",
                  "acc_vs_latency.png"):
         assert (out / name).is_file(), name
