@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from lightning_gapsl.methods import method_names
-
-ALGORITHMS = method_names()
 from lightning_gapsl.train import run
 from tests.conftest import DIGITS, load_summary
+
+ALGORITHMS = method_names()
 
 pytestmark = [
     pytest.mark.gpu,
