@@ -19,7 +19,14 @@ from pathlib import Path
 
 from lightning_gapsl.tuning import failure_cause
 
-NUM_CLASSES = 10  # MNIST, every tune_* setting (tune_common.yaml: num_classes)
+
+def num_classes(summary: dict, path: Path) -> int:
+    """Classes of the run's data: the width of its per-client, per-class accuracy map."""
+    class_acc = summary.get("client_class_acc")
+    if not class_acc:
+        raise SystemExit(f"{path}: no client_class_acc, so the chance level (1.5 / classes) "
+                         "that marks a failed seed is unknown")
+    return len(class_acc[0])
 
 
 def load(out_dir: Path, suffix: str) -> dict[str, dict[int, dict]]:
@@ -30,7 +37,7 @@ def load(out_dir: Path, suffix: str) -> dict[str, dict[int, dict]]:
         for path in sorted((out_dir / f"{method}.{point}").glob(f"seed[0-9]{suffix}/summary.json")):
             summary = json.loads(path.read_text())
             seed = int(path.parent.name.removeprefix("seed").removesuffix(suffix))
-            failed = failure_cause(summary, 0, [], NUM_CLASSES)  # the tables' rule
+            failed = failure_cause(summary, 0, [], num_classes(summary, path))  # the tables' rule
             runs.setdefault(method, {})[seed] = {
                 "point": point, "test_acc_mean": summary["test_acc_mean"],
                 "test_acc_min": summary["test_acc_min"], "status": "failed" if failed else "ok"}

@@ -5,15 +5,18 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("who_wins", ROOT / "scripts/who_wins.py")
 who_wins = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(who_wins)
 
 
-def _summary(path: Path, acc: float, worst: float) -> None:
+def _summary(path: Path, acc: float, worst: float, classes: int = 10) -> None:
     path.mkdir(parents=True)
-    (path / "summary.json").write_text(json.dumps({"test_acc_mean": acc, "test_acc_min": worst}))
+    (path / "summary.json").write_text(json.dumps({
+        "test_acc_mean": acc, "test_acc_min": worst, "client_class_acc": [[acc] * classes]}))
 
 
 def test_ranking_and_gapsl_gaps(tmp_path, monkeypatch, capsys):
@@ -36,3 +39,20 @@ def test_ranking_and_gapsl_gaps(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["who_wins", str(tmp_path), "--long"])
     who_wins.main()
     assert capsys.readouterr().out.splitlines()[0].startswith(" 1. gapsl        test 99.00")
+
+
+def test_chance_level_follows_the_number_of_classes(tmp_path, monkeypatch, capsys):
+    (tmp_path / "chosen.yaml").write_text("# psl: a\n")
+    _summary(tmp_path / "psl.a/seed0", 0.70, 0.70, classes=2)  # below 1.5 / 2: at chance
+    monkeypatch.setattr(sys, "argv", ["who_wins", str(tmp_path)])
+    who_wins.main()
+    assert "FAILED seeds [0]" in capsys.readouterr().out
+
+
+def test_summary_without_class_map_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "chosen.yaml").write_text("# psl: a\n")
+    (tmp_path / "psl.a/seed0").mkdir(parents=True)
+    (tmp_path / "psl.a/seed0/summary.json").write_text(json.dumps({"test_acc_mean": 0.9}))
+    monkeypatch.setattr(sys, "argv", ["who_wins", str(tmp_path)])
+    with pytest.raises(SystemExit, match="client_class_acc"):
+        who_wins.main()
