@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lightning_gapsl.config import _SECTIONS, ConfigError, RunConfig, build_config
@@ -34,6 +35,13 @@ def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
     and what would be valid. ``output_dir`` replaces Hydra's run folder, which only
     exists inside a Hydra app.
     """
+    return next(compose_each([overrides], output_dir))
+
+
+def compose_each(runs: Iterable[list[str]], output_dir: str | None = None
+                 ) -> Iterator[RunConfig]:
+    """`compose` for many override lists under one Hydra initialisation (which is the
+    slow part), yielded in order; an invalid one raises its `ConfigError` when reached."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -42,13 +50,14 @@ def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
 
     extra = [] if output_dir is None else [f"output_dir={output_dir}"]
     GlobalHydra.instance().clear()  # a Hydra app that ran before in this process leaves it set
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base=None):
-            raw = hydra_compose(config_name="config", overrides=[*overrides, *extra])
-            container = OmegaConf.to_container(raw, resolve=True)
-    except HydraException as err:
-        raise ConfigError(hydra_error_line(err, overrides)) from None
-    return build_config(container)
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        for overrides in runs:
+            try:
+                raw = hydra_compose(config_name="config", overrides=[*overrides, *extra])
+                container = OmegaConf.to_container(raw, resolve=True)
+            except HydraException as err:
+                raise ConfigError(hydra_error_line(err, overrides)) from None
+            yield build_config(container)
 
 
 def _unparsable(overrides: list[str]) -> str | None:

@@ -28,6 +28,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
@@ -392,12 +393,51 @@ def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title
     print(md.read_text())
 
 
+def planned_runs(exp: dict, out_dir: Path, stage: str = "all") -> dict[str, list[str]]:
+    """label -> overrides of every distinct configuration the experiment can start: each
+    variant or grid point once (at the long budget too for stage `long`), and each seed."""
+    if "grid" not in exp:
+        runs = {label: [*exp["base"], *ovr, f"seed={exp['seeds'][0]}"]
+                for label, ovr in exp["variants"].items()}
+        first = next(iter(runs.values()))
+        return runs | {f"seed={seed}": [*first, f"seed={seed}"] for seed in exp["seeds"][1:]}
+    t = Tuner(exp, out_dir, threads=1)
+    budgets = [t.epochs] + ([int(exp["long_epochs"])] if stage == "long" else [])
+    runs = {f"{m}.{p} ({epochs} epochs)": [*t.job(m, p, t.tune_seed, "plan", epochs)[2],
+                                          f"seed={t.tune_seed}"]
+            for m in t.methods for p in t.grid[m] for epochs in budgets}
+    first = next(iter(runs.values()))
+    return runs | {f"seed={seed}": [*first, f"seed={seed}"] for seed in t.seeds}
+
+
+def check_runs(exp: dict, out_dir: Path, stage: str = "all") -> None:
+    """Validate every planned run before the first one starts, so a variant that a moved
+    default made invalid stops the comparison at once, naming it, not after hours."""
+    from lightning_gapsl.cli import compose_each
+    from lightning_gapsl.config import ConfigError
+
+    runs = planned_runs(exp, out_dir, stage)
+    labels = iter(runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for _ in compose_each(runs.values(), tmp):
+                next(labels)
+        except ConfigError as err:
+            raise GridError(f"experiment {exp['name']}, run {next(labels)}: {err}") from None
+
+
 @hydra.main(version_base=None, config_path=config_dir(), config_name="compare")
 def main(cfg: DictConfig) -> None:
     exp = cfg.experiment
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "-m", "lightning_gapsl.compare", *sys.argv[1:]])
+    try:
+        if cfg.stage != "plan":
+            check_runs(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if "grid" in exp:
         try:
             code = tune(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage, cfg.jobs,
