@@ -192,6 +192,7 @@ _SECTIONS = {
     "logger": LoggerConfig,
     "latency": LatencyConfig,
 }
+MAX_SEED = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 _TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm"}  # algorithm: by method
 
 
@@ -294,6 +295,13 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"logger.mode={cfg.logger.mode!r} is not valid; choose one of: "
           f"{', '.join(WANDB_MODES)} or null")
     check(bool(cfg.logger.project), "logger.project must not be empty")
+    check(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
+    for f in dataclasses.fields(LatencyConfig):
+        value = getattr(cfg.latency, f.name)
+        if f.name == "client_hetero":  # a spread: 0 means every client equally fast
+            check(value >= 0, f"latency.client_hetero={value} must be >= 0 (0: all equal)")
+        else:  # a rate: zero or negative would give infinite or negative simulated time
+            check(value > 0, f"latency.{f.name}={value} must be > 0")
     a.validate(cfg)  # the method's own keys and cross-field rules
     if cfg.ckpt_path is not None:
         check(os.path.isfile(cfg.ckpt_path), f"ckpt_path={cfg.ckpt_path!r}: no such file")
