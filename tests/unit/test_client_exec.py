@@ -8,6 +8,8 @@ keeps the loop on CPU. The same comparison on CUDA is marked ``gpu``.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -62,16 +64,27 @@ def test_lenet_modes_equal_loop_with_onednn() -> None:
         torch.testing.assert_close(grads, ref_grads, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="torch 2.13 CPU with oneDNN: the last client's weight "
-                   "gradients of a grouped (and vmapped) ResNet stem + stage 1 at K=3 are off by "
-                   "~1% (vmap, torch's own batching, gives the same numbers; oneDNN off fixes it)")
 def test_resnet_grouped_with_onednn_on_cpu() -> None:
+    """With oneDNN's CPU kernels (torch's default) grouped ResNet gradients agree with the
+    loop on most processors. On some (seen with torch 2.13 on one Intel family) the last
+    client's weight gradients of the stem + stage 1 at K=3 are off by ~1%, vmap included,
+    and turning oneDNN off fixes it: a kernel defect, not ours. The test accepts that case
+    only when torch's own kernels then agree, so a real error of the grouping still fails."""
     segments = [build_client_segment("resnet18", (3, 8, 8), 10, 2, 0, c) for c in range(3)]
     x = torch.randn(3, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    _, ref_grads = _run(segments, "loop", x)
-    _, grads = _run(segments, "grouped", x)
-    scale = float(ref_grads.abs().max())
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-4, atol=1e-6 * scale)
+
+    def grouped_matches_loop() -> bool:
+        _, ref_grads = _run(segments, "loop", x)
+        _, grads = _run(segments, "grouped", x)
+        scale = float(ref_grads.abs().max())
+        return torch.allclose(grads, ref_grads, rtol=1e-4, atol=1e-6 * scale)
+
+    if grouped_matches_loop():
+        return
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert grouped_matches_loop(), "grouped != loop even with oneDNN off: a grouping bug"
+    warnings.warn("this processor's oneDNN kernels give grouped ResNet gradients ~1% off; "
+                  "torch's own kernels agree", stacklevel=1)
 
 
 def test_grouped_gives_each_client_its_own_weights() -> None:
