@@ -1,9 +1,9 @@
 """Distributed tests (seconds): every method in 1 process and in 3 gloo ranks started with
-fork (5 clients over 2 client ranks: uneven blocks of 3 and 2), each compared to the
-last bit with the golden numbers recorded before the method-protocol refactor
-(`tests/golden/record.py`), so the two layouts agree with each other and the runtime
-computes exactly what it computed before. EPSL, added after the recording, is checked
-1 process against 3.
+fork (5 clients over 2 client ranks: uneven blocks of 3 and 2). The two layouts must agree
+to the last bit with each other (same machine, same kernels), and both must match the
+golden numbers (`tests/golden/record.py`) within tolerances that float32 differences
+between processors cannot break but a change of behaviour does. EPSL, added after the
+recording, is checked 1 process against 3.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from lightning_gapsl.train import run
 from tests.conftest import load_summary
-from tests.golden.record import CASES, COMMON, GOLDEN, LAYOUTS, exact_fields
+from tests.golden.record import CASES, COMMON, GOLDEN, LAYOUTS, exact_fields, golden_mismatches
 
 pytestmark = pytest.mark.slow
 GOLDEN_NUMBERS = json.loads(GOLDEN.read_text())
@@ -27,10 +27,14 @@ def _run(compose_cfg, overrides: list[str], layout: str) -> dict:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_layout_reproduces_the_golden_numbers(compose_cfg, case):
+    numbers = {}
     for layout in LAYOUTS:
         summary = _run(compose_cfg, CASES[case], layout)
         assert summary["devices"] == (1 if layout == "one" else 3)
-        assert exact_fields(summary) == GOLDEN_NUMBERS[f"{case}/{layout}"], (case, layout)
+        numbers[layout] = exact_fields(summary)
+        mismatches = golden_mismatches(numbers[layout], GOLDEN_NUMBERS[f"{case}/{layout}"], case)
+        assert not mismatches, (case, layout, mismatches)
+    assert numbers["one"] == numbers["three"], case  # layout invariance: exact
     # Training did something: the loss fell and accuracy beats chance (10 classes).
     history = summary["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
