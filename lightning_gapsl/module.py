@@ -91,7 +91,8 @@ class SplitLearningModule(L.LightningModule):
         indices = {c: self.data.client_indices[c] for c in hosted}
         batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
                                 self.cfg.seed, self.state.total_steps,
-                                round_len=self.state.round_len, turns=self.state.turns)
+                                round_len=self.state.round_len, turns=self.state.turns,
+                                prepare=ds.prepare)
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
@@ -190,6 +191,7 @@ class SplitLearningModule(L.LightningModule):
         if not self._eval_now or self.state.clients is None:
             return
         x, y = batch
+        x = self.data.dataset.prepare(x)  # (b, C, H, W): one bounded batch at a time
         self.state.eval_server.eval()
         rows = evaluate_clients(self.state.clients, self.state.eval_server, x, y,
                                 self.data.dataset.num_classes, only_first=self._identical)
