@@ -25,6 +25,7 @@ from lightning_gapsl.checkpoint import (
     requeue_slurm_job,
 )
 from lightning_gapsl.config import RunConfig
+from lightning_gapsl.data.augment import augment_clients
 from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
@@ -132,6 +133,9 @@ class SplitLearningModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step, counter = int(step), self.transport.counter
+        if self.data.augment:  # on x's device, seeded by (seed, client, step): any layout
+            x = augment_clients(x, self.transport.layout.hosted, step, self.cfg.seed,
+                                self.data.augment_fill)
         up0, down0 = counter.bytes_up, counter.bytes_down
         if self.state.turns is not None:  # whole-epoch turns: whose turn it is
             self.state.active = self.state.turns.active(step).to(self.device)

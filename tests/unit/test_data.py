@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lightning_gapsl.data import DATASETS, DataError, DatasetSplit, datasets, load_dataset
+from lightning_gapsl.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -188,8 +189,8 @@ def test_cifar10_loads_fake_batches(tmp_path: Path) -> None:
     raw = written["data_batch_2"][0][1]
     for c, i, j in [(0, 0, 0), (1, 5, 7), (2, 31, 31)]:
         expected = (
-            raw[c * 1024 + i * 32 + j] / 255.0 - datasets.CIFAR10_MEAN[c]
-        ) / datasets.CIFAR10_STD[c]
+            raw[c * 1024 + i * 32 + j] / 255.0 - CIFAR10_MEAN[c]
+        ) / CIFAR10_STD[c]
         assert d.prepare(d.train_x)[5, c, i, j].item() == pytest.approx(expected, abs=1e-5)
 
 
