@@ -13,7 +13,9 @@ Keys (per epoch):
   ``gapsl/cos_after`` (mean cosine to the leader gradient before/after alignment),
   ``gapsl/leader_freq/<id>`` (share of the epoch's steps client id was a leader).
 Label histograms are written once to ``<output_dir>/label_histograms.csv`` (and as a
-W&B table).
+W&B table), and the partition itself (client -> training-sample indices, with each
+client's label counts) to ``<output_dir>/partition.json``, which
+``data.partition_file=`` replays.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import sys
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
+
+from lightning_gapsl.data.partition_file import partition_record, save_partition
 
 
 def _log(pl_module, metrics: dict) -> None:
@@ -84,7 +88,7 @@ class AlignmentDiagnostics(L.Callback):
 
 
 class LabelHistograms(L.Callback):
-    """Each client's label counts, written once at the start of training."""
+    """Each client's label counts and the partition, written once at the start of training."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -92,6 +96,10 @@ class LabelHistograms(L.Callback):
         hist = pl_module.data.histograms  # (N, num_classes)
         columns = ["client", "samples", *[f"label_{k}" for k in range(hist.shape[1])]]
         rows = [[c, int(row.sum()), *[int(v) for v in row]] for c, row in enumerate(hist)]
+        data = pl_module.data
+        save_partition(os.path.join(pl_module.cfg.output_dir, "partition.json"),
+                       partition_record(data.client_indices, data.dataset.train_y,
+                                        data.dataset.name, data.dataset.num_classes))
         path = os.path.join(pl_module.cfg.output_dir, "label_histograms.csv")
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)

@@ -5,6 +5,7 @@
     python -m lightning_gapsl.bench --preset serial    # SplitFed V1 vs a plain serial loop
                                                        #   (--eval: evaluation every round)
     python -m lightning_gapsl.bench --preset exec      # loop / vmap / grouped client kernels
+    python -m lightning_gapsl.bench --preset memory    # peak RSS after each start-up stage
     python -m lightning_gapsl.bench --preset gpu       # GPU: synthetic 3x32x32, ResNet-18,
                                                        #      100 clients; fits the GPUs seen
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 
 import torch
@@ -39,7 +41,7 @@ PRESETS = {
             "model": "resnet18", "clients": 100, "batch": 32, "steps": 10,
             "accelerator": "gpu", "devices": None, "extra": ["model.cut_layer=2"]},
 }
-OTHER_PRESETS = ("scaling", "serial", "exec")
+OTHER_PRESETS = ("scaling", "serial", "exec", "memory")
 
 
 def gpu_processes(gpus: int) -> int:
@@ -135,6 +137,10 @@ def main() -> None:
         from lightning_gapsl.serial_loop import bench_serial
 
         result = bench_serial(evaluation=args.eval)
+    elif args.preset == "memory":
+        from lightning_gapsl.bench_memory import stage_table
+
+        result = stage_table()
     elif args.preset == "exec":
         from lightning_gapsl.bench_exec import EXEC_POINTS, bench_exec
 
@@ -142,6 +148,12 @@ def main() -> None:
         result = bench_exec(device, EXEC_POINTS[device.type])
     else:
         result = bench(args.preset, args.epochs)
+    # Every preset: this process's peak, and the largest of the processes it started
+    # (rank processes, per-point processes); presets that run points in processes of
+    # their own also give each point's peak beside it.
+    result["bench_peak_rss_mib"] = {
+        "this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
     print(json.dumps(result, indent=2))
 
 

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10")
-PARTITIONS = ("iid", "dirichlet", "shards")
+DATASETS = ("mnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+LABEL_KINDS = ("fine", "coarse")
+AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100")  # data.augment=null turns it on for these
 MODELS = ("lenet", "resnet18")
 CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -37,13 +39,15 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"
-    """Dataset: mnist | digits | synthetic | cifar10."""
+    """Dataset: mnist | digits | synthetic | cifar10 | cifar100 | leaf."""
     root: str | None = None
-    """Folder with the data files (cifar10 only)."""
+    """Folder with the data files (cifar10, cifar100: the python-pickle folder or the one
+    above it; leaf: the folder holding train/ and test/)."""
     num_clients: int = 10
     """Number of clients N (global client ids 0..N-1)."""
     partition: str = "dirichlet"
-    """How training samples are split over clients: iid | dirichlet | shards."""
+    """How training samples are split over clients: iid | dirichlet | shards | natural
+    (clients of whole groups, e.g. LEAF users: data sets with a per-sample group id)."""
     alpha: float = 0.3
     """Dirichlet concentration; smaller is more heterogeneous."""
     shards_per_client: int = 2
@@ -62,14 +66,33 @@ class DataConfig:
     (the same for every layout), never trained on; 0 = no validation split."""
     steps_per_epoch: int | None = None
     """Steps per epoch; default ceil(train samples / (N * batch_size))."""
+    augment: bool | None = None
+    """Training augmentation: random crop with 4-pixel padding and horizontal flip, seeded
+    per (seed, client, step), run on the batch's device; null: on for cifar10/cifar100,
+    off for every other data set."""
+    label_kind: str = "fine"
+    """cifar100 labels: fine (100 classes) | coarse (20 superclasses)."""
+    quantity_sigma: float = 0.0
+    """Quantity skew: sigma of log-normal client sizes (FedLab's unbalance_sgm) for
+    partition=iid or dirichlet (then each client's label mix ~ Dir(alpha)); 0 = off."""
+    min_client_size: int = 1
+    """Fewest training samples a client may get; a Dirichlet draw that cannot meet it after
+    10 seeded re-draws stops the run with an error."""
+    partition_file: str | None = None
+    """Replay this partition.json (written by every run) instead of drawing a partition."""
     shape: tuple[int, int, int] = (1, 28, 28)
-    """Sample shape (synthetic only)."""
+    """Sample shape (synthetic; leaf: the shape of one flattened sample, FEMNIST's default)."""
     num_classes: int = 10
     """Number of classes (synthetic only)."""
     num_train: int = 6000
     """Training samples (synthetic only)."""
     num_test: int = 1000
     """Test samples (synthetic only)."""
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training batches are augmented (``augment``, or its data-set default)."""
+        return self.name in AUGMENTED_BY_DEFAULT if self.augment is None else self.augment
 
 
 @dataclass(frozen=True)
@@ -276,6 +299,18 @@ def validate(cfg: RunConfig) -> RunConfig:
         check(value is None or value >= 1, f"data.{key}={value} must be >= 1 or null")
     check(len(d.shape) == 3 and min(d.shape) >= 1, f"data.shape={list(d.shape)} must be [C, H, W]")
     check(0 <= d.val_fraction < 0.5, f"data.val_fraction={d.val_fraction} must be in [0, 0.5)")
+    choice("data.label_kind", d.label_kind, LABEL_KINDS)
+    check(d.label_kind == "fine" or d.name == "cifar100",
+          f"data.label_kind={d.label_kind} is for data=cifar100 only; data={d.name} has fine labels")
+    check(d.quantity_sigma >= 0, f"data.quantity_sigma={d.quantity_sigma} must be >= 0 (0: off)")
+    check(d.quantity_sigma == 0 or d.partition in ("iid", "dirichlet"),
+          f"data.quantity_sigma={d.quantity_sigma} applies to data.partition=iid or dirichlet, "
+          f"not {d.partition}; set data.quantity_sigma=0")
+    check(d.min_client_size >= 1, f"data.min_client_size={d.min_client_size} must be >= 1")
+    if d.partition_file is not None:
+        check(os.path.isfile(d.partition_file),
+              f"data.partition_file={d.partition_file!r}: no such file (give a partition.json "
+              "that a run wrote)")
     check(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     check(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
     check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")

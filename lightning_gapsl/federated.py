@@ -14,6 +14,7 @@ import torch
 from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.datasets import DatasetSplit, load_dataset
 from lightning_gapsl.data.partition import label_histograms, partition
+from lightning_gapsl.data.partition_file import load_partition
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,16 @@ class FederatedData:
     histograms: torch.Tensor  # (N, num_classes) label counts per client
     steps_per_epoch: int
     batch_size: int
+    augment: bool = False  # crop + flip training batches (`lightning_gapsl.data.augment`)
+
+    @property
+    def augment_fill(self) -> torch.Tensor | None:
+        """(C,) padding value of the crop: a black pixel after normalization (None: 0)."""
+        norm = self.dataset.norm
+        if norm is None:
+            return None
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in norm)
+        return -mean / std
 
     @property
     def num_clients(self) -> int:
@@ -53,6 +64,7 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
         max_train=d.max_train,
         max_test=d.max_test,
         val_fraction=d.val_fraction,
+        label_kind=d.label_kind,
     )
     n_train = len(dataset.train_y)
     # Centralized trains one model on the pooled data: one "client" holding every
@@ -63,6 +75,8 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
     num_clients = 1 if method.pools_data else d.num_clients
     if num_clients == 1:
         parts = [torch.arange(n_train)]
+    elif d.partition_file is not None:
+        parts = load_partition(d.partition_file, dataset.train_y, num_clients)
     else:
         parts = partition(
             dataset.train_y,
@@ -71,10 +85,13 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
             alpha=d.alpha,
             shards_per_client=d.shards_per_client,
             seed=cfg.seed,
+            min_size=d.min_client_size,
+            groups=dataset.train_groups,
+            quantity_sigma=d.quantity_sigma,
         )
     steps = d.steps_per_epoch or math.ceil(n_train / (num_clients * d.batch_size))
     if method.epoch_steps is not None:  # e.g. local-pass rounds: one pass per client
         sizes = torch.tensor([len(ix) for ix in parts])
         steps = method.epoch_steps(cfg, sizes, d.batch_size) or steps
     hist = label_histograms(dataset.train_y, parts, dataset.num_classes)
-    return FederatedData(dataset, parts, hist, steps, d.batch_size)
+    return FederatedData(dataset, parts, hist, steps, d.batch_size, augment=d.augmented)

@@ -25,6 +25,7 @@ from lightning_gapsl.checkpoint import (
     requeue_slurm_job,
 )
 from lightning_gapsl.config import RunConfig
+from lightning_gapsl.data.augment import augment_clients
 from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
@@ -91,7 +92,8 @@ class SplitLearningModule(L.LightningModule):
         indices = {c: self.data.client_indices[c] for c in hosted}
         batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
                                 self.cfg.seed, self.state.total_steps,
-                                round_len=self.state.round_len, turns=self.state.turns)
+                                round_len=self.state.round_len, turns=self.state.turns,
+                                prepare=ds.prepare)
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
@@ -131,6 +133,9 @@ class SplitLearningModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step, counter = int(step), self.transport.counter
+        if self.data.augment:  # on x's device, seeded by (seed, client, step): any layout
+            x = augment_clients(x, self.transport.layout.hosted, step, self.cfg.seed,
+                                self.data.augment_fill)
         up0, down0 = counter.bytes_up, counter.bytes_down
         if self.state.turns is not None:  # whole-epoch turns: whose turn it is
             self.state.active = self.state.turns.active(step).to(self.device)
@@ -190,6 +195,7 @@ class SplitLearningModule(L.LightningModule):
         if not self._eval_now or self.state.clients is None:
             return
         x, y = batch
+        x = self.data.dataset.prepare(x)  # (b, C, H, W): one bounded batch at a time
         self.state.eval_server.eval()
         rows = evaluate_clients(self.state.clients, self.state.eval_server, x, y,
                                 self.data.dataset.num_classes, only_first=self._identical)

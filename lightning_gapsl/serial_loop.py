@@ -47,11 +47,12 @@ def fedavg_(models: list[nn.Module], weights: torch.Tensor) -> None:
 
 @torch.no_grad()
 def evaluate(client: nn.Module, server: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch: int) -> float:
-    """Test accuracy of one client + server model."""
+             batch: int, prepare=lambda x: x) -> float:
+    """Test accuracy of one client + server model (``prepare``: stored images -> inputs)."""
     correct = 0
     for i in range(0, len(y), batch):
-        correct += int((server(client(x[i:i + batch])).argmax(-1) == y[i:i + batch]).sum())
+        logits = server(client(prepare(x[i:i + batch])))
+        correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
     return correct / len(y)
 
 
@@ -70,7 +71,8 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
     steps = data.steps_per_epoch
     round_steps = cfg.algorithm.round_steps or steps
     batches = ClientBatches(ds.train_x, ds.train_y, dict(enumerate(data.client_indices)),
-                            data.batch_size, cfg.seed, steps * cfg.trainer.max_epochs)
+                            data.batch_size, cfg.seed, steps * cfg.trainer.max_epochs,
+                            prepare=ds.prepare)
     loss_weights = client_loss_weights(data.client_sizes)  # (N,) the reported mean's weights
     history = []
     for epoch in range(cfg.trainer.max_epochs):
@@ -94,7 +96,8 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
                 fedavg_(clients, data.client_sizes)
                 fedavg_(servers, data.client_sizes)
         train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-        acc = (evaluate(clients[0], servers[0], ds.test_x, ds.test_y, cfg.data.eval_batch_size)
+        acc = (evaluate(clients[0], servers[0], ds.test_x, ds.test_y, cfg.data.eval_batch_size,
+                        ds.prepare)
                if evaluate_every_round else math.nan)
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                         "train_s": train_s, "train_cpu_s": train_cpu_s,
@@ -105,8 +108,12 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
 
 
 def main() -> None:
-    """Print the loop's JSON for Hydra-style ``KEY=VALUE`` overrides (plus ``--eval``)."""
-    from lightning_gapsl.train import compose
+    """Print the loop's JSON for Hydra-style ``KEY=VALUE`` overrides (plus ``--eval``).
+
+    Composes the config without `lightning_gapsl.train`, so this process never imports
+    Lightning: its peak memory is the plain loop's, as a hand-written script's would be.
+    """
+    from lightning_gapsl.cli import compose
 
     argv = sys.argv[1:]
     evaluate_rounds = "--eval" in argv
@@ -116,6 +123,7 @@ def main() -> None:
         result = serial_splitfed_v1(cfg, evaluate_rounds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024
     print(json.dumps(result))
 
 
@@ -170,6 +178,9 @@ def bench_serial(evaluation: bool = False) -> dict:
             "per_round_cpu": round(p_cpu / l_cpu, 3),
             "whole_process_wall": round(project["process_wall_s"] / loop_wall, 3),
             "whole_process_cpu": round(project["process_cpu_s"] / loop["process_cpu_s"], 3)},
+        # Whole process, each side in its own (ru_maxrss): imports, data, training.
+        "peak_rss_mib": {"project": round(project["peak_rss_mib"], 1),
+                         "serial_loop": round(loop["peak_rss_mib"], 1)},
         "train_loss_last_round": {"project": project["train_loss"],
                                   "serial_loop": last["train_loss"]},
         "target_per_round": 1.0,

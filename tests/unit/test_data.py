@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lightning_gapsl.data import DATASETS, DataError, DatasetSplit, datasets, load_dataset
+from lightning_gapsl.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -28,7 +29,9 @@ def mnist() -> DatasetSplit:
 def test_mnist_shapes_and_label_counts(mnist: DatasetSplit) -> None:
     assert mnist.train_x.shape == (60000, 1, 28, 28)
     assert mnist.test_x.shape == (10000, 1, 28, 28)
-    assert mnist.train_x.dtype == torch.float32 and mnist.train_y.dtype == torch.int64
+    # Stored as the file's uint8 pixels; batches become float32 inputs when drawn.
+    assert mnist.train_x.dtype == torch.uint8 and mnist.train_y.dtype == torch.int64
+    assert mnist.prepare(mnist.test_x[:4]).dtype == torch.float32
     assert mnist.input_shape == (1, 28, 28) and mnist.num_classes == 10
     assert torch.bincount(mnist.train_y).tolist() == MNIST_TRAIN_COUNTS
     assert torch.bincount(mnist.test_y).tolist() == MNIST_TEST_COUNTS
@@ -36,9 +39,30 @@ def test_mnist_shapes_and_label_counts(mnist: DatasetSplit) -> None:
 
 def test_mnist_normalization(mnist: DatasetSplit) -> None:
     # The fixed constants 0.1307 / 0.3081 are the train set's own statistics.
-    assert abs(mnist.train_x.mean().item()) < 0.01
-    assert abs(mnist.train_x.std().item() - 1.0) < 0.01
-    assert mnist.train_x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+    x = mnist.prepare(mnist.train_x)
+    assert abs(x.mean().item()) < 0.01
+    assert abs(x.std().item() - 1.0) < 0.01
+    assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+
+
+def test_pixels_scaled_per_batch_equal_the_whole_set_scaled_once(mnist: DatasetSplit) -> None:
+    # The floats a run trains on must not depend on when (or in what batches) they are made.
+    whole = mnist.prepare(mnist.test_x)  # (10000, 1, 28, 28)
+    idx = torch.tensor([[3, 9999, 0], [17, 17, 5000]])  # (K, B) as ClientBatches gathers
+    assert torch.equal(mnist.prepare(mnist.test_x[idx]), whole[idx])
+    assert torch.equal(torch.cat([mnist.prepare(mnist.test_x[i:i + 999])
+                                  for i in range(0, 10000, 999)]), whole)
+
+
+def test_in_place_carve_equals_the_copying_carve() -> None:
+    base = load_dataset("synthetic", seed=4, synthetic_train=9000, synthetic_test=10)
+    copied = datasets.carve_validation(base, 0.3, seed=4)
+    owned = DatasetSplit(base.train_x.clone(), base.train_y, base.test_x, base.test_y, 10, "s")
+    moved = datasets.carve_validation(owned, 0.3, seed=4, in_place=True)
+    assert torch.equal(moved.train_x, copied.train_x) and torch.equal(moved.val_x, copied.val_x)
+    assert torch.equal(moved.train_y, copied.train_y) and torch.equal(moved.val_y, copied.val_y)
+    # One storage for both (the training images are never held twice).
+    assert moved.train_x.untyped_storage().data_ptr() == moved.val_x.untyped_storage().data_ptr()
 
 
 def test_mnist_early_truncation_matches_generic_subset(mnist: DatasetSplit) -> None:
@@ -165,9 +189,9 @@ def test_cifar10_loads_fake_batches(tmp_path: Path) -> None:
     raw = written["data_batch_2"][0][1]
     for c, i, j in [(0, 0, 0), (1, 5, 7), (2, 31, 31)]:
         expected = (
-            raw[c * 1024 + i * 32 + j] / 255.0 - datasets.CIFAR10_MEAN[c]
-        ) / datasets.CIFAR10_STD[c]
-        assert d.train_x[5, c, i, j].item() == pytest.approx(expected, abs=1e-5)
+            raw[c * 1024 + i * 32 + j] / 255.0 - CIFAR10_MEAN[c]
+        ) / CIFAR10_STD[c]
+        assert d.prepare(d.train_x)[5, c, i, j].item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_cifar10_needs_root() -> None:

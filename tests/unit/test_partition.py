@@ -28,11 +28,16 @@ def assert_exact_cover(parts: list[torch.Tensor], n: int) -> None:
     assert torch.equal(torch.cat(parts).sort().values, torch.arange(n))
 
 
+def groups_of(labels: torch.Tensor, num_groups: int = 25) -> torch.Tensor:
+    """A fixed group id (a "writer") per sample, ``num_groups`` of them."""
+    return torch.arange(labels.numel()) * 7 % num_groups
+
+
 @pytest.mark.parametrize("scheme", PARTITIONS)
 @pytest.mark.parametrize("num_clients", [1, 3, 10])
 def test_every_index_exactly_once(scheme: str, num_clients: int) -> None:
     labels = balanced_labels()
-    parts = partition(labels, num_clients, scheme, seed=3)
+    parts = partition(labels, num_clients, scheme, seed=3, groups=groups_of(labels))
     assert len(parts) == num_clients
     assert_exact_cover(parts, labels.numel())
     assert min(p.numel() for p in parts) >= 1
@@ -46,9 +51,10 @@ def test_iid_sizes_are_near_equal() -> None:
 @pytest.mark.parametrize("scheme", PARTITIONS)
 def test_same_seed_same_partition_other_seed_differs(scheme: str) -> None:
     labels = balanced_labels()
-    a = partition(labels, 10, scheme, seed=1)
-    b = partition(labels, 10, scheme, seed=1)
-    c = partition(labels, 10, scheme, seed=2)
+    g = groups_of(labels)  # natural: 25 groups over 10 clients, so the seed deals them
+    a = partition(labels, 10, scheme, seed=1, groups=g)
+    b = partition(labels, 10, scheme, seed=1, groups=g)
+    c = partition(labels, 10, scheme, seed=2, groups=g)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(x.numel() == y.numel() and torch.equal(x, y) for x, y in zip(a, c))
 
@@ -63,17 +69,22 @@ def test_dirichlet_skew_grows_as_alpha_shrinks() -> None:
     assert entropies[2] > 0.95 * torch.log(torch.tensor(10.0)).item()  # near uniform
 
 
-def test_dirichlet_min_size_by_redraw_and_fixup() -> None:
+def test_dirichlet_min_size_by_redraw_or_a_clear_error() -> None:
     labels = balanced_labels()
-    # Tiny alpha and many clients: re-draws alone rarely reach 40 each, so this also
-    # exercises the deterministic move from the largest client.
-    for min_size in (1, 40, 50):
-        parts = partition(labels, 20, "dirichlet", alpha=0.01, seed=0, min_size=min_size)
-        assert_exact_cover(parts, labels.numel())
-        assert min(p.numel() for p in parts) >= min_size
-        again = partition(labels, 20, "dirichlet", alpha=0.01, seed=0, min_size=min_size)
-        assert all(torch.equal(x, y) for x, y in zip(parts, again))
-    assert [p.numel() for p in parts] == [50] * 20  # 20 * 50 = all 1000 samples
+    # Moderate skew: some draw gives every client >= 20 samples; it is kept, seeded.
+    parts = partition(labels, 10, "dirichlet", alpha=1.0, seed=0, min_size=20)
+    assert_exact_cover(parts, labels.numel())
+    assert min(p.numel() for p in parts) >= 20
+    again = partition(labels, 10, "dirichlet", alpha=1.0, seed=0, min_size=20)
+    assert all(torch.equal(x, y) for x, y in zip(parts, again))
+    # alpha = 0.01 gives each of the 10 classes to about one client: 20 clients cannot
+    # all get samples, however often it is redrawn. It fails at once, naming the keys.
+    for alpha in (0.01, 1e-300):  # the second underflows every gamma draw: no NaN either
+        with pytest.raises(DataError) as err:
+            partition(labels, 20, "dirichlet", alpha=alpha, seed=0, min_size=1)
+        message = str(err.value)
+        for key in ("data.alpha", "data.num_clients", "data.min_client_size=1"):
+            assert key in message
 
 
 def test_shards_aligned_to_classes_give_at_most_two_classes() -> None:
