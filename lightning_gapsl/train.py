@@ -50,6 +50,7 @@ from lightning_gapsl.cluster import (
 )
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
+from lightning_gapsl.log_streams import rebind_lightning_handlers
 from lightning_gapsl.federated import FederatedData, build_federated_data
 from lightning_gapsl.models import ModelError, build_blocks
 from lightning_gapsl.models.split import split_blocks
@@ -85,32 +86,7 @@ class _NoAdvertisement(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """A stderr handler that writes to `sys.stderr` as it is when a record comes, not as
-    it was at import: Lightning binds its handlers at import time, so a host that swaps
-    stderr (pytest's capture, a notebook) later made them write to a closed stream."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it
-        pass
-
-
-def _rebind_lightning_handlers() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
-            new = _CurrentStderr()
-            new.setLevel(old.level)
-            new.setFormatter(old.formatter)
-            logger.removeHandler(old)
-            logger.addHandler(new)
-
-
-_rebind_lightning_handlers()
+rebind_lightning_handlers()
 
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.

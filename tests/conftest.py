@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -20,6 +21,22 @@ DIGITS = [
     "trainer.progress_bar=false",
     "trainer.timeout_s=60",
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_logging_errors(monkeypatch):
+    """Fails the test if a log handler could not write (it prints "--- Logging error ---"
+    and carries on, so nothing else would notice)."""
+    failures: list[str] = []
+    report = logging.Handler.handleError
+
+    def record(handler, log_record):
+        failures.append(f"{type(handler).__name__}: {log_record.getMessage()[:80]}")
+        report(handler, log_record)
+
+    monkeypatch.setattr(logging.Handler, "handleError", record)
+    yield
+    assert not failures, f"log handlers failed to write: {failures}"
 
 
 @pytest.fixture

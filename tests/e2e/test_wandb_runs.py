@@ -42,9 +42,10 @@ def run_files(output_dir: Path) -> list[Path]:
 
 def _finished(path: Path, wait_s: float = 30.0) -> bool:
     """The run's last record is its exit. W&B's service process writes the file after
-    ``finish`` returns, so on a loaded machine the record can land a little later."""
+    ``finish`` returns, so on a loaded machine the records (even the first) can land a
+    little later."""
     deadline = time.monotonic() + wait_s
-    while kinds(path)[-1] != "exit":
+    while kinds(path)[-1:] != ["exit"]:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
