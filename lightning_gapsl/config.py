@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10")
+DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
 CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
@@ -37,9 +37,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"
-    """Dataset: mnist | digits | synthetic | cifar10."""
+    """Dataset: mnist | fmnist | digits | synthetic | cifar10."""
     root: str | None = None
-    """Folder with the data files (cifar10 only)."""
+    """Folder with the data files: cifar10 (required) and fmnist (default
+    /usr/share/datasets/fashion-mnist, where the Debian package puts them)."""
     num_clients: int = 10
     """Number of clients N (global client ids 0..N-1)."""
     partition: str = "dirichlet"

