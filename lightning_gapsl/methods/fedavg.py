@@ -63,4 +63,4 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,
                 after_step=fedavg_after_round, cost=cost, global_model=every_round_global,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

@@ -36,8 +36,10 @@ def _write_fake(folder: Path, gz: set[str]) -> dict[str, np.ndarray]:
     for prefix, n in (("train", 60000), ("t10k", 10000)):
         labels = (np.arange(n) * 7 % 10).astype(np.uint8)  # (n,)
         images = np.broadcast_to((labels * 20)[:, None, None], (n, 28, 28))  # (n, 28, 28)
-        for stem, arr in ((f"{prefix}-images-idx3-ubyte", images),
-                          (f"{prefix}-labels-idx1-ubyte", labels)):
+        for stem, arr in (
+            (f"{prefix}-images-idx3-ubyte", images),
+            (f"{prefix}-labels-idx1-ubyte", labels),
+        ):
             raw = _idx(np.ascontiguousarray(arr))
             if stem in gz:
                 (folder / f"{stem}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
