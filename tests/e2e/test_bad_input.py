@@ -67,6 +67,13 @@ CASES = [
     (["algorithm=centralized", "trainer.devices=3"], "algorithm=centralized runs in one process"),
     (["ckpt_path={missing}"], "ckpt_path='{missing}': no such file"),
     (["data=cifar10", "data.root={missing}"], "{missing}"),
+    (["participation.fraction=0"], "participation.fraction=0.0 must be in (0, 1]"),
+    (["participation.fraction=1.5"], "participation.fraction=1.5 must be in (0, 1]"),
+    (["participation.clients=5"], "participation.clients=5 must be in [1, data.num_clients=4]"),
+    (["participation.dropout=-0.1"], "participation.dropout=-0.1 must be in [0, 1)"),
+    (["participation.deadline_s=0"], "participation.deadline_s=0.0 must be > 0 or null"),
+    (["algorithm=sl", "data.steps_per_epoch=null", "participation.fraction=0.5"],
+     "algorithm=sl does not support partial participation yet"),
     (["data=fmnist", "data.root={missing}"],
      "Fashion-MNIST file {missing}/train-images-idx3-ubyte.gz (or {missing}/train-images-idx3-"
      "ubyte) is missing; install it with `apt-get install dataset-fashion-mnist`"),
