@@ -229,6 +229,14 @@ def hosted_active(state: RankState) -> torch.Tensor | None:
     return state.active[state.layout.hosted].to(torch.bool)
 
 
+def client_forward(state: RankState, x: torch.Tensor) -> torch.Tensor:
+    """Hosted clients' segments on x (K, B, ...) -> (K, B, *F); under partial
+    participation only the delivering clients compute (loop mode), idle rows are zeros."""
+    if state.participants is None:
+        return state.clients(x)
+    return state.clients(x, active=hosted_active(state).cpu())
+
+
 def client_step(state: RankState) -> None:
     """The client optimizer's step; idle clients (local-pass rounds) are left untouched,
     momentum and Adam moments included."""
