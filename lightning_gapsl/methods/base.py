@@ -59,6 +59,9 @@ class RankState:
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
     loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
     active: torch.Tensor | None = None  # (N,) bool: clients taking part in this step
+    # (N,) bool: the clients that deliver in this round (averaging methods) or step (PSL
+    # family) under partial participation; None: every client (participation.fraction=1).
+    participants: torch.Tensor | None = None
 
     @property
     def seed(self) -> int:
@@ -146,6 +149,9 @@ class Method:
     load_state_dict: Callable[[RankState, dict], None] | None = None
     # One "client" holding the pooled data (centralized), whatever data.num_clients says.
     pools_data: bool = False
+    # Partial participation: "step" (a new subset every step, the PSL family) or "round"
+    # (one subset per FedAvg round); None: not supported, refused at start-up.
+    participation: str | None = None
     # (cfg, client sizes (N,), batch size) -> steps per epoch; None or returning None:
     # ceil(train samples / (N * B)). Local-pass rounds: one round.
     epoch_steps: Callable[[RunConfig, torch.Tensor, int], int | None] | None = None
@@ -207,11 +213,28 @@ def step_weights(state: RankState) -> torch.Tensor:
     return w / w.sum()
 
 
+def fedavg_weights(state: RankState) -> torch.Tensor:
+    """(N,) float64 FedAvg weights: data sizes, zero for clients that did not deliver this
+    round (partial participation), so the average is over participants, size-weighted."""
+    sizes = state.data.client_sizes
+    if state.participants is None:
+        return sizes
+    return sizes * state.participants.cpu().to(sizes)
+
+
 def hosted_active(state: RankState) -> torch.Tensor | None:
     """(K,) bool for this rank's clients, or None when every client steps every step."""
     if state.active is None or state.clients is None:
         return None
     return state.active[state.layout.hosted].to(torch.bool)
+
+
+def client_forward(state: RankState, x: torch.Tensor) -> torch.Tensor:
+    """Hosted clients' segments on x (K, B, ...) -> (K, B, *F); under partial
+    participation only the delivering clients compute (loop mode), idle rows are zeros."""
+    if state.participants is None:
+        return state.clients(x)
+    return state.clients(x, active=hosted_active(state).cpu())
 
 
 def client_step(state: RankState) -> None:
@@ -285,23 +308,47 @@ def with_defaults(method: Method) -> Method:
                                cost=method.cost or parallel_cost)
 
 
+def step_cost(method: Method, state: RankState) -> StepCost:
+    """The method's `StepCost` from FLOPs counted once on fresh segments."""
+    from lightning_gapsl.latency import forward_flops
+
+    cfg = state.cfg
+    name, shape, classes, cut = model_args(cfg, state.data)
+    client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
+    server = build_server_segment(name, shape, classes, cut, cfg.seed)
+    with torch.no_grad():
+        cut_shape = client(torch.zeros(1, *shape)).shape[1:]
+    return method.cost(state, forward_flops(client, shape), forward_flops(server, cut_shape))
+
+
+def draw_compute_seconds(method: Method, state: RankState) -> torch.Tensor:
+    """(N,) float64 simulated compute seconds of each client in one participation draw
+    (the deadline's measure): a step's FLOPs / its speed, times the steps it trains in a
+    round for the averaging methods (local pass: ceil(n_i / B); lockstep: round_steps)."""
+    from lightning_gapsl.data.rounds import local_steps
+    from lightning_gapsl.latency import client_speeds
+
+    cfg, n = state.cfg, state.data.num_clients
+    per_step = step_cost(method, state).client / client_speeds(cfg.latency, n, cfg.seed)  # (N,)
+    if method.participation != "round":
+        return per_step
+    if state.round_len is not None:
+        steps = local_steps(state.data.client_sizes.to(torch.int64), state.data.batch_size)
+        return per_step * steps.to(per_step)
+    return per_step * state.round_steps
+
+
 def step_latency_model(method: Method, state: RankState) -> Callable[..., float]:
     """(bytes up, bytes down[, active clients]) of a step -> its simulated seconds
     (`lightning_gapsl.latency`), from the method's cost model on FLOPs counted once."""
     from lightning_gapsl.latency import (
         client_speeds,
-        forward_flops,
         parallel_step_latency,
         sequential_step_latency,
     )
 
     cfg, n = state.cfg, state.data.num_clients
-    name, shape, classes, cut = model_args(cfg, state.data)
-    client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
-    server = build_server_segment(name, shape, classes, cut, cfg.seed)
-    cut_shape = client(torch.zeros(1, *shape)).shape[1:]
-    cost = method.cost(state, forward_flops(client, shape), forward_flops(server, cut_shape))
-    speeds = client_speeds(cfg.latency, n, cfg.seed)
+    cost, speeds = step_cost(method, state), client_speeds(cfg.latency, n, cfg.seed)
     latency = sequential_step_latency if cost.sequential else parallel_step_latency
 
     def step_latency(up: int, down: int, active: torch.Tensor | None = None) -> float:

@@ -58,4 +58,4 @@ def after_step(state, transport, step) -> None:
 
 METHOD = Method("cse_fsl", CseFslConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gapsl.algorithms.psl import weighted_client_loss
-from lightning_gapsl.methods.base import RankState, StepOutput, client_step, step_weights
+from lightning_gapsl.methods.base import (
+    RankState,
+    StepOutput,
+    client_forward,
+    client_step,
+    step_weights,
+)
 from lightning_gapsl.transport import Transport
 
 # (state, acts (N, B, *F) leaf, labels (N, B), logits, step) -> an extra server loss.
@@ -54,7 +60,7 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     out = StepOutput(None, None)
 
     # 1-2. clients: forward their segments and send activations + labels up.
-    acts = state.clients(x) if has_clients else None  # (K, B, *F)
+    acts = client_forward(state, x) if has_clients else None  # (K, B, *F)
     received = transport.gather(step, "activations", [acts, y] if has_clients else [],
                                 active=state.active)
 

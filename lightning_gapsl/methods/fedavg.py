@@ -13,6 +13,7 @@ from lightning_gapsl.methods.base import (
     Method,
     RankState,
     StepCost,
+    client_forward,
     client_step,
     model_args,
     report_client_losses,
@@ -46,7 +47,7 @@ def local_train_step(state, transport, step, x, y):
     to the server as telemetry (not counted as communication)."""
     client_losses = None
     if state.clients is not None:
-        client_losses = per_client_cross_entropy(state.clients(x), y)  # (K,)
+        client_losses = per_client_cross_entropy(client_forward(state, x), y)  # (K,)
         state.client_opt.zero_grad(set_to_none=True)
         client_losses.sum().backward()  # each client's own mean loss: independent models
         client_step(state)
@@ -63,4 +64,4 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,
                 after_step=fedavg_after_round, cost=cost, global_model=every_round_global,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

@@ -181,4 +181,4 @@ def load_state_dict(state, saved: dict) -> None:
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global, state_dict=state_dict,
                 load_state_dict=load_state_dict,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

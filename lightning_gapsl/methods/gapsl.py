@@ -64,16 +64,37 @@ class GapslMethodConfig(SplitConfig):
 
 
 def _align(state, g: torch.Tensor) -> torch.Tensor:
-    """GAPSL on per-client gradient rows g (N, D): returns the aligned rows (N, D)."""
+    """GAPSL on per-client gradient rows g (N, D): returns the aligned rows (N, D).
+
+    Under partial participation LGI and GDA see only this step's participants (k rows:
+    ceil(rho k) leaders); the other rows (zero gradients) come back unchanged."""
+    active = state.active
+    if active is not None:
+        aligned = g.clone()
+        aligned[active], diag = _align_rows(state, g[active])  # (k, D)
+        mask = torch.zeros(g.shape[0], dtype=torch.bool, device=g.device)
+        mask[active] = diag["leader_mask"].to(torch.bool)
+        diag = {**diag, "leader_mask": mask}
+    else:
+        aligned, diag = _align_rows(state, g)
+    _record(state, diag)
+    return aligned
+
+
+def _align_rows(state, g: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """`gapsl_step` on rows g (k, D), advancing the leader EMA."""
     aligned, state.extras["leader_ema"], diag = gapsl_step(
         g, state.extras.get("leader_ema"), state.cfg.algorithm.lgi_gda())
+    return aligned, diag
+
+
+def _record(state, diag: dict) -> None:
     state.step_diagnostics = {
         "gapsl/leaders": float(diag["leader_count"]),
         "gapsl/cos_before": float(diag["cos_before_mean"]),
         "gapsl/cos_after": float(diag["cos_after_mean"]),
         "gapsl/leader_mask": diag["leader_mask"].detach().float().cpu(),  # (N,)
     }
-    return aligned
 
 
 def _align_cut(state, cut_grads: torch.Tensor, step: int) -> torch.Tensor:
@@ -113,4 +134,4 @@ def load_state_dict(state, saved: dict) -> None:
 
 
 METHOD = Method("gapsl", GapslMethodConfig, build, train_step, state_dict=state_dict,
-                load_state_dict=load_state_dict)
+                load_state_dict=load_state_dict, participation="step")

@@ -124,4 +124,4 @@ def global_model(state, epoch: int) -> bool:
 
 METHOD = Method("locfedmix", LocFedMixConfig, build, train_step, after_step=after_step,
                 global_model=global_model,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

@@ -27,4 +27,4 @@ def train_step(state, transport, step, x, y):
     return split_exchange(state, transport, step, x, y, Hooks())
 
 
-METHOD = Method("psl", PslConfig, build, train_step)
+METHOD = Method("psl", PslConfig, build, train_step, participation="step")

@@ -5,7 +5,9 @@ adds the sums of all ranks (the server rank adds zeros when it hosts no client),
 every hosted client gets the average: `lightning_gapsl.algorithms.fedavg.fedavg_`, the
 one FedAvg of the project. Communication is counted by the transport as the method
 would spend it between real devices: every client uploads its segment and downloads
-the average (N x P float32 parameters each way).
+the average (N x P float32 parameters each way). Under partial participation only the
+clients that delivered this round are averaged (size-weighted) and counted (k x P each
+way); every client then holds the average, as if it downloaded the global model.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from lightning_gapsl.algorithms.fedavg import fedavg_
-from lightning_gapsl.methods.base import RankState, model_args
+from lightning_gapsl.methods.base import RankState, fedavg_weights, model_args
 from lightning_gapsl.methods.configs import round_ends
 from lightning_gapsl.models.split import build_client_segment
 from lightning_gapsl.models.stacked import StackedSegments
@@ -33,19 +35,27 @@ def segment_shapes(cfg, data) -> dict[str, torch.Size]:
 
 def fedavg_clients_(state: RankState, stacked: StackedSegments | None,
                     shapes: dict[str, torch.Size], transport: Transport) -> None:
-    """Set every hosted client's copy of ``stacked`` to the size-weighted average over all
-    clients. ``shapes``: per-client parameter shapes (`shapes_of` a template)."""
-    weights = state.data.client_sizes[state.layout.hosted] if stacked is not None else None
-    fedavg_stacked_(stacked, weights, shapes, transport)
+    """Set every hosted client's copy of ``stacked`` to the size-weighted average over the
+    clients that delivered this round (all of them without partial participation; a round
+    nobody delivered in leaves every copy as it is). ``shapes``: per-client parameter
+    shapes (`shapes_of` a template)."""
+    weights = fedavg_weights(state)  # (N,), zero for clients that did not deliver
+    senders = int((weights > 0).sum()) if state.participants is not None else None
+    if senders == 0:
+        return
+    hosted = weights[state.layout.hosted] if stacked is not None else None  # (K,)
+    fedavg_stacked_(stacked, hosted, shapes, transport, senders)
 
 
 def fedavg_stacked_(stacked: StackedSegments | None, weights: torch.Tensor | None,
-                    shapes: dict[str, torch.Size], transport: Transport) -> None:
-    """`fedavg_clients_` with the hosted clients' weights (K,) given (data sizes)."""
+                    shapes: dict[str, torch.Size], transport: Transport,
+                    senders: int | None = None) -> None:
+    """`fedavg_clients_` with the hosted clients' weights (K,) given (data sizes);
+    ``senders``: clients counted as uploading and downloading (None: all N)."""
     per_client_bytes = 4 * sum(s.numel() for s in shapes.values())  # float32 parameters
 
     def all_reduce(flat: torch.Tensor) -> None:
-        transport.all_reduce_sum_(flat, per_client_bytes=per_client_bytes)
+        transport.all_reduce_sum_(flat, per_client_bytes=per_client_bytes, clients=senders)
 
     params = stacked.stacked_params() if stacked is not None else None
     fedavg_(params, weights, shapes, reduce_=all_reduce, device=transport.device)

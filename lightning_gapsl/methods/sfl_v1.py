@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gapsl.algorithms.psl import weighted_client_loss
-from lightning_gapsl.methods.base import Method, RankState, split_state
+from lightning_gapsl.methods.base import Method, RankState, fedavg_weights, split_state
 from lightning_gapsl.methods.configs import RoundConfig, local_pass_epoch, round_ends
 from lightning_gapsl.methods.exchange import Hooks, reported_loss, split_exchange
 from lightning_gapsl.methods.rounds import (
@@ -68,8 +68,9 @@ def after_step(state, transport, step) -> None:
     if not round_ends(step, state.round_steps):
         return
     fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
-    if state.layout.is_server:
-        average_copies(state.server, state.data.client_sizes, assign=True)
+    weights = fedavg_weights(state)  # (N,) sizes of the clients that delivered this round
+    if state.layout.is_server and bool((weights > 0).any()):
+        average_copies(state.server, weights, assign=True)
 
 
 def before_eval(state, transport, epoch) -> None:
@@ -86,4 +87,4 @@ def before_eval(state, transport, epoch) -> None:
 
 METHOD = Method("sfl_v1", SflV1Config, build, train_step, after_step=after_step,
                 before_eval=before_eval, global_model=every_round_global,
-                epoch_steps=local_pass_epoch)
+                epoch_steps=local_pass_epoch, participation="round")

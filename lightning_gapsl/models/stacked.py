@@ -136,8 +136,13 @@ class StackedSegments(nn.Module):
             return self.mode
         return resolve_mode(device, self._grouped_ok)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` (K, B, *in) -> (K, B, *out); client k's segment on ``x[k]``."""
+    def forward(self, x: Tensor, active: Tensor | None = None) -> Tensor:
+        """``x`` (K, B, *in) -> (K, B, *out); client k's segment on ``x[k]``.
+
+        ``active`` (K,) bool (partial participation): in loop mode only those clients
+        compute, the others' rows are zeros outside the graph (their numbers unchanged:
+        the same per-client arithmetic); vmap and grouped still run all K in one kernel.
+        """
         if x.shape[0] != self.num_segments:
             raise ValueError(f"expected leading dim {self.num_segments}, got {tuple(x.shape)}")
         tensors = {**self.stacked_params(), **self._stacked_buffers()}
@@ -150,11 +155,14 @@ class StackedSegments(nn.Module):
             return from_grouped(grouped_forward(self._template[0], tensors, grouped_in, k), k)
         # unbind once per tensor: its backward is a single stack, not K index-scatters.
         per_client = {n: t.unbind(0) for n, t in tensors.items()}
-        outs = [
-            self._call_one({n: ts[k] for n, ts in per_client.items()}, x[k])
-            for k in range(self.num_segments)
-        ]
-        return torch.stack(outs)
+        ks = range(self.num_segments) if active is None else active.nonzero().flatten().tolist()
+        outs = {k: self._call_one({n: ts[k] for n, ts in per_client.items()}, x[k]) for k in ks}
+        if not outs:  # none of this rank's clients delivers: zeros still in the graph (for
+            # the backward every rank runs); client 0's gradient is zero, its step skipped.
+            one = self._call_one({n: ts[0] for n, ts in per_client.items()}, x[0]) * 0.0
+            return torch.stack([one] * self.num_segments)
+        zero = torch.zeros_like(next(iter(outs.values())))  # (B, *out), idle clients' rows
+        return torch.stack([outs.get(k, zero) for k in range(self.num_segments)])
 
     def forward_one(self, k: int, x: Tensor) -> Tensor:
         """Client ``k``'s segment alone on ``x`` (B, *in) -> (B, *out) (evaluation)."""

