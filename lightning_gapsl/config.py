@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_gapsl.privacy.config import DefenseConfig, PrivacyConfig, validate_privacy
+
 DATASETS = ("mnist", "digits", "synthetic", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("lenet", "resnet18")
@@ -171,6 +173,10 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """The leakage evaluation after training (`lightning_gapsl.privacy`)."""
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    """Defenses of the smashed data (activation noise, NoPeek)."""
     seed: int = 0
     """Run seed; per-client randomness is derived from (seed, client id)."""
     ckpt_path: str | None = None
@@ -191,6 +197,8 @@ _SECTIONS = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "latency": LatencyConfig,
+    "privacy": PrivacyConfig,
+    "defense": DefenseConfig,
 }
 _TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm"}  # algorithm: by method
 
@@ -295,6 +303,7 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"{', '.join(WANDB_MODES)} or null")
     check(bool(cfg.logger.project), "logger.project must not be empty")
     a.validate(cfg)  # the method's own keys and cross-field rules
+    validate_privacy(cfg)
     if cfg.ckpt_path is not None:
         check(os.path.isfile(cfg.ckpt_path), f"ckpt_path={cfg.ckpt_path!r}: no such file")
     return cfg
