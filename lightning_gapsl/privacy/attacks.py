@@ -56,6 +56,30 @@ def _ridge_predictor(a_fit: torch.Tensor, x_fit: torch.Tensor):
     return predict
 
 
+def _ridge_refit(a_fit: torch.Tensor, x_fit: torch.Tensor, lam: float):
+    """The same ridge at one penalty, by a Cholesky solve (cheaper than a second
+    eigendecomposition); returns predict(a) -> (m, p)."""
+    keep = _informative(a_fit)
+    x_mean = x_fit.mean(0)  # (p,)
+    if not bool(keep.any()):
+        return lambda a: x_mean.expand(a.shape[0], -1)
+    a_fit = a_fit[:, keep]
+    a_mean = a_fit.mean(0)
+    ac, xc = a_fit - a_mean, x_fit - x_mean  # (n, d), (n, p)
+    n, d = ac.shape
+    primal = d <= n
+    gram = ac.T @ ac if primal else ac @ ac.T  # (d, d) or (n, n)
+    ridge = lam * float(gram.diagonal().sum()) / d
+    chol = torch.linalg.cholesky(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype))
+    coef = torch.cholesky_solve(ac.T @ xc if primal else xc, chol)  # (d or n, p)
+
+    def predict(a: torch.Tensor) -> torch.Tensor:
+        q = a[:, keep] - a_mean  # (m, d)
+        return x_mean + (q if primal else q @ ac.T) @ coef
+
+    return predict
+
+
 def _clip(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0).reshape(-1, *like.shape[1:])
 
@@ -74,8 +98,8 @@ def ridge_attack(a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor
     errors = [float((_clip(predict(a[cut:], lam), x_aux) - _clip(x[cut:], x_aux)).pow(2).mean())
               for lam in RIDGE_LAMBDAS]
     lam = RIDGE_LAMBDAS[min(range(len(errors)), key=errors.__getitem__)]
-    refit = _ridge_predictor(a, x)
-    return _clip(refit(a_eval.reshape(a_eval.shape[0], -1).double(), lam), x_aux).float(), lam
+    refit = _ridge_refit(a, x, lam)
+    return _clip(refit(a_eval.reshape(a_eval.shape[0], -1).double()), x_aux).float(), lam
 
 
 class ConvDecoder(nn.Module):

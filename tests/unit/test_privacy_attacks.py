@@ -139,3 +139,19 @@ def test_chosen_clients_first_median_largest():
     assert ridge == [0, 1, 2, 3, 4] and conv == [0, 1, 2]
     assert chosen_clients("full", sizes, one_model=True) == ([0], [0])
     assert len(SCALARS) == 11
+
+
+def test_ridge_primal_and_dual_forms_match_the_closed_form():
+    from lightning_gapsl.privacy.attacks import _ridge_predictor, _ridge_refit
+
+    gen = torch.Generator().manual_seed(9)
+    for n, d in ((200, 30), (40, 120)):  # primal (d <= n) and dual (d > n)
+        a = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        x = torch.rand(n, 5, generator=gen, dtype=torch.float64)
+        ac, xc = a - a.mean(0), x - x.mean(0)
+        lam = 0.1 * float((ac * ac).sum()) / d  # the relative penalty
+        w = torch.linalg.solve(ac.T @ ac + lam * torch.eye(d, dtype=torch.float64), ac.T @ xc)
+        q = torch.randn(7, d, generator=gen, dtype=torch.float64)
+        expected = x.mean(0) + (q - a.mean(0)) @ w  # (7, 5)
+        assert torch.allclose(_ridge_predictor(a, x)(q, 0.1), expected, atol=1e-8)
+        assert torch.allclose(_ridge_refit(a, x, 0.1)(q), expected, atol=1e-8)
