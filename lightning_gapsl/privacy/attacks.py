@@ -108,7 +108,7 @@ class ConvDecoder(nn.Module):
     a sigmoid. Flat activations (B, F) first go through a linear layer to a 7x7 map."""
 
     def __init__(self, act_shape: tuple[int, ...], image_shape: tuple[int, int, int],
-                 width: int = 32):
+                 width: int = 16):
         super().__init__()
         channels, height, width_px = image_shape
         if len(act_shape) == 3:
@@ -132,7 +132,7 @@ class ConvDecoder(nn.Module):
 
 
 def conv_attack(a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor, seed: int,
-                epochs: int = 20, batch_size: int = 64, lr: float = 1e-3) -> torch.Tensor:
+                epochs: int = 10, batch_size: int = 128, lr: float = 1e-3) -> torch.Tensor:
     """Train a `ConvDecoder` on (a_aux (n, *F), x_aux (n, C, H, W)) with MSE and Adam;
     return its reconstructions of a_eval (m, *F) -> (m, C, H, W).
 
