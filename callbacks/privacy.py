@@ -15,7 +15,7 @@ import torch
 
 from lightning_gapsl.privacy.evaluate import evaluate_run
 
-LOGGED = ("leakage", "leakage_worst", "psnr", "ssim", "dcor")
+LOGGED = ("leakage", "leakage_worst", "leakage_ssim", "psnr", "ssim", "dcor")
 
 
 class PrivacyCallback(L.Callback):

@@ -154,16 +154,21 @@ def _client_entry(row: torch.Tensor, refs: dict) -> dict:
     entry = {"dcor": v["dcor"], "ridge": {
         "psnr": v["ridge_psnr"], "psnr_median": v["ridge_psnr_median"], "ssim": v["ridge_ssim"],
         "mse": v["ridge_mse"], "lambda": v["ridge_lambda"],
-        "leakage": leakage_index(v["ridge_psnr"], floor, refs["identity_ridge"]["psnr"])}}
+        "leakage": leakage_index(v["ridge_psnr"], floor, refs["identity_ridge"]["psnr"]),
+        "leakage_ssim": leakage_index(v["ridge_ssim"], refs["constant"]["ssim"],
+                                      refs["identity_ridge"]["ssim"])}}
     strongest = entry["ridge"]
     if not math.isnan(v["conv_psnr"]):
         entry["conv"] = {"psnr": v["conv_psnr"], "psnr_median": v["conv_psnr_median"],
                          "ssim": v["conv_ssim"], "mse": v["conv_mse"],
                          "leakage": leakage_index(v["conv_psnr"], floor,
-                                                  refs["identity_conv"]["psnr"])}
+                                                  refs["identity_conv"]["psnr"]),
+                         "leakage_ssim": leakage_index(v["conv_ssim"], refs["constant"]["ssim"],
+                                                       refs["identity_conv"]["ssim"])}
         if entry["conv"]["leakage"] > strongest["leakage"]:
             strongest = entry["conv"]
-    entry.update(leakage=strongest["leakage"], psnr=strongest["psnr"], ssim=strongest["ssim"],
+    entry.update(leakage=strongest["leakage"], leakage_ssim=strongest["leakage_ssim"],
+                 psnr=strongest["psnr"], ssim=strongest["ssim"],
                  mse=strongest["mse"], attacker="conv" if strongest is entry.get("conv") else "ridge")
     return entry
 
@@ -172,7 +177,7 @@ def summarize(rows: torch.Tensor, refs: dict, method: str, mode: str, eval_s: fl
     """All clients' rows (N, W) -> the ``privacy`` block of summary.json."""
     evaluated = [c for c in range(rows.shape[0]) if rows[c, 0] == 1.0]
     per_client = {str(c): _client_entry(rows[c], refs) for c in evaluated}
-    keys = ("leakage", "psnr", "ssim", "mse", "dcor")
+    keys = ("leakage", "leakage_ssim", "psnr", "ssim", "mse", "dcor")
     mean = {k: statistics.fmean(e[k] for e in per_client.values()) for k in keys}
     for attacker in ("ridge", "conv"):
         got = [e[attacker]["leakage"] for e in per_client.values() if attacker in e]
@@ -184,6 +189,7 @@ def summarize(rows: torch.Tensor, refs: dict, method: str, mode: str, eval_s: fl
     flags = exposure(method)
     return {
         "mode": mode, "leakage": mean["leakage"], "leakage_worst": worst["leakage"],
+        "leakage_ssim": mean["leakage_ssim"],
         "psnr": mean["psnr"], "ssim": mean["ssim"], "dcor": mean["dcor"],
         "threat": flags["threat"], "exposure": {k: flags[k] for k in FLAG_KEYS},
         "clients_evaluated": evaluated, "mean": mean, "worst": worst,

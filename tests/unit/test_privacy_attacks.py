@@ -124,7 +124,7 @@ def test_ridge_picks_the_penalty_on_held_out_auxiliary_images(data):
 
 
 def test_conv_decoder_is_seeded_and_learns(data):
-    a, b = (conv_attack(data.x_aux, data.pix_aux, data.x_pool, seed=5, epochs=3)
+    a, b = (conv_attack(data.x_aux, data.pix_aux, data.x_pool, seed=5, epochs=20)
             for _ in range(2))
     assert torch.equal(a, b)
     floor = (data.pix_aux.mean(0) - data.pix_pool).pow(2).mean()
