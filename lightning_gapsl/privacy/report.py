@@ -37,7 +37,7 @@ def privacy_columns(summary: dict) -> dict:
     p = summary.get("privacy")
     if not p:
         return {}
-    row = {k: p[k] for k in COLUMNS}
+    row = {k: p.get(k) for k in COLUMNS}  # .get: summaries written before a key existed
     row["leakage_ridge"] = p["mean"].get("leakage_ridge")
     row["leakage_conv"] = p["mean"].get("leakage_conv")
     row["threat"] = p["threat"]
