@@ -21,6 +21,9 @@ class PrivacyConfig:
     """Auxiliary images the server fits its attack on: the first ones of the test set."""
     pool_size: int = 2000
     """Evaluation images after the auxiliary ones (scores and distance correlation)."""
+    all_clients: bool = False
+    """fast: the ridge attacker and distance correlation on every client instead of three
+    (full always evaluates every client with them)."""
     conv_epochs: int = 10
     """Training epochs of the conv decoder (full only; about 30 s each for LeNet on MNIST
     on one core; 10 epochs reach a lower pool MSE than the ridge attacker)."""

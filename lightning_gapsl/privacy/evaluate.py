@@ -65,11 +65,13 @@ def privacy_data(test_x: torch.Tensor, aux_size: int, pool_size: int) -> Privacy
     return PrivacyData(x_aux, to_pixels(x_aux), x_pool, to_pixels(x_pool))
 
 
-def chosen_clients(mode: str, sizes: torch.Tensor, one_model: bool) -> tuple[list[int], list[int]]:
+def chosen_clients(mode: str, sizes: torch.Tensor, one_model: bool, all_clients: bool = False
+                   ) -> tuple[list[int], list[int]]:
     """(clients for ridge + distance correlation, clients for the conv decoder).
 
     The three: the first, the median-size and the largest client (ties: lowest id).
-    fast: ridge on the three, no decoder; full: ridge on all, decoder on the three.
+    fast: ridge on the three (``all_clients``: on all), no decoder; full: ridge on all,
+    decoder on the three.
     ``one_model``: every client holds the same model (FedAvg rounds, SL): client 0 alone.
     """
     if one_model:
@@ -79,7 +81,7 @@ def chosen_clients(mode: str, sizes: torch.Tensor, one_model: bool) -> tuple[lis
     three = sorted({0, order[(len(order) - 1) // 2], largest})
     if mode == "full":
         return list(range(len(sizes))), three
-    return three, []
+    return (list(range(len(sizes))) if all_clients else three), []
 
 
 def server_view(segment: nn.Module, x: torch.Tensor, sigma: float, seed: int,
@@ -221,7 +223,8 @@ def evaluate_run(state, transport, one_model: bool) -> tuple[dict, dict] | None:
     data = privacy_data(state.data.dataset.test_x, p.aux_size, p.pool_size)
     if data.x_aux.shape[0] < 20 or data.x_pool.shape[0] < 8:
         raise ValueError(f"privacy needs at least 28 test images, the test set has {n_test}")
-    ridge_ids, conv_ids = chosen_clients(p.mode, state.data.client_sizes, one_model)
+    ridge_ids, conv_ids = chosen_clients(p.mode, state.data.client_sizes, one_model,
+                                         p.all_clients)
     rows = torch.full((len(layout.hosted), row_width(data.pix_pool.shape[1:])), math.nan,
                       dtype=torch.float64)
     mine = [c for c in layout.hosted if c in ridge_ids]

@@ -135,6 +135,7 @@ def test_chosen_clients_first_median_largest():
     sizes = torch.tensor([5.0, 50.0, 20.0, 10.0, 50.0])
     ridge, conv = chosen_clients("fast", sizes, one_model=False)
     assert ridge == [0, 1, 2] and conv == []  # median-size: client 2 (20); largest: 1
+    assert chosen_clients("fast", sizes, False, all_clients=True) == ([0, 1, 2, 3, 4], [])
     ridge, conv = chosen_clients("full", sizes, one_model=False)
     assert ridge == [0, 1, 2, 3, 4] and conv == [0, 1, 2]
     assert chosen_clients("full", sizes, one_model=True) == ([0], [0])
