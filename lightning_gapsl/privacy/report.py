@@ -116,7 +116,9 @@ def plot_accuracy_vs_leakage(summaries: list[dict], labels: list[str], path: Pat
     ax.set_xlabel("leakage index (0 = constant client, 1 = identity)")
     ax.set_ylabel("mean client test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    legend = ax.legend(fontsize=7, ncol=2)
+    for handle in legend.legend_handles:  # one marker size in the legend
+        handle.set_sizes([30])
     ax.set_title("accuracy against leakage (marker area: bytes per epoch)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
