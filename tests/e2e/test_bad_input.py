@@ -75,7 +75,7 @@ CASES = [
     (["trainer.devices=3", "ckpt_path={ckpt}"], "trainer.devices was 1, this run has 3"),
     (["privacy=bogus"], "privacy='bogus' is not valid; choose one of: fast, full, off"),
     (["privacy=fast", "privacy.pool_size=2"], "privacy.pool_size=2 must be >= 8"),
-    (["+privacy.nope=1"], "unknown key privacy.nope; valid keys under privacy: aux_size"),
+    (["+privacy.nope=1"], "unknown key privacy.nope; valid keys under privacy:"),
     (["defense.activation_noise=-1"], "defense.activation_noise=-1.0 must be >= 0"),
     (["defense.activation_noise=nan"], "defense.activation_noise=nan is not a valid finite"),
     (["defense.nopeek=-0.5"], "defense.nopeek=-0.5 must be >= 0"),
