@@ -9,8 +9,12 @@ import os
 import lightning as L
 
 
-def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int) -> dict:
+def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int,
+                  privacy: dict | None = None) -> dict:
     """The summary.json dict from the run config and the per-epoch history.
+
+    ``privacy``: the leakage evaluation's block (`lightning_gapsl.privacy`), present only
+    when ``privacy`` is not ``off``.
 
     ``samples_per_s`` is training samples (all clients) over training time, which
     excludes evaluation; ``wall_s`` is the whole fit, evaluation included.
@@ -18,7 +22,7 @@ def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int) -> 
     last = history[-1] if history else {}
     train_s = sum(h["train_s"] for h in history)
     samples = sum(h["samples"] for h in history)
-    return {
+    summary = {
         "algorithm": cfg.algorithm.name,
         "num_clients": num_clients,
         "devices": cfg.trainer.devices,
@@ -39,6 +43,9 @@ def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int) -> 
         "samples_per_s": samples / train_s if train_s > 0 else None,
         "history": history,
     }
+    if privacy is not None:
+        summary["privacy"] = privacy
+    return summary
 
 
 def _json_safe(value):
@@ -62,7 +69,7 @@ class SummaryCallback(L.Callback):
         if not trainer.is_global_zero or pl_module.preempted_at is not None:
             return  # a pre-empted run has no final numbers; its resumed run writes them
         summary = build_summary(self.cfg, pl_module.history, pl_module.elapsed(),
-                                pl_module.data.num_clients)
+                                pl_module.data.num_clients, getattr(pl_module, "privacy", None))
         path = os.path.join(self.cfg.output_dir, "summary.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -113,10 +113,15 @@ def markdown(table: list[dict], title: str, command: str) -> str:
 
 
 def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title: str, command: str):
+    from lightning_gapsl.privacy.report import privacy_columns, write_privacy
+
+    # Runs with privacy != off add their leakage columns (privacy/report.py).
+    leak = [{f"privacy_{k}": v for k, v in privacy_columns(s).items()} for s in summaries]
+    extra = list(dict.fromkeys(k for row in leak for k in row))
     with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["variant", "seed", *METRICS])
+        writer = csv.DictWriter(f, fieldnames=["variant", "seed", *METRICS, *extra])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, **p} for r, p in zip(rows, leak))
     (out_dir / "results.md").write_text(markdown(aggregate(rows), title, command))
     from lightning_gapsl.plots import plot_class_acc, plot_comparison
 
@@ -124,6 +129,8 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
     plot_comparison(summaries, labels, out_dir)
     for variant in dict.fromkeys(labels):
         plot_class_acc(variant, [s for s, v in zip(summaries, labels) if v == variant], out_dir)
+    run_dirs = [out_dir / r["variant"] / f"seed{r['seed']}" for r in rows]
+    write_privacy(summaries, labels, run_dirs, out_dir, title)
 
 
 def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, command: str) -> int:

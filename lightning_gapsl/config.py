@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_gapsl.privacy.config import DefenseConfig, PrivacyConfig, validate_privacy
+
 DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 LABEL_KINDS = ("fine", "coarse")
@@ -218,6 +220,10 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     participation: ParticipationConfig = field(default_factory=ParticipationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """The leakage evaluation after training (`lightning_gapsl.privacy`)."""
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    """Defenses of the smashed data (activation noise, NoPeek)."""
     seed: int = 0
     """Run seed; per-client randomness is derived from (seed, client id)."""
     ckpt_path: str | None = None
@@ -239,6 +245,8 @@ _SECTIONS = {
     "logger": LoggerConfig,
     "latency": LatencyConfig,
     "participation": ParticipationConfig,
+    "privacy": PrivacyConfig,
+    "defense": DefenseConfig,
 }
 MAX_SEED = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 _TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm"}  # algorithm: by method
@@ -364,6 +372,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             check(value > 0, f"latency.{f.name}={value} must be > 0")
     _validate_participation(cfg)
     a.validate(cfg)  # the method's own keys and cross-field rules
+    validate_privacy(cfg)
     if cfg.ckpt_path is not None:
         check(os.path.isfile(cfg.ckpt_path), f"ckpt_path={cfg.ckpt_path!r}: no such file")
     return cfg

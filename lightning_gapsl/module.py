@@ -86,7 +86,7 @@ class SplitLearningModule(L.LightningModule):
                 "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
                 # How clients execute (loop/grouped) does not change what they compute.
                 "model": repr(dataclasses.replace(c.model, client_exec="")),
-                "optim": repr(c.optim), "seed": str(c.seed),
+                "optim": repr(c.optim), "defense": repr(c.defense), "seed": str(c.seed),
                 "participation": repr(c.participation),
                 "trainer.devices": str(c.trainer.devices)}
 

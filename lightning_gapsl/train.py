@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from lightning_gapsl.callbacks.logging import TransientProgressBar, default_callbacks
+from lightning_gapsl.callbacks.privacy import PrivacyCallback
 from lightning_gapsl.callbacks.summary import SummaryCallback
 from lightning_gapsl.callbacks.wandb_run import (
     WandbRunCloser,
@@ -189,6 +190,7 @@ def build_trainer(
         precision=t.precision,
         logger=build_logger(cfg, wandb_id),
         callbacks=[
+            *([PrivacyCallback(cfg)] if cfg.privacy.mode != "off" else []),
             SummaryCallback(cfg),
             *default_callbacks(),
             *([WandbRunCloser(wandb_id)] if cfg.logger.name == "wandb" else []),

@@ -22,6 +22,7 @@ from lightning_gapsl.methods.base import (
     step_weights,
 )
 from lightning_gapsl.methods.configs import RoundConfig
+from lightning_gapsl.methods.exchange import smashed
 from lightning_gapsl.transport import Transport
 
 SERVER_STEPS = ("per_client", "averaged")
@@ -66,7 +67,8 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
     if state.clients is not None:
         acts = state.clients(x)  # (K, B, *F)
     if server_step_due(step, state.cfg.algorithm.server_interval):
-        sent = [acts.detach(), y] if acts is not None else []
+        sent = [smashed(state, acts.detach(), state.layout.hosted, step), y] \
+            if acts is not None else []
         received = transport.gather(step, "activations", sent, active=state.active)
         if state.layout.is_server:
             _server_update(state, *received)

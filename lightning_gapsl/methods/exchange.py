@@ -20,8 +20,10 @@ from lightning_gapsl.methods.base import (
     StepOutput,
     client_forward,
     client_step,
+    hosted_active,
     step_weights,
 )
+from lightning_gapsl.privacy.defense import add_activation_noise, nopeek_losses
 from lightning_gapsl.transport import Transport
 
 # (state, acts (N, B, *F) leaf, labels (N, B), logits, step) -> an extra server loss.
@@ -61,7 +63,8 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
 
     # 1-2. clients: forward their segments and send activations + labels up.
     acts = client_forward(state, x) if has_clients else None  # (K, B, *F)
-    received = transport.gather(step, "activations", [acts, y] if has_clients else [],
+    sent = smashed(state, acts, layout.hosted, step) if has_clients else None
+    received = transport.gather(step, "activations", [sent, y] if has_clients else [],
                                 active=state.active)
 
     # 3-4. server: one forward/backward on every client's activations, then transform.
@@ -79,6 +82,7 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     mine = (hooks.downlink or scatter_down)(state, transport, step, cut_grads)
     if has_clients:
         state.client_opt.zero_grad(set_to_none=True)
+        nopeek_backward(state, x, acts, hosted_active(state))
         if hooks.client_backward is not None:
             hooks.client_backward(state, acts, mine[0], x)
         else:
@@ -88,6 +92,28 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     if has_clients:
         client_step(state)
     return out
+
+
+def smashed(state: RankState, acts: torch.Tensor, client_ids: list[int], step: int
+            ) -> torch.Tensor:
+    """What the clients send: their activations (K, B, *F), plus Gaussian noise under
+    ``defense.activation_noise`` (the same tensor when the defense is off)."""
+    return add_activation_noise(acts, state.cfg.defense.activation_noise, state.seed,
+                                client_ids, step)
+
+
+def nopeek_backward(state: RankState, x: torch.Tensor, acts: torch.Tensor,
+                    active: torch.Tensor | None = None) -> None:
+    """``defense.nopeek`` > 0: back-propagate weight x each client's distance correlation
+    between its batch x (K, B, ...) and its activations (K, B, *F), keeping the graph for
+    the cut-gradient backward that follows. Nothing when the defense is off. ``active``
+    (K,) bool: only these clients (an idle client's rows are constant zeros, whose
+    distance correlation is 0/0)."""
+    weight = state.cfg.defense.nopeek
+    if weight > 0:
+        if active is not None:
+            x, acts = x[active], acts[active]  # (K', B, ...), (K', B, *F)
+        (weight * nopeek_losses(x, acts).sum()).backward(retain_graph=True)
 
 
 def scatter_down(state: RankState, transport: Transport, step: int,
@@ -148,8 +174,9 @@ def one_client_exchange(state: RankState, transport: Transport, step: int, clien
     hosted = state.layout.hosted
     mine = client in hosted
     acts = state.clients.forward_one(slot, x[hosted.index(client)]) if mine else None  # (B, *F)
+    sent = smashed(state, acts[None], [client], step)[0] if mine else None
     got = transport.to_server(step, f"{tag}_acts/{client}", client,
-                              [acts, y[hosted.index(client)]] if mine else None)
+                              [sent, y[hosted.index(client)]] if mine else None)
     grads, loss = None, None
     if state.layout.is_server:
         z = got[0].detach().requires_grad_(True)  # (B, *F)
@@ -161,6 +188,7 @@ def one_client_exchange(state: RankState, transport: Transport, step: int, clien
     back = transport.to_client(step, f"{tag}_grads/{client}", client, grads)
     if mine:
         state.client_opt.zero_grad(set_to_none=True)
+        nopeek_backward(state, x[hosted.index(client)][None], acts[None])
         acts.backward(back[0])
         step_client()
     return loss

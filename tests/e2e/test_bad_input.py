@@ -114,6 +114,16 @@ CASES = [
     (["data.num_clients=5", "ckpt_path={ckpt}"],
      "checkpoint {ckpt} is from a different configuration: data was"),
     (["trainer.devices=3", "ckpt_path={ckpt}"], "trainer.devices was 1, this run has 3"),
+    (["privacy=bogus"], "privacy='bogus' is not valid; choose one of: fast, full, off"),
+    (["privacy=fast", "privacy.pool_size=2"], "privacy.pool_size=2 must be >= 8"),
+    (["+privacy.nope=1"], "unknown key privacy.nope; valid keys under privacy:"),
+    (["defense.activation_noise=-1"], "defense.activation_noise=-1.0 must be >= 0"),
+    (["defense.activation_noise=nan"], "defense.activation_noise=nan is not a valid finite"),
+    (["defense.nopeek=-0.5"], "defense.nopeek=-0.5 must be >= 0"),
+    (["algorithm=fedavg", "defense.activation_noise=1", "data.steps_per_epoch=null"],
+     "defense.activation_noise is for methods that send smashed data; algorithm=fedavg"),
+    (["algorithm=fsl_sage", "defense.nopeek=1", "data.steps_per_epoch=null"],
+     "defense.nopeek is implemented for algorithm=psl|gapsl"),
 ]
 
 
