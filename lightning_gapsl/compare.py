@@ -220,8 +220,9 @@ class Tuner:
         self.grid = {m: {p: list(o) for p, o in points.items()}
                      for m, points in exp["grid"].items()}
         self.size = tuning.check_grid(self.grid)
+        self.algorithm_of = dict(exp.get("algorithm_of") or {})  # row -> algorithm= name
         self.methods, self.skipped = tuning.active_methods(
-            self.grid, exp.get("optional") or [], registered_algorithms())
+            self.grid, exp.get("optional") or [], registered_algorithms(), self.algorithm_of)
         self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))
@@ -244,7 +245,11 @@ class Tuner:
         out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
         run = self.runs.setdefault(out, Run(method, point, seed, self.grid[method][point]))
         run.stages.add(stage)
-        return run, out, [*self.base(epochs), f"algorithm={method}", *run.overrides]
+        return run, out, [*self.base(epochs), self.algorithm(method), *run.overrides]
+
+    def algorithm(self, method: str) -> str:
+        """The ``algorithm=`` override of a table row."""
+        return f"algorithm={self.algorithm_of.get(method, method)}"
 
     def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
         """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
@@ -367,7 +372,7 @@ def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str,
     (t.out_dir / "chosen.yaml").write_text(
         f"# {command}\n# method -> chosen overrides (grid point in the comment)\n"
         + "".join(f"# {m}: {r.point}\n" for m, r in chosen.items())
-        + yaml.safe_dump({m: [f"algorithm={m}", *r.overrides] for m, r in chosen.items()},
+        + yaml.safe_dump({m: [t.algorithm(m), *r.overrides] for m, r in chosen.items()},
                          sort_keys=False))
     print(f"tuning: {t.out_dir / 'tuning.md'}")
 

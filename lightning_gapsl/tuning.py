@@ -94,22 +94,32 @@ def check_grid(grid: Mapping[str, Mapping[str, Sequence[str]]]) -> int:
     return common
 
 
-def active_methods(grid: Mapping, optional: Sequence[str], registered: Sequence[str]
+def active_methods(grid: Mapping, optional: Sequence[str], registered: Sequence[str],
+                   algorithm_of: Mapping[str, str] | None = None
                    ) -> tuple[list[str], list[str]]:
-    """Methods to run and messages for the optional ones skipped as not registered yet.
+    """Methods (table rows) to run and messages for the optional ones skipped as not
+    registered yet.
 
-    A method that is neither registered nor marked optional is an error before any run.
+    A row is its algorithm unless ``algorithm_of`` maps it to one (a restricted variant
+    with its own grid, e.g. GAPSL without aggregation). A row whose algorithm is neither
+    registered nor marked optional is an error before any run.
     """
+    algorithm_of = algorithm_of or {}
+    for row in algorithm_of:
+        if row not in grid:
+            raise GridError(f"algorithm_of names row {row}, which has no grid")
     run, skipped = [], []
     for method in grid:
-        if method in registered:
+        algorithm = algorithm_of.get(method, method)
+        if algorithm in registered:
             run.append(method)
         elif method in optional:
-            skipped.append(f"skipping {method}: algorithm={method} is not registered yet "
+            skipped.append(f"skipping {method}: algorithm={algorithm} is not registered yet "
                            f"(registered: {', '.join(registered)})")
         else:
             raise GridError(f"grid method {method} is not a registered algorithm "
-                            f"(registered: {', '.join(registered)}); mark it optional to skip it")
+                            f"(registered: {', '.join(registered)}); mark it optional to skip "
+                            "it, or map it to one under algorithm_of")
     return run, skipped
 
 

@@ -54,6 +54,14 @@ def test_optional_unregistered_method_is_skipped_others_refused():
         tuning.active_methods(grid, [], ["psl"])
 
 
+def test_a_row_may_run_another_rows_algorithm():
+    grid = {"gapsl": {}, "gapsl_aggregation_free": {}}
+    run_, _ = tuning.active_methods(grid, [], ["gapsl"], {"gapsl_aggregation_free": "gapsl"})
+    assert run_ == ["gapsl", "gapsl_aggregation_free"]
+    with pytest.raises(GridError, match="algorithm_of names row gapsl_af, which has no grid"):
+        tuning.active_methods(grid, [], ["gapsl"], {"gapsl_af": "gapsl"})
+
+
 # ---------------------------------------------------------------- selection
 
 
