@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_module
 import socket
 import time
@@ -24,7 +25,9 @@ def _worker(rank, world_size, port, fn, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        queue.put((rank, "ok", fn(rank, world_size)))
+        # Pickled by value here: the queue's own pickler shares tensors through file
+        # descriptors of this process, which the parent can no longer open once we exit.
+        queue.put((rank, "ok", pickle.dumps(fn(rank, world_size))))
     except BaseException as err:  # noqa: BLE001 -- report every failure, never hang the parent
         queue.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
@@ -48,7 +51,7 @@ def run_ranks(world_size: int, fn, timeout: float = 60.0) -> dict[int, tuple[str
         while len(results) < world_size and time.time() < deadline:
             try:
                 rank, status, value = queue.get(timeout=0.5)
-                results[rank] = (status, value)
+                results[rank] = (status, pickle.loads(value) if status == "ok" else value)
             except queue_module.Empty:
                 alive = [r for r, p in enumerate(procs) if p.is_alive() and r not in results]
                 if not alive and queue.empty():
