@@ -9,9 +9,12 @@ Keys (per epoch):
   ``test_acc_max``, ``test_acc_std``, ``client_acc/<id>``, ``client_test_loss/<id>``;
 - communication: ``bytes_up``, ``bytes_down`` (cumulative), ``bytes_up_epoch``,
   ``bytes_down_epoch`` (this epoch), ``sim_latency_s``, ``samples_per_s``;
-- GAPSL diagnostics: ``gapsl/leaders`` (leader-set size), ``gapsl/cos_before``,
-  ``gapsl/cos_after`` (mean cosine to the leader gradient before/after alignment),
-  ``gapsl/leader_freq/<id>`` (share of the epoch's steps client id was a leader).
+- registered metrics (`lightning_gapsl.registry.Metric`): ``test_<name>_mean``,
+  ``val_<name>_mean``;
+- a method's diagnostics, epoch means: GAPSL's ``gapsl/leaders`` (leader-set size),
+  ``gapsl/cos_before``, ``gapsl/cos_after`` (mean cosine to the leader gradient
+  before/after alignment), ``leader_freq/<id>`` (share of the epoch's steps client id
+  was a leader).
 Label histograms are written once to ``<output_dir>/label_histograms.csv`` (and as a
 W&B table), and the partition itself (client -> training-sample indices, with each
 client's label counts) to ``<output_dir>/partition.json``, which
@@ -56,6 +59,8 @@ class ClientMetricsLogger(L.Callback):
                 test_acc_max=max(acc),
                 test_acc_std=statistics.pstdev(acc),
             )
+            metrics.update({k: v for k, v in rec.items()  # every metric's aggregate
+                            if k.startswith(("test_", "val_")) and k.endswith("_mean")})
             metrics.update({f"client_acc/{c}": a for c, a in enumerate(acc)})
             metrics.update({f"client_test_loss/{c}": v
                             for c, v in enumerate(rec["client_test_loss"])})
@@ -74,16 +79,21 @@ class CommunicationLogger(L.Callback):
                           "sim_latency_s", "samples_per_s")})
 
 
-class AlignmentDiagnostics(L.Callback):
-    """GAPSL: leader-set size and membership, cosine to the leader before/after GDA."""
+class MethodDiagnostics(L.Callback):
+    """Whatever a method reports per step (`RankState.step_diagnostics`), as the epoch's
+    mean: a scalar under its name, a per-client value as ``<name>/<id>``."""
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         rec = pl_module.epoch_record()
-        if rec is None or not trainer.is_global_zero or "gapsl/leaders" not in rec:
+        if rec is None or not trainer.is_global_zero:
             return
-        metrics = {k: rec[k] for k in ("gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after")}
-        metrics.update({f"gapsl/leader_freq/{c}": f
-                        for c, f in enumerate(rec.get("leader_freq", []))})
+        metrics = {}
+        for name in pl_module.diagnostic_names():
+            value = rec.get(name)
+            if isinstance(value, list):
+                metrics.update({f"{name}/{c}": v for c, v in enumerate(value)})
+            else:
+                metrics[name] = value
         _log(pl_module, metrics)
 
 
@@ -178,5 +188,5 @@ def _fmt(value, pattern: str) -> str:
 
 
 def default_callbacks() -> list[L.Callback]:
-    return [ClientMetricsLogger(), CommunicationLogger(), AlignmentDiagnostics(),
+    return [ClientMetricsLogger(), CommunicationLogger(), MethodDiagnostics(),
             LabelHistograms(), EpochPrinter(), FinalSummaryTable()]

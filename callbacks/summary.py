@@ -43,6 +43,9 @@ def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int,
         "samples_per_s": samples / train_s if train_s > 0 else None,
         "history": history,
     }
+    for key, value in last.items():  # registered metrics: test_<name>_mean, val_<name>_mean
+        if key.startswith(("test_", "val_")) and key.endswith("_mean") and key not in summary:
+            summary[key] = value
     if privacy is not None:
         summary["privacy"] = privacy
     return summary

@@ -15,7 +15,10 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lightning_gapsl.config import _SECTIONS, ConfigError, RunConfig, build_config
+from lightning_gapsl import registry
+from lightning_gapsl.config import _SECTIONS, ConfigError, RunConfig, build_config, load_plugins
+
+DEFAULTS_NODE = "lgapsl_defaults"  # conf/config.yaml's first default: the typed defaults
 
 
 def config_dir() -> str:
@@ -25,6 +28,48 @@ def config_dir() -> str:
         if (candidate / "config.yaml").is_file():
             return str(candidate)
     raise FileNotFoundError(f"no Hydra configuration next to {here} (expected conf/config.yaml)")
+
+
+def plugins_in(overrides: list[str]) -> list[str]:
+    """The modules of a ``plugins=[a.b,c]`` override (Hydra's list syntax), else []."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    found: list[str] = []
+    for override in overrides:
+        if override.split("=", 1)[0].lstrip("+~") != "plugins":
+            continue
+        try:
+            value = OverridesParser.create().parse_override(override).value()
+        except HydraException:
+            raise ConfigError(f"cannot parse {override!r}: give plugins=[pkg.module,...]") from None
+        found = [str(v) for v in (value if isinstance(value, list) else [value])]
+    return found
+
+
+def _typed_defaults() -> dict:
+    """Every section's dataclass defaults: the one source of defaults, below the YAML."""
+    return {key: dataclasses.asdict(cls()) for key, cls in _SECTIONS.items() if key != "optim"}
+
+
+def prepare_config_store(overrides: list[str]) -> None:
+    """Import the ``plugins=`` of ``overrides`` and store what Hydra composes from code:
+    the typed defaults (so every key can be overridden without a ``+``) and a group option
+    for each registered method, data set and model without a YAML file (``data=NAME``
+    for a plugin's data set, ``algorithm=NAME`` for its method)."""
+    from hydra.core.config_store import ConfigStore
+
+    load_plugins(tuple(plugins_in(overrides)))
+    store, folder = ConfigStore.instance(), Path(config_dir())
+    store.store(name=DEFAULTS_NODE, node=_typed_defaults())
+    for group, names, node in (
+            ("algorithm", registry.METHODS.names(),
+             lambda n: dataclasses.asdict(registry.METHODS.get(n).config())),
+            ("data", registry.DATASETS.names(), lambda n: {"name": n}),
+            ("model", registry.MODELS.names(), lambda n: {"name": n})):
+        for name in names:
+            if not (folder / group / f"{name}.yaml").is_file():
+                store.store(group=group, name=name, node=node(name))
 
 
 def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
@@ -48,6 +93,9 @@ def compose_each(runs: Iterable[list[str]], output_dir: str | None = None
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    runs = [list(r) for r in runs]
+    for overrides in runs:
+        prepare_config_store(overrides)
     extra = [] if output_dir is None else [f"output_dir={output_dir}"]
     GlobalHydra.instance().clear()  # a Hydra app that ran before in this process leaves it set
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_gapsl import registry
 from lightning_gapsl.privacy.config import DefenseConfig, PrivacyConfig, validate_privacy
 
-DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10", "cifar100", "leaf")
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 LABEL_KINDS = ("fine", "coarse")
 AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100")  # data.augment=null turns it on for these
-MODELS = ("lenet", "resnet18")
+MODULE_MODEL = "module"  # model=module: any nn.Module, ``model.target`` cut at ``model.cut``
 CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
 PRECISIONS = ("32-true", "bf16-mixed")
 OPTIMIZERS = ("sgd", "adam")
@@ -30,8 +29,6 @@ LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
 START_METHODS = ("fork", "spawn", "popen")
 CLIENT_INITS = ("shared", "independent")
-CLIENT_EXECS = ("auto", "loop", "vmap", "grouped")
-PRECISIONS = ("32-true", "bf16-mixed")
 
 
 class ConfigError(ValueError):
@@ -41,7 +38,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"
-    """Dataset: mnist | fmnist | digits | synthetic | cifar10 | cifar100 | leaf."""
+    """Dataset: mnist | fmnist | digits | synthetic | cifar10 | cifar100 | leaf | tensors,
+    or one a plugin registers (`lightning_gapsl.registry.register_dataset`)."""
+    path: str | None = None
+    """data=tensors: the torch.save'd dict of train_x, train_y, test_x, test_y (optional
+    train_groups), any sample shape (n, *F)."""
     root: str | None = None
     """Folder with the data files (cifar10, cifar100: the python-pickle folder or the one
     above it; leaf: the folder holding train/ and test/; fmnist: default
@@ -50,7 +51,8 @@ class DataConfig:
     """Number of clients N (global client ids 0..N-1)."""
     partition: str = "dirichlet"
     """How training samples are split over clients: iid | dirichlet | shards | natural
-    (clients of whole groups, e.g. LEAF users: data sets with a per-sample group id)."""
+    (clients of whole groups, e.g. LEAF users: data sets with a per-sample group id), or a
+    registered partitioner (`lightning_gapsl.registry.register_partitioner`)."""
     alpha: float = 0.3
     """Dirichlet concentration; smaller is more heterogeneous."""
     shards_per_client: int = 2
@@ -101,9 +103,17 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "lenet"
-    """Model: lenet | resnet18."""
+    """Model: lenet | resnet18 | module (``target``), or one a plugin registers
+    (`lightning_gapsl.registry.register_model`)."""
     cut_layer: int = 1
-    """Number of blocks held by each client (1 .. blocks-1)."""
+    """Number of blocks (children) held by each client (1 .. blocks-1); ``cut`` sets it
+    by a child's name instead."""
+    target: str | None = None
+    """model=module: ``pkg.module.fn``, called as ``fn(input_shape, num_classes)``, returning
+    an nn.Module whose children run in order (an nn.Sequential, possibly with names)."""
+    cut: str | None = None
+    """The last child on the client (its name, or its index): the client segment is every
+    child up to and including it; null: ``cut_layer`` children."""
     client_init: str = "shared"
     """shared: one model initialised from the run seed, every client segment (and every
     auxiliary model or decoder) starts as a copy, as deployed split learning and the
@@ -213,7 +223,9 @@ class ParticipationConfig:
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig | None = None
+    """The optimizer; None: the method's own (`Method.optim`, its tuned choice), else the
+    `OptimConfig` defaults."""
     algorithm: Any = field(default_factory=lambda: _method_config("gapsl"))
     """The method's own config dataclass (`lightning_gapsl.methods.<name>`)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -230,6 +242,13 @@ class RunConfig:
     """Checkpoint to resume from."""
     output_dir: str = "outputs/run"
     """Folder for summary.json, logs and checkpoints."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported in every rank before the configuration is validated: they register
+    methods, data sets, models, partitioners and metrics (`lightning_gapsl.registry`)."""
+
+    def __post_init__(self) -> None:
+        if self.optim is None:  # frozen: the method's default set through object.__setattr__
+            object.__setattr__(self, "optim", method_optim(self.algorithm.name))
 
     @property
     def num_client_ranks(self) -> int:
@@ -249,7 +268,7 @@ _SECTIONS = {
     "defense": DefenseConfig,
 }
 MAX_SEED = 2**32 - 1  # numpy's seed range, which seed_everything enforces
-_TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm"}  # algorithm: by method
+_TOP_LEVEL = {"seed", "ckpt_path", "output_dir", "hydra", "algorithm", "plugins"}
 
 
 def _section(key: str, cls: type, raw: Mapping[str, Any] | None) -> Any:
@@ -275,6 +294,10 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
             return None
         raise ConfigError(f"{key} must not be null")
     try:
+        if type_name.startswith("tuple[str"):
+            if isinstance(value, str):
+                raise TypeError
+            return tuple(str(v) for v in value)
         if type_name.startswith("tuple"):
             return tuple(int(v) for v in value)
         if type_name.startswith("bool"):
@@ -309,12 +332,24 @@ def check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def load_plugins(plugins: tuple[str, ...]) -> None:
+    """Import the ``plugins`` modules (each registers what it brings); ConfigError if not."""
+    try:
+        registry.import_plugins(plugins)
+    except registry.RegistryError as err:
+        raise ConfigError(str(err)) from None
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value and every cross-field rule; return ``cfg`` unchanged."""
+    load_plugins(cfg.plugins)
     d, m, o, a, t = cfg.data, cfg.model, cfg.optim, cfg.algorithm, cfg.trainer
-    choice("data", d.name, DATASETS)
-    choice("data.partition", d.partition, PARTITIONS)
-    choice("model", m.name, MODELS)
+    choice("data", d.name, registry.DATASETS.names())
+    choice("data.partition", d.partition, registry.PARTITIONERS.names())
+    choice("model", m.name, (*registry.MODELS.names(), MODULE_MODEL))
+    _validate_model_source(m)
+    check(d.name == "tensors" or d.path is None,
+          f"data.path is for data=tensors; data={d.name} does not read it (set data.path=null)")
     choice("optim", o.name, OPTIMIZERS)
     choice("logger", cfg.logger.name, LOGGERS)
     choice("trainer.accelerator", t.accelerator, ACCELERATORS)
@@ -330,7 +365,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("max_train", "max_test", "steps_per_epoch"):
         value = getattr(d, key)
         check(value is None or value >= 1, f"data.{key}={value} must be >= 1 or null")
-    check(len(d.shape) == 3 and min(d.shape) >= 1, f"data.shape={list(d.shape)} must be [C, H, W]")
+    check(len(d.shape) >= 1 and min(d.shape) >= 1,
+          f"data.shape={list(d.shape)} must be positive sizes ([C, H, W] for images)")
     check(0 <= d.val_fraction < 0.5, f"data.val_fraction={d.val_fraction} must be in [0, 0.5)")
     choice("data.label_kind", d.label_kind, LABEL_KINDS)
     check(d.label_kind == "fine" or d.name == "cifar100",
@@ -387,37 +423,47 @@ def _validate_participation(cfg: RunConfig) -> None:
     check(p.deadline_s is None or p.deadline_s > 0,
           f"participation.deadline_s={p.deadline_s} must be > 0 or null")
     if p.partial:
-        from lightning_gapsl.methods import get_method
-
-        check(get_method(cfg.algorithm.name).participation is not None,
+        check(registry.METHODS.get(cfg.algorithm.name).participation is not None,
               f"algorithm={cfg.algorithm.name} does not support partial participation yet; "
               "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null")
 
 
+def _validate_model_source(m: ModelConfig) -> None:
+    if m.name == MODULE_MODEL:
+        check(m.target is not None and "." in m.target,
+              f"model=module needs model.target=pkg.module.fn (a function (input_shape, "
+              f"num_classes) -> nn.Module), got {m.target!r}")
+    else:
+        check(m.target is None, f"model.target is for model=module; model={m.name} is built "
+              "in or registered (set model.target=null)")
+
+
 def _method_config_class(name: Any) -> type:
     """The config dataclass of method ``name`` (the registry is the one list of names)."""
-    from lightning_gapsl.methods import get_method, method_names
-
-    if str(name) not in method_names():
+    if str(name) not in registry.METHODS:
         raise ConfigError(f"algorithm={name!r} is not valid; choose one of: "
-                          f"{', '.join(method_names())}")
-    return get_method(str(name)).config
+                          f"{', '.join(registry.METHODS.names())}")
+    return registry.METHODS.get(str(name)).config
 
 
 def _method_config(name: str) -> Any:
     return _method_config_class(name)()
 
 
-def _resolve_optim(optim: dict, method_optim: Mapping[str, Any] | None) -> dict:
-    """``optim=method`` (the default): the optimizer the method's yaml gives under
-    ``optim`` (each method's tuned choice), with every ``optim.*`` key set on the command
-    line winning; ``optim=sgd|adam``: exactly that file and its overrides."""
+def method_optim(name: str) -> OptimConfig:
+    """The optimizer method ``name`` runs with unless told otherwise (`Method.optim`, its
+    tuned choice); the `OptimConfig` defaults for a method without one."""
+    return getattr(registry.METHODS.get(name), "optim", None) or OptimConfig()
+
+
+def _resolve_optim(optim: dict, method: str) -> dict:
+    """``optim=method`` (the default): the method's own optimizer (`method_optim`), with
+    every ``optim.*`` key set on the command line winning; ``optim=sgd|adam``: exactly
+    that file and its overrides."""
     if optim.get("name", METHOD_OPTIM) != METHOD_OPTIM:
         return optim
-    if method_optim is not None:  # validated like the optim section, naming its place
-        _section("algorithm.optim", OptimConfig, method_optim)
     given = {k: v for k, v in optim.items() if k != "name" and v is not None}
-    return {**dict(method_optim or {}), **given}
+    return {**dataclasses.asdict(method_optim(method)), **given}
 
 
 def build_config(raw: Mapping[str, Any]) -> RunConfig:
@@ -426,15 +472,17 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     if unknown:
         valid = ", ".join(sorted(set(_SECTIONS) | _TOP_LEVEL - {"hydra"}))
         raise ConfigError(f"unknown key {unknown[0]}; valid top-level keys: {valid}")
+    plugins = _coerce("plugins", "tuple[str, ...]", raw.get("plugins") or ())
+    load_plugins(plugins)  # first: a plugin may bring the method, data set or model named
     algorithm = dict(raw.get("algorithm") or {})
-    method_optim = algorithm.pop("optim", None)  # the optimizer the method runs with
+    method_class = _method_config_class(algorithm.get("name"))
     sections = {key: _section(key, cls, raw.get(key)) for key, cls in _SECTIONS.items()
                 if key != "optim"}
     sections["optim"] = _section("optim", OptimConfig,
-                                 _resolve_optim(dict(raw.get("optim") or {}), method_optim))
-    sections["algorithm"] = _section("algorithm", _method_config_class(algorithm.get("name")),
-                                     algorithm)
+                                 _resolve_optim(dict(raw.get("optim") or {}), str(algorithm["name"])))
+    sections["algorithm"] = _section("algorithm", method_class, algorithm)
     top = {
+        "plugins": plugins,
         "seed": _coerce("seed", "int", raw.get("seed", 0)),
         "ckpt_path": _coerce("ckpt_path", "str | None", raw.get("ckpt_path")),
         "output_dir": _coerce("output_dir", "str", raw.get("output_dir", "outputs/run")),

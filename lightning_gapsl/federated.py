@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gapsl.config import RunConfig
-from lightning_gapsl.data.datasets import DatasetSplit, load_dataset
-from lightning_gapsl.data.partition import label_histograms, partition
+from lightning_gapsl.data.datasets import DatasetSplit, load_split
+from lightning_gapsl.data.partition import label_histograms
 from lightning_gapsl.data.partition_file import load_partition
+from lightning_gapsl.registry import METHODS, PARTITIONERS
 
 
 @dataclass(frozen=True)
@@ -50,45 +51,23 @@ def build_federated_data(cfg: RunConfig) -> FederatedData:
     The validation split (``data.val_fraction``, seeded by the run seed) is carved before
     partitioning and identically for every layout and algorithm; clients (and
     centralized's one pooled "client") only ever index the remaining training samples,
-    and the default steps per epoch count only those.
+    and the default steps per epoch count only those. The data set comes from the
+    registry (`load_split`), the partition from the registered partitioner.
     """
     d = cfg.data
-    dataset = load_dataset(
-        d.name,
-        root=d.root,
-        seed=cfg.seed,
-        synthetic_shape=d.shape,
-        synthetic_classes=d.num_classes,
-        synthetic_train=d.num_train,
-        synthetic_test=d.num_test,
-        max_train=d.max_train,
-        max_test=d.max_test,
-        val_fraction=d.val_fraction,
-        label_kind=d.label_kind,
-    )
+    dataset = load_split(d, cfg.seed)
     n_train = len(dataset.train_y)
     # Centralized trains one model on the pooled data: one "client" holding every
     # sample, so it draws exactly the batches a single-client PSL run draws.
-    from lightning_gapsl.methods import get_method  # methods build on this module
-
-    method = get_method(cfg.algorithm.name)
+    method = METHODS.get(cfg.algorithm.name)
     num_clients = 1 if method.pools_data else d.num_clients
     if num_clients == 1:
         parts = [torch.arange(n_train)]
     elif d.partition_file is not None:
         parts = load_partition(d.partition_file, dataset.train_y, num_clients)
     else:
-        parts = partition(
-            dataset.train_y,
-            num_clients,
-            d.partition,
-            alpha=d.alpha,
-            shards_per_client=d.shards_per_client,
-            seed=cfg.seed,
-            min_size=d.min_client_size,
-            groups=dataset.train_groups,
-            quantity_sigma=d.quantity_sigma,
-        )
+        split = PARTITIONERS.get(d.partition)
+        parts = split(dataset.train_y, num_clients, d, cfg.seed, dataset.train_groups)
     steps = d.steps_per_epoch or math.ceil(n_train / (num_clients * d.batch_size))
     if method.epoch_steps is not None:  # e.g. local-pass rounds: one pass per client
         sizes = torch.tensor([len(ix) for ix in parts])

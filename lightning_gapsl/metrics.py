@@ -67,9 +67,15 @@ def epoch_record(inp: EpochInputs, previous: dict | None) -> dict:
             record[key] = inp.participation[key]
     if "class_acc" in test:
         record["client_class_acc"] = [_rounded(row) for row in test["class_acc"]]
+    for split, evaluated in (("test", test), ("val", val)):  # the registered metrics
+        for key, values in evaluated.items():
+            if key.startswith("metric/"):
+                name = key.removeprefix("metric/")
+                record[f"{split}_{name}_mean"] = float(values.mean())
+                record[f"client_{split}_{name}"] = _rounded(values)
     for key, values in inp.diagnostics.items():
-        if key == "gapsl/leader_mask":  # per-client share of steps spent as a leader
-            record["leader_freq"] = [round(float(f), 4) for f in torch.stack(values).mean(0)]
+        if isinstance(values[0], torch.Tensor) and values[0].ndim == 1:  # (N,) per client
+            record[key] = [round(float(f), 4) for f in torch.stack(values).mean(0)]
         else:
             record[key] = sum(values) / len(values)
     return record

@@ -249,6 +249,10 @@ class SplitLearningModule(L.LightningModule):
             for split, rows in self._eval_rows.items()}
         self._evaluated_epoch = self.current_epoch
 
+    def diagnostic_names(self) -> list[str]:
+        """The keys of this epoch's method diagnostics in `epoch_record`."""
+        return list(self._epoch_diag)
+
     def epoch_record(self) -> dict | None:
         """This epoch's numbers (computed once; callbacks log them, history keeps them).
 

@@ -62,7 +62,7 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
         torch.set_num_threads(cfg.trainer.threads)
     data = build_federated_data(cfg)
     ds, m, n = data.dataset, cfg.model, data.num_clients
-    args = (m.name, ds.input_shape, ds.num_classes, m.cut_layer)
+    args = (m, ds.input_shape, ds.num_classes, m.cut_layer)
     # FedAvg-family: every client starts from the one global model (client 0's init).
     clients = [build_client_segment(*args, cfg.seed, 0) for _ in range(n)]
     servers = [build_server_segment(*args, cfg.seed) for _ in range(n)]

@@ -40,7 +40,7 @@ from lightning_gapsl.checkpoint import (
     check_resumable,
     last_checkpoint,
 )
-from lightning_gapsl.cli import check_command_line, config_dir
+from lightning_gapsl.cli import check_command_line, config_dir, prepare_config_store
 from lightning_gapsl.cli import compose as _compose
 from lightning_gapsl.cluster import (
     check_gpu_processes,
@@ -53,13 +53,15 @@ from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
 from lightning_gapsl.log_streams import rebind_lightning_handlers
 from lightning_gapsl.federated import FederatedData, build_federated_data
-from lightning_gapsl.models import ModelError, build_blocks
-from lightning_gapsl.models.split import split_blocks
+from lightning_gapsl.methods import get_method
+from lightning_gapsl.models import ModelError, cut_index, num_cut_choices
+from lightning_gapsl.models.split import check_cut
+from lightning_gapsl.registry import RegistryError
 from lightning_gapsl.module import SplitLearningModule
 from lightning_gapsl.strategy import SplitStrategy
 from lightning_gapsl.transport import TransportError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, RegistryError)
 RUN_ERRORS = (TransportError, FloatingPointError, ProcessExitedException, ProcessRaisedException)
 
 
@@ -128,23 +130,33 @@ def preflight(cfg: RunConfig) -> FederatedData:
     lightning_process_grid(t.devices, t.accelerator, os.environ)  # raises if inexpressible
     _check_output_dir(cfg.output_dir)
     data = build_federated_data(cfg)
-    blocks = build_blocks(cfg.model.name, data.dataset.input_shape, data.dataset.num_classes)
-    split_blocks(blocks, cfg.model.cut_layer)
-    if getattr(cfg.algorithm, "aux_model", None) == "next_stage" and \
-            len(blocks) - cfg.model.cut_layer < 2:
-        raise ConfigError(
-            f"algorithm.aux_model=next_stage copies the server's next block, but "
-            f"model.cut_layer={cfg.model.cut_layer} leaves the server one block of "
-            f"{len(blocks)} ({cfg.model.name}); use a cut of at most {len(blocks) - 2} or "
-            "algorithm.aux_model=linear")
-    rounds = getattr(cfg.algorithm, "round_steps", None)  # methods with FedAvg rounds
-    if rounds is not None and data.steps_per_epoch % rounds:
-        raise ConfigError(
-            f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "
-            "epoch (set data.steps_per_epoch or pick a divisor), so every evaluation sees "
-            "averaged models"
-        )
+    check_data(cfg, data)
     return data
+
+
+def check_data(cfg: RunConfig, data: FederatedData) -> None:
+    """The checks that need the loaded data: the cut, what needs images, the method's own."""
+    ds = data.dataset
+    blocks = num_cut_choices(cfg.model, ds.input_shape, ds.num_classes) + 1
+    check_cut(cut_index(cfg.model, ds.input_shape, ds.num_classes), blocks)
+    for needs_images, key in ((cfg.data.augmented, "data.augment"),
+                              (cfg.privacy.mode != "off", "privacy")):
+        if needs_images and not ds.is_image:
+            raise ConfigError(f"{key} works on images (C, H, W); data={cfg.data.name} has "
+                              f"samples of shape {ds.input_shape} (set {key}="
+                              f"{'false' if key == 'data.augment' else 'off'})")
+    method = get_method(cfg.algorithm.name)
+    if method.check_data is not None:
+        method.check_data(cfg, data)
+
+
+def with_cut(cfg: RunConfig, data: FederatedData) -> RunConfig:
+    """``model.cut`` (a child's name or index) as the ``model.cut_layer`` every part reads."""
+    if cfg.model.cut is None:
+        return cfg
+    ds = data.dataset
+    cut = cut_index(cfg.model, ds.input_shape, ds.num_classes)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=cut))
 
 
 def build_logger(cfg: RunConfig, wandb_id: str | None = None):
@@ -250,6 +262,7 @@ def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
     # Ranks started by Lightning (fork, popen) inherit it, and Lightning leaves it alone.
     os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.threads)
     data = preflight(cfg)
+    cfg = with_cut(cfg, data)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SplitLearningModule(cfg, data)
     resume = resume_path(cfg)
@@ -300,6 +313,7 @@ _hydra_main = hydra.main(version_base=None, config_path=CONF_DIR, config_name="c
 def main() -> None:
     """``lgapsl-train``: bad overrides stop with one line before Hydra writes anything."""
     try:
+        prepare_config_store(sys.argv[1:])  # plugins first: they add config options
         check_command_line(sys.argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -105,9 +105,9 @@ class DatasetSplit:
             ("val", self.val_x, self.val_y),
             ("test", self.test_x, self.test_y),
         ):
-            if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(
-                    f"{self.name}: {part} images must be (n, C, H, W) with n labels, got "
+                    f"{self.name}: {part} samples must be (n, *F) with n labels, got "
                     f"{tuple(x.shape)} and {tuple(y.shape)}"
                 )
         g = self.train_groups
@@ -126,10 +126,41 @@ class DatasetSplit:
             raise DataError(f"{self.name}: images with a PixelScale must be uint8 pixels")
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        c, h, w = self.train_x.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``(C, H, W)`` for images, ``(F,)`` for features."""
+        return tuple(int(s) for s in self.train_x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """Samples are ``(C, H, W)`` images (what augmentation and the image attacks need)."""
+        return len(self.input_shape) == 3
+
+    @classmethod
+    def from_tensors(cls, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                     test_y: torch.Tensor, train_groups: torch.Tensor | None = None,
+                     name: str = "tensors", num_classes: int | None = None) -> DatasetSplit:
+        """Any samples ``(n, *F)`` (floating point, used as given) with integer labels
+        ``(n,)``; ``num_classes`` defaults to the largest label + 1. ``train_groups``:
+        optional per-sample group ids for ``data.partition=natural``."""
+        for key, x in (("train_x", train_x), ("test_x", test_x)):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                raise DataError(f"{name}: {key} must be a floating-point tensor (n, *F), got "
+                                f"{getattr(x, 'dtype', type(x).__name__)}")
+        for key, y in (("train_y", train_y), ("test_y", test_y)):
+            if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.ndim != 1:
+                raise DataError(f"{name}: {key} must be a 1-d integer tensor of class ids, "
+                                f"got {getattr(y, 'dtype', type(y).__name__)} "
+                                f"{tuple(getattr(y, 'shape', ()))}")
+            if y.numel() and int(y.min()) < 0:
+                raise DataError(f"{name}: {key} holds a negative class id ({int(y.min())})")
+        top = max(int(train_y.max()), int(test_y.max())) + 1
+        classes = top if num_classes is None else int(num_classes)
+        if classes < top:
+            raise DataError(f"{name}: num_classes={classes} but a label is {top - 1}")
+        groups = None if train_groups is None else train_groups.to(torch.int64)
+        return cls(train_x.to(torch.float32), train_y.to(torch.int64),
+                   test_x.to(torch.float32), test_y.to(torch.int64), classes, name,
+                   train_groups=groups)
 
 
 def load_dataset(
@@ -160,31 +191,56 @@ def load_dataset(
     """
     _check_max("data.max_train", max_train)
     _check_max("data.max_test", max_test)
-    if name in ("mnist", "fmnist"):
-        from lightning_gapsl.data.idx import load_fmnist, load_mnist  # imports this module
-
-        # Both truncate themselves; `_truncate` is then a no-op.
-        split = (load_mnist(max_train, max_test) if name == "mnist"
-                 else load_fmnist(root, max_train, max_test))
-    elif name == "digits":
-        split = _load_digits()
-    elif name == "synthetic":
-        split = _make_synthetic(
-            seed, synthetic_shape, synthetic_classes, synthetic_train, synthetic_test
-        )
-    elif name in ("cifar10", "cifar100"):
-        from lightning_gapsl.data.cifar import load_cifar  # imports this module
-
-        split = load_cifar(name, root, label_kind)
-    elif name == "leaf":
-        from lightning_gapsl.data.leaf import load_leaf  # imports this module
-
-        split = load_leaf(root, synthetic_shape)
-    else:
-        raise DataError(f"data={name!r} is not a known dataset; valid: {', '.join(DATASETS)}")
+    split = builtin_split(name, root=root, seed=seed, shape=synthetic_shape,
+                          classes=synthetic_classes, num_train=synthetic_train,
+                          num_test=synthetic_test, max_train=max_train, max_test=max_test,
+                          label_kind=label_kind)
     # The loaders build fresh tensors, so the carve may reuse their memory.
     return carve_validation(_truncate(split, max_train, max_test), val_fraction, seed,
                             in_place=True)
+
+
+def builtin_split(name: str, *, root: str | None, seed: int, shape: tuple[int, ...],
+                  classes: int, num_train: int, num_test: int, max_train: int | None,
+                  max_test: int | None, label_kind: str) -> DatasetSplit:
+    """Built-in data set ``name`` as loaded, before truncation and the validation carve
+    (mnist and fmnist truncate while reading; `_truncate` is then a no-op)."""
+    if name in ("mnist", "fmnist"):
+        from lightning_gapsl.data.idx import load_fmnist, load_mnist  # imports this module
+
+        return (load_mnist(max_train, max_test) if name == "mnist"
+                else load_fmnist(root, max_train, max_test))
+    if name == "digits":
+        return _load_digits()
+    if name == "synthetic":
+        return _make_synthetic(seed, shape, classes, num_train, num_test)
+    if name in ("cifar10", "cifar100"):
+        from lightning_gapsl.data.cifar import load_cifar  # imports this module
+
+        return load_cifar(name, root, label_kind)
+    if name == "leaf":
+        from lightning_gapsl.data.leaf import load_leaf  # imports this module
+
+        return load_leaf(root, shape)
+    raise DataError(f"data={name!r} is not a built-in dataset; valid: {', '.join(DATASETS)}")
+
+
+def load_split(d, seed: int) -> DatasetSplit:
+    """The data set ``d.name`` (a `DataConfig`) from the registry, truncated by
+    ``d.max_train``/``d.max_test``, with its ``d.val_fraction`` validation split carved:
+    every data set, built-in or registered, gets the same treatment."""
+    from lightning_gapsl.registry import DATASETS as REGISTERED
+
+    _check_max("data.max_train", d.max_train)
+    _check_max("data.max_test", d.max_test)
+    split = REGISTERED.get(d.name)(d, seed)
+    if not isinstance(split, DatasetSplit):
+        raise DataError(f"data={d.name!r}: its loader returned {type(split).__name__}, "
+                        "not a DatasetSplit (see DatasetSplit.from_tensors)")
+    # Built-in loaders build fresh tensors, so the carve may reuse their memory; a
+    # registered loader may hand out tensors it keeps (an in-memory data set).
+    return carve_validation(_truncate(split, d.max_train, d.max_test), d.val_fraction, seed,
+                            in_place=d.name in DATASETS)
 
 
 def _check_max(key: str, value: int | None) -> None:

@@ -1,28 +1,22 @@
-"""The method registry: the one place an ``algorithm=`` name is looked up.
-
-Adding a method is a file in this folder that defines ``METHOD`` (a
-`lightning_gapsl.methods.base.Method`), a ``conf/algorithm/<name>.yaml`` and its tests;
-then its name goes in `_MODULES` below.
+"""Methods: each file here defines ``METHOD``, a `lightning_gapsl.methods.base.Method`,
+registered (in table order) by `lightning_gapsl.builtins`; a user's method registers the
+same way from a plugin (`lightning_gapsl.registry.register_method`).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from lightning_gapsl.methods.base import Method, with_defaults
-
-# Registry order is the order of tables and plots.
-_MODULES = ("centralized", "psl", "gapsl", "epsl", "sglr", "sfl_v1", "sfl_v2", "fedavg",
-            "locfedmix", "cse_fsl", "fsl_sage", "sl")
+from lightning_gapsl.registry import METHODS
 
 
 def method_names() -> tuple[str, ...]:
-    return _MODULES
+    """Every registered method, in registration order (the order of tables and plots)."""
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    """The method registered as ``name``; KeyError naming the valid ones otherwise."""
-    if name not in _MODULES:
-        raise KeyError(f"unknown algorithm {name!r}; choose one of: {', '.join(_MODULES)}")
-    method = importlib.import_module(f"lightning_gapsl.methods.{name}").METHOD
-    return with_defaults(method)
+    """The method registered as ``name`` with the shared hooks filled in; KeyError
+    naming the valid ones otherwise."""
+    if name not in METHODS:
+        raise KeyError(f"unknown algorithm {name!r}; choose one of: {', '.join(METHODS.names())}")
+    return with_defaults(METHODS.get(name))

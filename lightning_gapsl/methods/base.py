@@ -155,14 +155,21 @@ class Method:
     # (cfg, client sizes (N,), batch size) -> steps per epoch; None or returning None:
     # ceil(train samples / (N * B)). Local-pass rounds: one round.
     epoch_steps: Callable[[RunConfig, torch.Tensor, int], int | None] | None = None
+    # The optimizer the method runs with unless ``optim=sgd|adam`` or ``optim.*`` is given
+    # (its tuned choice); None: the `OptimConfig` defaults.
+    optim: OptimConfig | None = None
+    # Checks that need the loaded data (a cut that leaves too few server blocks, a round
+    # that does not divide the epoch, image-only parts): ConfigError naming the key.
+    check_data: Callable[[RunConfig, FederatedData], None] | None = None
 
 
 # --------------------------------------------------------------------- construction
 
 
 def model_args(cfg: RunConfig, data: FederatedData) -> tuple:
+    """(model config, sample shape, classes, client blocks): what builds a segment."""
     ds = data.dataset
-    return cfg.model.name, ds.input_shape, ds.num_classes, cfg.model.cut_layer
+    return cfg.model, ds.input_shape, ds.num_classes, cfg.model.cut_layer
 
 
 def seeded(make: Callable[[], nn.Module], seed: int, *key) -> nn.Module:

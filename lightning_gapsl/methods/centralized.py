@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.config import check
+from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import Method, StepCost, StepOutput
 from lightning_gapsl.methods.fedavg import full_model_state
@@ -38,5 +38,9 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(0.0, TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b)
 
 
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point sgd0.1_m0 of results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+
 METHOD = Method("centralized", CentralizedConfig, full_model_state, train_step, cost=cost,
-                global_model=lambda state, epoch: True, pools_data=True)
+                global_model=lambda state, epoch: True, pools_data=True, optim=TUNED_OPTIM)

@@ -63,6 +63,15 @@ def local_pass_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
     return round_length(sizes, batch_size)
 
 
+def check_round_steps(cfg: RunConfig, data) -> None:
+    """`Method.check_data` of the averaging methods: lockstep rounds divide the epoch."""
+    rounds = cfg.algorithm.round_steps
+    check(rounds is None or data.steps_per_epoch % rounds == 0,
+          f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "
+          "epoch (set data.steps_per_epoch or pick a divisor), so every evaluation sees "
+          "averaged models")
+
+
 def round_ends(step: int, round_steps: int) -> bool:
     """True after the last step of a round (rounds of ``round_steps`` steps from step 0)."""
     return (step + 1) % round_steps == 0

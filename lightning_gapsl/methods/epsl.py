@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.config import check
+from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import (
     Method,
@@ -98,4 +98,8 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b, server)
 
 
-METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost)
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point adam1e-3_phi1 of results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
+
+METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost, optim=TUNED_OPTIM)

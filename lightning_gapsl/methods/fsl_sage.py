@@ -23,10 +23,11 @@ from lightning_gapsl.algorithms.fsl_sage import (
     server_cut_grads,
 )
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
-from lightning_gapsl.config import check, choice
+from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
-from lightning_gapsl.methods.configs import local_pass_epoch, round_ends
+from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
+from lightning_gapsl.models import num_cut_choices
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.stacked import StackedSegments
@@ -70,6 +71,17 @@ class FslSageConfig(AuxConfig):
         choice("algorithm.align_when", self.align_when, ("start", "end"))
         choice("algorithm.align_optimizer", self.align_optimizer, ("persistent", "fresh"))
         choice("algorithm.aux_model", self.aux_model, AUX_MODELS)
+
+
+def check_data(cfg, data) -> None:
+    """Rounds divide the epoch; ``next_stage`` needs a server block to copy besides the
+    classifier."""
+    check_round_steps(cfg, data)
+    blocks = num_cut_choices(cfg.model, data.dataset.input_shape, data.dataset.num_classes) + 1
+    check(cfg.algorithm.aux_model != "next_stage" or blocks - cfg.model.cut_layer >= 2,
+          f"algorithm.aux_model=next_stage copies the server's next block, but "
+          f"model.cut_layer={cfg.model.cut_layer} leaves the server one block of {blocks} "
+          f"({cfg.model.name}); use a cut of at most {blocks - 2} or algorithm.aux_model=linear")
 
 
 def build(cfg, data, layout):
@@ -178,7 +190,12 @@ def load_state_dict(state, saved: dict) -> None:
         _optimizer(state, int(client_id)).load_state_dict(entry)
 
 
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point adam1e-3_q1_l1 of results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
+
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global, state_dict=state_dict,
                 load_state_dict=load_state_dict,
-                epoch_steps=local_pass_epoch, participation="round")
+                epoch_steps=local_pass_epoch, participation="round", optim=TUNED_OPTIM,
+                check_data=check_data)

@@ -20,7 +20,7 @@ from lightning_gapsl.algorithms.gapsl import (
     cut_layer_shift,
     gapsl_step,
 )
-from lightning_gapsl.config import check, choice
+from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
@@ -93,7 +93,8 @@ def _record(state, diag: dict) -> None:
         "gapsl/leaders": float(diag["leader_count"]),
         "gapsl/cos_before": float(diag["cos_before_mean"]),
         "gapsl/cos_after": float(diag["cos_after_mean"]),
-        "gapsl/leader_mask": diag["leader_mask"].detach().float().cpu(),  # (N,)
+        # (N,) per step; the record keeps its mean: each client's share of steps as a leader
+        "leader_freq": diag["leader_mask"].detach().float().cpu(),
     }
 
 
@@ -133,5 +134,10 @@ def load_state_dict(state, saved: dict) -> None:
     state.extras["leader_ema"] = saved["leader_ema"]
 
 
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point sgd0.05_client_linear_lam1 of
+# results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
+
 METHOD = Method("gapsl", GapslMethodConfig, build, train_step, state_dict=state_dict,
-                load_state_dict=load_state_dict, participation="step")
+                load_state_dict=load_state_dict, participation="step", optim=TUNED_OPTIM)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
@@ -27,4 +28,8 @@ def train_step(state, transport, step, x, y):
     return split_exchange(state, transport, step, x, y, Hooks())
 
 
-METHOD = Method("psl", PslConfig, build, train_step, participation="step")
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point adam3e-3 of results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("adam", lr=0.003, momentum=0.0, weight_decay=0.0)
+
+METHOD = Method("psl", PslConfig, build, train_step, participation="step", optim=TUNED_OPTIM)

@@ -14,7 +14,7 @@ from lightning_gapsl.algorithms.sglr import (
     server_lr,
     split_avg,
 )
-from lightning_gapsl.config import check, choice
+from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
@@ -72,5 +72,9 @@ def _loss_weights(cfg, data):
     return server_loss_weights(data.client_sizes, cfg.algorithm.server_loss)
 
 
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point adam1e-4_a0.5 of results/tune_mnist20_dir01/chosen.yaml.
+TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
+
 METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,
-                loss_weights=_loss_weights)
+                loss_weights=_loss_weights, optim=TUNED_OPTIM)

@@ -42,7 +42,7 @@ def init_id(client_id: int, client_init: str) -> int:
     return 0 if client_init == "shared" else int(client_id)
 
 
-def _check_cut(cut_layer: int, num_blocks: int) -> None:
+def check_cut(cut_layer: int, num_blocks: int) -> None:
     """Raise ModelError unless ``1 <= cut_layer <= num_blocks - 1``."""
     if not isinstance(cut_layer, int) or not 1 <= cut_layer <= num_blocks - 1:
         raise ModelError(
@@ -51,9 +51,21 @@ def _check_cut(cut_layer: int, num_blocks: int) -> None:
         )
 
 
+def split(module: nn.Module, cut: str | int) -> tuple[nn.Sequential, nn.Sequential]:
+    """(client, server) segments of ``module``'s children, cut after the child named (or at
+    the index) ``cut``: the client holds every child up to and including it. Modules are
+    shared, not copied."""
+    from lightning_gapsl.models import children_of, cut_position
+
+    blocks = children_of(module, type(module).__name__)
+    at = cut_position([n for n, _ in module.named_children()], str(cut), type(module).__name__)
+    check_cut(at, len(blocks))
+    return nn.Sequential(*blocks[:at]), nn.Sequential(*blocks[at:])
+
+
 def split_blocks(blocks: nn.Sequential, cut_layer: int) -> tuple[nn.Sequential, nn.Sequential]:
     """``(blocks[:cut_layer], blocks[cut_layer:])`` (client, server); modules are shared."""
-    _check_cut(cut_layer, len(blocks))
+    check_cut(cut_layer, len(blocks))
     return blocks[:cut_layer], blocks[cut_layer:]
 
 
@@ -86,7 +98,7 @@ def build_client_segment(
     per-client seed of callers written before the option existed.
     """
     factories = block_factories(name, input_shape, num_classes)
-    _check_cut(cut_layer, len(factories))
+    check_cut(cut_layer, len(factories))
     seed_id = init_id(client_id, client_init)
     return _build_seeded(factories[:cut_layer], derive_seed(seed, "client", seed_id))
 
@@ -100,7 +112,7 @@ def build_server_segment(
 ) -> nn.Sequential:
     """Blocks ``[cut_layer, n)`` of model ``name``, initialised from (seed, "server")."""
     factories = block_factories(name, input_shape, num_classes)
-    _check_cut(cut_layer, len(factories))
+    check_cut(cut_layer, len(factories))
     return _build_seeded(factories[cut_layer:], derive_seed(seed, "server"))
 
 
