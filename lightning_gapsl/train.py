@@ -51,13 +51,13 @@ from lightning_gapsl.cluster import (
 )
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
-from lightning_gapsl.log_streams import rebind_lightning_handlers
 from lightning_gapsl.federated import FederatedData, build_federated_data
+from lightning_gapsl.log_streams import rebind_lightning_handlers
 from lightning_gapsl.methods import get_method
 from lightning_gapsl.models import ModelError, cut_index, num_cut_choices
 from lightning_gapsl.models.split import check_cut
-from lightning_gapsl.registry import RegistryError
 from lightning_gapsl.module import SplitLearningModule
+from lightning_gapsl.registry import RegistryError
 from lightning_gapsl.strategy import SplitStrategy
 from lightning_gapsl.transport import TransportError
 

@@ -29,9 +29,7 @@ layout and never trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from lightning_gapsl.seeding import generator

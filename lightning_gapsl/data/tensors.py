@@ -10,6 +10,7 @@ as for every data set.
 from __future__ import annotations
 
 import os
+import pickle
 
 import torch
 
@@ -44,7 +45,7 @@ def load_tensors(d, seed: int) -> DatasetSplit:
         raise DataError(f"data.path={d.path!r}: no such file")
     try:
         tensors = torch.load(d.path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle that is not a dict of tensors, a truncated file
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # not a torch file
         raise DataError(f"data.path={d.path!r} is not a torch.save'd dict of tensors: "
                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
     return tensors_split(tensors, name=f"data.path={d.path!r}")

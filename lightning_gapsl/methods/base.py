@@ -161,6 +161,9 @@ class Method:
     # Checks that need the loaded data (a cut that leaves too few server blocks, a round
     # that does not divide the epoch, image-only parts): ConfigError naming the key.
     check_data: Callable[[RunConfig, FederatedData], None] | None = None
+    # What reaches the server (`lightning_gapsl.privacy.exposure`): required by the
+    # leakage evaluation; None: not declared.
+    exposure: dict | None = None
 
 
 # --------------------------------------------------------------------- construction

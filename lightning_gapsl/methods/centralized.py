@@ -12,6 +12,7 @@ from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import Method, StepCost, StepOutput
 from lightning_gapsl.methods.fedavg import full_model_state
+from lightning_gapsl.privacy.exposure import NO_CUT
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
 # tuning grid on validation, point sgd0.1_m0 of results/tune_mnist20_dir01/chosen.yaml.
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**NO_CUT, "client_weights": "whole model held by the server",
+                          "labels": "all (the server holds the data)"}
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("centralized", CentralizedConfig, full_model_state, train_step, cost=cost,
-                global_model=lambda state, epoch: True, pools_data=True, optim=TUNED_OPTIM)
+                global_model=lambda state, epoch: True, pools_data=True,
+                optim=TUNED_OPTIM, exposure=EXPOSURE)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.algorithms.fsl_sage import aux_model_for
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
@@ -19,6 +19,7 @@ from lightning_gapsl.methods.rounds import (
     shapes_of,
 )
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.privacy.exposure import AUXILIARY
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ def after_step(state, transport, step) -> None:
 # tuning grid on validation, point adam1e-3_q1 of results/tune_mnist20_dir01/chosen.yaml. The
 # best point of the reference regime; the grid chose adam1e-3_q1_every_step, which changes the
 # regime (README, tuned comparison).
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = AUXILIARY
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("cse_fsl", CseFslConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global,
                 epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, check_data=check_round_steps)
+                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)

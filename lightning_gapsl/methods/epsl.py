@@ -33,6 +33,7 @@ from lightning_gapsl.methods.base import (
 )
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, scatter_down, split_exchange
+from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 BACKWARD_FLOPS_PER_FORWARD = TRAIN_FLOPS_PER_FORWARD - 1.0  # input and weight gradients
 
@@ -100,6 +101,9 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
 # tuning grid on validation, point adam1e-3_phi1 of results/tune_mnist20_dir01/chosen.yaml.
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over clients"}
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost, optim=TUNED_OPTIM)
+METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost,
+                optim=TUNED_OPTIM, exposure=EXPOSURE)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import (
     Method,
@@ -23,6 +23,7 @@ from lightning_gapsl.methods.configs import RoundConfig, check_round_steps, loca
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, shapes_of
 from lightning_gapsl.models.split import build_full_model
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.privacy.exposure import NO_CUT
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,11 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 # tuning grid on validation, point sgd0.01 of results/tune_mnist20_dir01/chosen.yaml. The best
 # point of the reference regime; the grid chose sgd0.05_every_step, which changes the regime
 # (README, tuned comparison).
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**NO_CUT, "client_weights": "full model every round"}
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,
                 after_step=fedavg_after_round, cost=cost, global_model=every_round_global,
                 epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, check_data=check_round_steps)
+                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)

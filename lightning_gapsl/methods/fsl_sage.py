@@ -27,10 +27,11 @@ from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
-from lightning_gapsl.models import num_cut_choices
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
+from lightning_gapsl.models import num_cut_choices
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.privacy.exposure import AUXILIARY
 from lightning_gapsl.seeding import derive_seed, generator
 
 AUX_MODELS = ("linear", "next_stage")
@@ -192,10 +193,12 @@ def load_state_dict(state, saved: dict) -> None:
 
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
 # tuning grid on validation, point adam1e-3_q1_l1 of results/tune_mnist20_dir01/chosen.yaml.
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = AUXILIARY
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
                 global_model=every_round_global, state_dict=state_dict,
                 load_state_dict=load_state_dict,
-                epoch_steps=local_pass_epoch, participation="round", optim=TUNED_OPTIM,
-                check_data=check_data)
+                epoch_steps=local_pass_epoch, participation="round",
+                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_data)

@@ -24,6 +24,7 @@ from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
+from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 READINGS = ("cut", "client")
 
@@ -137,7 +138,10 @@ def load_state_dict(state, saved: dict) -> None:
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
 # tuning grid on validation, point sgd0.05_client_linear_lam1 of
 # results/tune_mnist20_dir01/chosen.yaml.
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**PSL_FAMILY, "cut_gradient": "aligned to the leaders' direction"}
 TUNED_OPTIM = OptimConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("gapsl", GapslMethodConfig, build, train_step, state_dict=state_dict,
-                load_state_dict=load_state_dict, participation="step", optim=TUNED_OPTIM)
+                load_state_dict=load_state_dict, participation="step",
+                optim=TUNED_OPTIM, exposure=EXPOSURE)

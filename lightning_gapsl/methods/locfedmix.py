@@ -22,10 +22,17 @@ from lightning_gapsl.algorithms.locfedmix import (
 )
 from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
-from lightning_gapsl.methods.configs import RoundConfig, SplitConfig, check_round_steps, local_pass_epoch, round_ends
+from lightning_gapsl.methods.configs import (
+    RoundConfig,
+    SplitConfig,
+    check_round_steps,
+    local_pass_epoch,
+    round_ends,
+)
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes, shapes_of
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.privacy.exposure import WEIGHTS_EVERY_ROUND
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,13 @@ def global_model(state, epoch: int) -> bool:
 # tuning grid on validation, point sgd0.01_rec1_a1 of results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose sgd0.01_rec1_a1_every_step, which
 # changes the regime (README, tuned comparison).
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own",
+                   "client_weights": "every averaging",
+                   "auxiliary_models": "decoder: the client loss rewards reconstructing x"}
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("locfedmix", LocFedMixConfig, build, train_step, after_step=after_step,
                 global_model=global_model,
                 epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, check_data=check_round_steps)
+                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)

@@ -17,9 +17,9 @@ from torch import nn
 from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.methods.base import Method, StepOutput, client_step, split_state
 from lightning_gapsl.methods.configs import (
-    check_round_steps,
     RoundConfig,
     TurnConfig,
+    check_round_steps,
     local_pass_epoch,
     turn_epoch,
 )
@@ -30,6 +30,7 @@ from lightning_gapsl.methods.exchange import (
     split_exchange,
 )
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, segment_shapes
+from lightning_gapsl.privacy.exposure import WEIGHTS_EVERY_ROUND
 from lightning_gapsl.seeding import generator
 
 
@@ -97,9 +98,11 @@ def _epoch_steps(cfg, sizes, batch_size):
 # tuning grid on validation, point adam3e-4 of results/tune_mnist20_dir01/chosen.yaml. The
 # best point of the reference regime; the grid chose adam3e-4_batch_turns, which changes the
 # regime (README, tuned comparison).
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 TUNED_OPTIM = OptimConfig("adam", lr=0.0003, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sfl_v2", SflV2Config, build, train_step, after_step=fedavg_after_round,
                 global_model=every_round_global,
                 epoch_steps=_epoch_steps,
-                optim=TUNED_OPTIM, check_data=check_round_steps)
+                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)

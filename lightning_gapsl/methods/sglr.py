@@ -18,6 +18,7 @@ from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
+from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ def _loss_weights(cfg, data):
 
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
 # tuning grid on validation, point adam1e-4_a0.5 of results/tune_mnist20_dir01/chosen.yaml.
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clients"}
 TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,
-                loss_weights=_loss_weights, optim=TUNED_OPTIM)
+                loss_weights=_loss_weights,
+                optim=TUNED_OPTIM, exposure=EXPOSURE)

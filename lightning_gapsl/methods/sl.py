@@ -37,6 +37,7 @@ from lightning_gapsl.methods.exchange import one_client_exchange
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,11 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 # tuning grid on validation, point sgd0.1_m0 of results/tune_mnist20_dir01/chosen.yaml. The
 # best point of the reference regime; the grid chose sgd0.05_batch_turns, which changes the
 # regime (README, tuned comparison).
+# What reaches the server (PRIVACY.md, "Exposure flags").
+EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own",
+            "client_weights": "handed on between clients (not through the server)"}
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sl", SlConfig, build, train_step, before_eval=before_eval, cost=cost,
-                global_model=lambda state, epoch: True, epoch_steps=turn_epoch, optim=TUNED_OPTIM)
+                global_model=lambda state, epoch: True, epoch_steps=turn_epoch,
+                optim=TUNED_OPTIM, exposure=EXPOSURE)

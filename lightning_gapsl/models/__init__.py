@@ -172,9 +172,9 @@ __all__ = [
     "BlockFactory",
     "ModelError",
     "block_factories",
+    "build_blocks",
     "children_of",
     "cut_index",
     "cut_position",
-    "build_blocks",
     "num_cut_choices",
 ]

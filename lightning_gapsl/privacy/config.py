@@ -47,11 +47,18 @@ def validate_privacy(cfg) -> None:
     (the method's flags in `lightning_gapsl.privacy.exposure`).
     """
     from lightning_gapsl.config import check, choice
-    from lightning_gapsl.privacy.exposure import exposure, methods_with
+    from lightning_gapsl.privacy.exposure import methods_with
+    from lightning_gapsl.registry import METHODS
 
     p, d, method = cfg.privacy, cfg.defense, cfg.algorithm.name
-    flags = exposure(method)
     choice("privacy", p.mode, PRIVACY_MODES)
+    flags = METHODS.get(method).exposure
+    if flags is None:  # a method that does not say what reaches the server
+        check(p.mode == "off" and d.activation_noise == 0 and d.nopeek == 0,
+              f"algorithm={method} declares no exposure flags (Method.exposure, see "
+              "lightning_gapsl/privacy/exposure.py), which privacy and defense.* need; "
+              "set privacy=off, defense.activation_noise=0, defense.nopeek=0")
+        return
     check(p.aux_size >= 20, f"privacy.aux_size={p.aux_size} must be >= 20")
     check(p.pool_size >= 8, f"privacy.pool_size={p.pool_size} must be >= 8")
     check(p.conv_epochs >= 1, f"privacy.conv_epochs={p.conv_epochs} must be >= 1")
