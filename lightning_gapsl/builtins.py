@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import importlib
 
-from lightning_gapsl.data.datasets import DATASETS, builtin_split
+from lightning_gapsl.data.builtin import builtin_split
+from lightning_gapsl.data.datasets import DATASETS
 from lightning_gapsl.data.partition import PARTITIONS, partition
 from lightning_gapsl.data.tensors import load_tensors
 from lightning_gapsl.models.lenet import lenet_blocks

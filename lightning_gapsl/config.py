@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_gapsl import registry
+from lightning_gapsl.checks import ConfigError, check, choice
 from lightning_gapsl.privacy.config import DefenseConfig, PrivacyConfig, validate_privacy
 
 LABEL_KINDS = ("fine", "coarse")
@@ -29,10 +30,6 @@ LOGGERS = ("wandb", "csv", "none")
 ACCELERATORS = ("cpu", "gpu", "auto")
 START_METHODS = ("fork", "spawn", "popen")
 CLIENT_INITS = ("shared", "independent")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and the valid choices."""
 
 
 @dataclass(frozen=True)
@@ -320,16 +317,6 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
         kind = kind.replace(" | None", " or null")
         raise ConfigError(f"{key}={value!r} is not a valid {kind}") from None
     return value
-
-
-def choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 def load_plugins(plugins: tuple[str, ...]) -> None:

@@ -24,7 +24,6 @@ from lightning_gapsl.algorithms.gapsl import (
 )
 from lightning_gapsl.algorithms.psl import (
     client_loss_weights,
-    identity_transform,
     weighted_client_loss,
 )
 
@@ -41,7 +40,6 @@ __all__ = [
     "ema",
     "gapsl_step",
     "identify_leaders",
-    "identity_transform",
     "num_leaders",
     "weighted_client_loss",
 ]

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+
 __all__ = [
     "ALIGN_WHEN",
     "AUX_INITS",
@@ -63,6 +65,7 @@ __all__ = [
     "alignment_optimizer",
     "aux_model_for",
     "estimated_cut_grad",
+    "estimated_cut_grads",
     "next_stage_aux",
     "server_cut_grads",
     "server_step_due",
@@ -179,25 +182,32 @@ def next_stage_aux(
 # --------------------------------------------------------------------------- gradients
 
 
-def estimated_cut_grad(aux: nn.Module, acts: Tensor, labels: Tensor) -> Tensor:
-    """The client's gradient estimate: ``d mean_b CE(aux(z_b), y_b) / dz``.
+def estimated_cut_grads(estimators, acts: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every hosted client's gradient estimate: ``d mean_b CE(a_k(z_kb), y_kb) / dz_k``.
 
     Args:
-        aux: the client's auxiliary model.
-        acts: ``(B, *F)`` the client's cut-layer activations (used detached).
-        labels: ``(B,)`` int64 class indices.
+        estimators: the clients' auxiliary models, stacked: ``(K, B, *F) -> (K, B, C)``.
+        acts: ``(K, B, *F)`` the clients' cut-layer activations (used detached).
+        labels: ``(K, B)`` int64 class indices.
 
     Returns:
-        ``(B, *F)`` detached gradient, to back-propagate through the client segment with
-        ``acts.backward(grad)``. ``create_graph=False``, and only the activations are
-        differentiated (``torch.autograd.grad``), so ``aux``'s parameters' ``.grad`` are
-        neither created nor changed.
+        ``(K, B, *F)`` detached gradients, to back-propagate through the client segments
+        with ``acts.backward(grads)``, and the ``(K,)`` detached mean losses. Client k's
+        rows depend on its own loss only (the gradient of the sum of per-client means).
+        Only the activations are differentiated (``torch.autograd.grad``), so the
+        estimators' parameters' ``.grad`` are neither created nor changed.
     """
     with torch.enable_grad():  # also correct when called under no_grad
-        z = acts.detach().requires_grad_(True)  # (B, *F) a fresh leaf
-        loss = F.cross_entropy(aux(z), labels)  # () batch mean
-        (grad,) = torch.autograd.grad(loss, z)  # (B, *F)
-    return grad
+        leaf = acts.detach().requires_grad_(True)  # (K, B, *F) a fresh leaf
+        losses = per_client_cross_entropy(estimators(leaf), labels)  # (K,)
+        (grads,) = torch.autograd.grad(losses.sum(), leaf)  # (K, B, *F)
+    return grads, losses.detach()
+
+
+def estimated_cut_grad(aux: nn.Module, acts: Tensor, labels: Tensor) -> Tensor:
+    """One client's `estimated_cut_grads`: ``(B, *F)``, ``(B,)`` -> ``(B, *F)``."""
+    grads, _ = estimated_cut_grads(lambda z: aux(z[0])[None], acts[None], labels[None])
+    return grads[0]
 
 
 def server_cut_grads(server: nn.Module, acts: Tensor, labels: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["client_loss_weights", "identity_transform", "weighted_client_loss"]
+__all__ = ["client_loss_weights", "per_client_cross_entropy", "weighted_client_loss"]
 
 
 def client_loss_weights(client_sizes: Tensor) -> Tensor:
@@ -102,17 +102,3 @@ def per_client_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
         logits.reshape(n * b, c), labels.reshape(n * b), reduction="none"
     )  # (N*B,)
     return per_sample.reshape(n, b).mean(dim=1)
-
-
-def identity_transform(cut_grads: Tensor) -> Tensor:
-    """PSL's cut-layer gradient transform: return ``cut_grads`` itself, unchanged.
-
-    Args:
-        cut_grads: ``(N, B, *F)`` gradients of the server loss w.r.t. each client's
-            cut-layer activations.
-
-    Returns:
-        The same tensor object (no copy: nothing downstream modifies it in place, and
-        a copy would cost memory for nothing). It is the ``lam = 0`` limit of GAPSL.
-    """
-    return cut_grads

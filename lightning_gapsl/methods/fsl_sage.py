@@ -19,10 +19,10 @@ from lightning_gapsl.algorithms.fsl_sage import (
     alignment_due,
     alignment_optimizer,
     aux_model_for,
+    estimated_cut_grads,
     next_stage_aux,
     server_cut_grads,
 )
-from lightning_gapsl.algorithms.psl import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
@@ -110,10 +110,8 @@ def build(cfg, data, layout):
 def _local_backward(state, acts, y):
     """The estimator's input-gradient of each client's own mean loss stands in for the
     server's cut-layer gradient."""
-    leaf = acts.detach().requires_grad_(True)  # (K, B, *F)
-    losses = per_client_cross_entropy(state.other_modules["estimators"](leaf), y)  # (K,)
-    (estimate,) = torch.autograd.grad(losses.sum(), leaf)  # (K, B, *F)
-    acts.backward(estimate)
+    estimate, losses = estimated_cut_grads(state.other_modules["estimators"], acts, y)
+    acts.backward(estimate)  # (K, B, *F)
     return losses
 
 

@@ -46,7 +46,7 @@ def validate_privacy(cfg) -> None:
     The defenses need smashed data reaching the server and a step that applies them
     (the method's flags in `lightning_gapsl.privacy.exposure`).
     """
-    from lightning_gapsl.config import check, choice
+    from lightning_gapsl.checks import check, choice
     from lightning_gapsl.privacy.exposure import methods_with
     from lightning_gapsl.registry import METHODS
 

@@ -107,3 +107,24 @@ def test_bad_plugin_input_names_the_key(plugin_dir, tmp_path, overrides, message
                           text=True, timeout=120, cwd=plugin_dir)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_runconfig_built_in_python_trains_as_the_same_cli_run(tmp_path):
+    """One source of defaults: the method's optimizer and every other default are the same
+    whether the config comes from the command line or from the dataclasses."""
+    from lightning_gapsl.config import DataConfig, LoggerConfig, RunConfig, TrainerConfig
+    from lightning_gapsl.methods import get_method
+    from lightning_gapsl.train import compose, run
+
+    data = {"name": "digits", "num_clients": 4, "max_train": 400}
+    trainer = {"devices": 1, "max_epochs": 1, "progress_bar": False, "threads": 1,
+               "ckpt_every": 0}
+    cli = compose(["algorithm=psl", "logger=none",
+                   *(f"data.{k}={v}" for k, v in data.items()),
+                   *(f"trainer.{k}={v}" for k, v in trainer.items())], str(tmp_path / "cli"))
+    python = RunConfig(algorithm=get_method("psl").config(), data=DataConfig(**data),
+                       trainer=TrainerConfig(**trainer), logger=LoggerConfig(name="none"),
+                       output_dir=str(tmp_path / "py"))
+    assert python.optim.name == "adam"  # PSL's own optimizer, not the OptimConfig default
+    got = [json.loads(run(c).read_text()) for c in (cli, python)]
+    assert {k: got[0][k] for k in SAME[:5]} == {k: got[1][k] for k in SAME[:5]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_gapsl.config import ConfigError, RunConfig
+from lightning_gapsl.config import ConfigError, RunConfig, TrainerConfig
 from lightning_gapsl.data.datasets import DataError
 from lightning_gapsl.models import ModelError
 from lightning_gapsl.train import compose, preflight
@@ -84,47 +84,46 @@ def test_preflight_unwritable_output_dir(tmp_path):
         preflight(cfg)
 
 
-def _raw_optim(method_optim, **optim):
+def _raw_optim(method: str, **optim):
     from lightning_gapsl.config import build_config
 
     base = {"name": "method", "lr": None, "momentum": None, "weight_decay": None}
-    return build_config({"algorithm": {"name": "psl", "optim": method_optim},
-                         "optim": {**base, **optim}}).optim
+    return build_config({"algorithm": {"name": method}, "optim": {**base, **optim}}).optim
 
 
 def test_optim_method_takes_the_methods_own_optimizer_and_lets_keys_win():
-    """optim=method (default): the method yaml's optimizer; any optim.* key given wins;
-    optim=sgd|adam ignores the method's entirely."""
-    tuned = {"name": "adam", "lr": 0.003, "momentum": 0.0, "weight_decay": 0.0}
-    assert (_raw_optim(tuned).name, _raw_optim(tuned).lr) == ("adam", 0.003)
-    assert (_raw_optim(tuned, lr=0.01).name, _raw_optim(tuned, lr=0.01).lr) == ("adam", 0.01)
-    explicit = _raw_optim(tuned, name="sgd", lr=0.1, momentum=0.5, weight_decay=0.0)
+    """optim=method (default): the method's own optimizer (`Method.optim`); any optim.* key
+    given wins; optim=sgd|adam ignores the method's entirely."""
+    assert (_raw_optim("psl").name, _raw_optim("psl").lr) == ("adam", 0.003)
+    assert (_raw_optim("psl", lr=0.01).name, _raw_optim("psl", lr=0.01).lr) == ("adam", 0.01)
+    explicit = _raw_optim("psl", name="sgd", lr=0.1, momentum=0.5, weight_decay=0.0)
     assert (explicit.name, explicit.lr, explicit.momentum) == ("sgd", 0.1, 0.5)
-    plain = _raw_optim(None)  # a method without an entry: the OptimConfig defaults
-    assert (plain.name, plain.lr, plain.momentum) == ("sgd", 0.05, 0.9)
 
 
-def test_a_bad_method_optimizer_names_its_place():
-    with pytest.raises(ConfigError, match="unknown key algorithm.optim.beta"):
-        _raw_optim({"name": "adam", "beta": 0.9})
-    with pytest.raises(ConfigError, match="optim='lion' is not valid; choose one of: sgd, adam"):
-        _raw_optim({"name": "lion"})
+def test_a_method_optimizer_is_not_an_algorithm_key():
+    """The method's optimizer lives in its Method record, not in the algorithm section."""
+    from lightning_gapsl.config import build_config
+
+    with pytest.raises(ConfigError, match="unknown key algorithm.optim; valid keys under "
+                                          "algorithm: client_grad, name"):
+        build_config({"algorithm": {"name": "psl", "optim": {"name": "adam"}}})
 
 
-def test_every_method_yaml_names_its_optimizer(tmp_path):
-    """Each conf/algorithm/*.yaml carries the optimizer the method runs with by default,
-    and the command line still wins."""
-    from omegaconf import OmegaConf
-
-    from lightning_gapsl.cli import config_dir
-    from lightning_gapsl.methods import method_names
+def test_every_method_names_its_optimizer_and_python_configs_agree_with_the_cli(tmp_path):
+    """Each method carries the optimizer it runs with by default; the command line wins;
+    a RunConfig built in Python gets the same optimizer as the same run composed from the
+    command line (one source of defaults)."""
+    from lightning_gapsl.methods import get_method, method_names
 
     for name in method_names():
-        entry = OmegaConf.load(f"{config_dir()}/algorithm/{name}.yaml").get("optim")
-        assert entry is not None, f"conf/algorithm/{name}.yaml has no optim: entry"
-        optim = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1").optim
-        assert (optim.name, optim.lr, optim.momentum) == (
-            entry.name, entry.lr, entry.momentum), name
+        tuned = get_method(name).optim
+        assert tuned is not None, f"{name} has no Method.optim"
+        composed = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1")
+        assert composed.optim == tuned, name
+        in_python = RunConfig(algorithm=get_method(name).config(), output_dir=str(tmp_path),
+                              trainer=TrainerConfig(devices=1))
+        assert in_python == compose([f"algorithm={name}", "trainer.devices=1"],
+                                    str(tmp_path)), name
         lr = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1", "optim.lr=0.123").optim.lr
         assert lr == 0.123, name
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from lightning_gapsl.algorithms.psl import (
     client_loss_weights,
-    identity_transform,
     weighted_client_loss,
 )
 
@@ -160,12 +159,3 @@ def test_loss_rejects_bad_shapes(
         )
 
 
-# --------------------------------------------------------------------------- transform
-
-
-def test_identity_transform_returns_the_same_tensor() -> None:
-    cut = torch.randn(3, 4, 2, 5, 5)
-    before = cut.clone()
-    out = identity_transform(cut)
-    assert out is cut
-    assert torch.equal(cut, before)
