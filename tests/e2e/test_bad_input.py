@@ -31,7 +31,7 @@ FAST = ["data.steps_per_epoch=3", "data.num_clients=4", "trainer.threads=1"]
 CASES = [
     (["algorithm=nope"], "algorithm='nope' is not valid; choose one of: centralized"),
     (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, cifar100, digits"),
-    (["model=vgg"], "model='vgg' is not valid; choose one of: lenet, resnet18"),
+    (["model=vgg"], "model='vgg' is not valid; choose one of: lenet, module, resnet18"),
     (["optim=lion"], "optim='lion' is not valid; choose one of: adam, method, sgd"),
     (["logger=tensorboard"], "logger='tensorboard' is not valid; choose one of: csv, none"),
     (["data.nope=1"], "unknown key data.nope; valid keys under data: name"),
