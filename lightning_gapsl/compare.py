@@ -222,7 +222,8 @@ class Tuner:
         self.size = tuning.check_grid(self.grid)
         self.algorithm_of = dict(exp.get("algorithm_of") or {})  # row -> algorithm= name
         self.methods, self.skipped = tuning.active_methods(
-            self.grid, exp.get("optional") or [], registered_algorithms(), self.algorithm_of)
+            self.grid, exp.get("optional") or [], registered_algorithms(), self.algorithm_of,
+            exp.get("not_run"))
         self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))

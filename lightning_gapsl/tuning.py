@@ -95,23 +95,27 @@ def check_grid(grid: Mapping[str, Mapping[str, Sequence[str]]]) -> int:
 
 
 def active_methods(grid: Mapping, optional: Sequence[str], registered: Sequence[str],
-                   algorithm_of: Mapping[str, str] | None = None
-                   ) -> tuple[list[str], list[str]]:
-    """Methods (table rows) to run and messages for the optional ones skipped as not
-    registered yet.
+                   algorithm_of: Mapping[str, str] | None = None,
+                   not_run: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Methods (table rows) to run and messages for the rows skipped: optional ones not
+    registered yet, and ``not_run`` rows (row -> why the setting cannot run it, printed
+    under the table so a missing row is never silent).
 
     A row is its algorithm unless ``algorithm_of`` maps it to one (a restricted variant
     with its own grid, e.g. GAPSL without aggregation). A row whose algorithm is neither
     registered nor marked optional is an error before any run.
     """
-    algorithm_of = algorithm_of or {}
-    for row in algorithm_of:
-        if row not in grid:
-            raise GridError(f"algorithm_of names row {row}, which has no grid")
+    algorithm_of, not_run = algorithm_of or {}, not_run or {}
+    for key, names in (("algorithm_of", algorithm_of), ("not_run", not_run)):
+        for row in names:
+            if row not in grid:
+                raise GridError(f"{key} names row {row}, which has no grid")
     run, skipped = [], []
     for method in grid:
         algorithm = algorithm_of.get(method, method)
-        if algorithm in registered:
+        if method in not_run:
+            skipped.append(f"Not run in this setting: {method} ({not_run[method]}).")
+        elif algorithm in registered:
             run.append(method)
         elif method in optional:
             skipped.append(f"skipping {method}: algorithm={algorithm} is not registered yet "

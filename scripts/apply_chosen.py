@@ -1,11 +1,13 @@
-"""Make a tuning run's choices each method's defaults in conf/algorithm/<method>.yaml.
+"""Make a tuning run's choices each method's defaults: its optimizer (`Method.optim`, the
+``TUNED_OPTIM`` of lightning_gapsl/methods/<method>.py) and its conf/algorithm/<method>.yaml
+keys (whose dataclass defaults must then follow: a test checks that they agree).
 
     python scripts/apply_chosen.py results/tune_mnist20_dir01/chosen.yaml
 
 For every method in ``chosen.yaml`` (written by ``lightning_gapsl.compare`` stage tune):
-its ``optim=`` / ``optim.*`` overrides become the yaml's ``optim:`` entry (the optimizer
+its ``optim=`` / ``optim.*`` overrides become the method's ``TUNED_OPTIM`` (the optimizer
 ``optim=method`` runs it with) and each ``algorithm.<key>=<value>`` replaces that key's
-line. A key the yaml does not have is an error: the grid tuned something the method file
+yaml line. A key the yaml does not have is an error: the grid tuned something the method file
 does not document.
 
 A method name keeps meaning its published algorithm: where the chosen point changes the
@@ -75,17 +77,19 @@ def apply(method: str, overrides: list[str], point: str, source: str, note: str 
         text, count = re.subn(rf"(?m)^{re.escape(key)}: .*$", f"{key}: {value}", text)
         if count != 1:
             raise SystemExit(f"{path}: no single line '{key}: ...' to set from {o}")
-    entry = optim_entry(overrides)
-    line = "optim: {" + ", ".join(f"{k}: {entry[k]}" for k in
-                                  ("name", "lr", "momentum", "weight_decay")) + "}"
-    comment = (f"# The optimizer this method runs with unless optim=sgd|adam or optim.* is given\n"
-               f"# (optim=method, the default): chosen by the tuning grid on validation, point\n"
-               f"# {point} of {source}.\n" + (f"# {note}\n" if note else ""))
-    text, count = re.subn(r"(?ms)^# The optimizer this method runs with.*?^optim: \{.*?\}$",
-                          (comment + line).replace("\\", "\\\\"), text)
-    if count != 1:
-        raise SystemExit(f"{path}: no 'optim:' entry to replace")
     path.write_text(text)
+    entry = optim_entry(overrides)
+    line = (f'TUNED_OPTIM = OptimConfig("{entry["name"]}", lr={entry["lr"]}, '
+            f'momentum={entry["momentum"]}, weight_decay={entry["weight_decay"]})')
+    comment = ("# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:\n"
+               f"# chosen by the tuning grid on validation, point {point} of\n# {source}.\n"
+               + (f"# {note}\n" if note else ""))
+    module = ROOT / "lightning_gapsl" / "methods" / f"{method}.py"
+    code, count = re.subn(r"(?ms)^# The optimizer this method runs with.*?^TUNED_OPTIM = .*?\)$",
+                          (comment + line).replace("\\", "\\\\"), module.read_text())
+    if count != 1:
+        raise SystemExit(f"{module}: no TUNED_OPTIM to replace")
+    module.write_text(code)
     print(f"{method}: {point}" + (f" ({note.replace(chr(10) + '# ', ' ')})" if note else ""))
 
 

@@ -116,6 +116,20 @@ def averaged_clients(num_clients: int, fraction: float, seed: int, step: int) ->
     return torch.zeros(num_clients, dtype=torch.bool).index_fill(0, chosen, True)  # (N,)
 
 
+def averaged_participants(active: Tensor, fraction: float, seed: int, step: int) -> Tensor:
+    """`averaged_clients` under partial participation: ``num_averaged(k, fraction)`` of the
+    ``k`` clients taking part in this step (``active`` ``(N,)`` bool), drawn with the same
+    generator ``(seed, "sglr", step)`` as a permutation of the participants' ids; an idle
+    client is never averaged (its row is no gradient). Returns ``(N,)`` bool on CPU."""
+    active = active.cpu().to(torch.bool)
+    ids = torch.nonzero(active).flatten()  # (k,) ascending
+    if ids.numel() == 0:
+        return torch.zeros_like(active)
+    k = num_averaged(ids.numel(), fraction)
+    chosen = ids[torch.randperm(ids.numel(), generator=generator(seed, "sglr", step))[:k]]
+    return torch.zeros_like(active).index_fill(0, chosen, True)  # (N,)
+
+
 def split_avg(
     cut_grads: Tensor, mask: Tensor, over: str = "slot", weights: Tensor | None = None
 ) -> Tensor:

@@ -56,20 +56,30 @@ def aggregated_positions(phi: float, batch_size: int) -> int:
     return math.ceil(round(phi * batch_size, 9))
 
 
-def aggregate_positions(cut_grads: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, B, *F) -> the client-mean of positions [0, m) (m, *F) and the rest (N, B-m, *F)."""
-    return cut_grads[:, :m].mean(dim=0), cut_grads[:, m:]
+def aggregate_positions(cut_grads: torch.Tensor, m: int, active: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, B, *F) -> the client-mean of positions [0, m) (m, *F) and the rest (N, B-m, *F).
+
+    ``active`` (N,) bool (partial participation): the mean over those clients only; an
+    idle client's rows are zeros, not gradients, and must not dilute it."""
+    head = cut_grads[:, :m]  # (N, m, *F)
+    if active is None:
+        return head.mean(dim=0), cut_grads[:, m:]
+    taking_part = active.to(device=head.device, dtype=torch.bool)
+    return head[taking_part].mean(dim=0), cut_grads[:, m:]
 
 
 def _downlink(state, transport, step, cut_grads):
     """The aggregated positions as one broadcast, the others per client."""
     m = aggregated_positions(state.cfg.algorithm.phi, state.data.batch_size)
-    shared, own = aggregate_positions(cut_grads, m) if cut_grads is not None else (None, None)
+    shared, own = (aggregate_positions(cut_grads, m, state.active) if cut_grads is not None
+                   else (None, None))
     if shared is None:
         shape = (m, *state.extras["cut_shape"])
         shared = torch.zeros(shape, device=transport.device)
     transport.broadcast_(shared, count=True)
-    mine = transport.scatter(step, "cut_grads", [own] if state.layout.is_server else None)
+    mine = transport.scatter(step, "cut_grads", [own] if state.layout.is_server else None,
+                             active=state.active)
     if state.clients is None:
         return []
     k = len(state.layout.hosted)
@@ -105,5 +115,5 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over clients"}
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost,
+METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost, participation="step",
                 optim=TUNED_OPTIM, exposure=EXPOSURE)

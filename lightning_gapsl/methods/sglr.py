@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from lightning_gapsl.algorithms.sglr import (
     averaged_clients,
+    averaged_participants,
     averaging_active,
     server_loss_weights,
     server_lr,
     split_avg,
 )
 from lightning_gapsl.config import OptimConfig, check, choice
+from lightning_gapsl.data.participation import participant_count
 from lightning_gapsl.methods.base import Method, split_state
 from lightning_gapsl.methods.configs import SplitConfig
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
@@ -53,7 +55,10 @@ def _split_avg(state, cut_grads, step):
     algo = state.cfg.algorithm
     if not averaging_active(step, state.total_steps, algo.avg_phase, algo.avg_phase_where):
         return cut_grads
-    mask = averaged_clients(state.layout.num_clients, algo.avg_fraction, state.seed, step)
+    if state.active is None:
+        mask = averaged_clients(state.layout.num_clients, algo.avg_fraction, state.seed, step)
+    else:  # partial participation: averaged among this step's participants only
+        mask = averaged_participants(state.active, algo.avg_fraction, state.seed, step)
     return split_avg(cut_grads, mask.to(cut_grads.device))
 
 
@@ -66,7 +71,12 @@ def train_step(state, transport, step, x, y):
 
 
 def _server_lr(cfg, data) -> float:
-    return server_lr(cfg.optim.lr, data.num_clients, cfg.algorithm.lr_exponent)
+    """SplitLr scales by the clients whose batches the server sees in a step: all N, or
+    under partial participation the drawn count (before dropouts and deadlines)."""
+    p = cfg.participation
+    clients = (participant_count(data.num_clients, p.fraction, p.clients) if p.partial
+               else data.num_clients)
+    return server_lr(cfg.optim.lr, clients, cfg.algorithm.lr_exponent)
 
 
 def _loss_weights(cfg, data):
@@ -80,5 +90,5 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clien
 TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,
-                loss_weights=_loss_weights,
+                loss_weights=_loss_weights, participation="step",
                 optim=TUNED_OPTIM, exposure=EXPOSURE)

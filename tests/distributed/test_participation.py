@@ -49,7 +49,7 @@ def test_only_the_drawn_clients_move_and_send(compose_cfg) -> None:
     assert two["samples_per_s"] is not None
 
 
-@pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg"])
+@pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg", "epsl", "sglr"])
 def test_one_process_equals_three_with_partial_participation(compose_cfg, method) -> None:
     extra = ["data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=2"] \
         if method == "fedavg" else ["data.steps_per_epoch=6"]

@@ -36,7 +36,7 @@ def _cli(plugin_dir: Path, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(REPO)])}
     proc = subprocess.run([sys.executable, "-m", "lightning_gapsl.train", *COMMON, *extra,
                            f"output_dir={out}"], env=env, capture_output=True, text=True,
-                          timeout=240, cwd=plugin_dir)
+                          timeout=240, cwd=plugin_dir, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
 
@@ -85,7 +85,7 @@ def test_data_tensors_reads_a_saved_dict_of_any_sample_shape(plugin_dir, tmp_pat
         [sys.executable, "-m", "lightning_gapsl.train", *overrides, "data=tensors",
          f"data.path={tmp_path / 'd.pt'}", "model.target=flat_net.build", "model.cut=2",
          "trainer.devices=1", f"output_dir={tmp_path / 'run'}"],
-        env=env, capture_output=True, text=True, timeout=240, cwd=plugin_dir)
+        env=env, capture_output=True, text=True, timeout=240, cwd=plugin_dir, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["num_clients"] == 4 and summary["test_acc_mean"] > 0.6
@@ -94,8 +94,8 @@ def test_data_tensors_reads_a_saved_dict_of_any_sample_shape(plugin_dir, tmp_pat
 @pytest.mark.parametrize("overrides, message", [
     (["plugins=[no_such_plugin_module]"], "plugins: cannot import 'no_such_plugin_module'"),
     (["model=module", "model.target=my_plugin.mlp", "model.cut=fc9"],
-     "model.cut='fc9' is not a child of model module my_plugin.mlp; choose a name or index "
-     "of: fc1, act, fc2"),
+     ("model.cut='fc9' is not a child of model module my_plugin.mlp; choose a name or index "
+      "of: fc1, act, fc2")),
     (["data=tensors"], "data=tensors needs data.path=FILE"),
     (["model=module"], "model=module needs model.target=pkg.module.fn"),
 ])
@@ -104,7 +104,7 @@ def test_bad_plugin_input_names_the_key(plugin_dir, tmp_path, overrides, message
     base = ["plugins=[my_plugin]", "data=blobs64", "trainer.devices=1", "logger=none"]
     proc = subprocess.run([sys.executable, "-m", "lightning_gapsl.train", *base, *overrides,
                            f"output_dir={tmp_path}"], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=plugin_dir)
+                          text=True, timeout=120, cwd=plugin_dir, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr, proc.stderr[-2000:]
 

@@ -110,6 +110,10 @@ def test_epsl_aggregation_by_hand():
     shared, own = aggregate_positions(g, 2)
     assert torch.equal(shared, torch.tensor([[2.0], [3.0]]))  # client means of slots 0, 1
     assert torch.equal(own, torch.tensor([[[3.0]], [[5.0]]]))
+    # Partial participation: client 1 idle (its rows zero), the mean is client 0's alone.
+    idle = torch.tensor([[[1.0], [2.0], [3.0]], [[0.0], [0.0], [0.0]]])
+    shared, _ = aggregate_positions(idle, 2, active=torch.tensor([True, False]))
+    assert torch.equal(shared, torch.tensor([[1.0], [2.0]]))
 
 
 def test_epsl_clients_receive_the_aggregated_positions(compose_cfg):

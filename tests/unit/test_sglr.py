@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning_gapsl.algorithms.psl import weighted_client_loss
 from lightning_gapsl.algorithms.sglr import (
     averaged_clients,
+    averaged_participants,
     averaging_active,
     num_averaged,
     server_loss_weights,
@@ -219,3 +220,16 @@ def test_split_avg_over_the_batch_by_hand() -> None:
         split_avg(grads, mask, over="sample")
     with pytest.raises(ValueError, match="weights"):
         split_avg_batch(grads, mask, torch.tensor([1.0, -1.0, 1.0]))
+
+
+def test_averaged_participants_are_drawn_among_the_active_clients():
+    active = torch.tensor([False, True, True, False, True, True, False, False])  # k = 4
+    for step in range(20):
+        mask = averaged_participants(active, 0.5, seed=7, step=step)
+        assert int(mask.sum()) == 2 and not bool((mask & ~active).any())
+    draws = {tuple(averaged_participants(active, 0.5, 7, s).tolist()) for s in range(20)}
+    assert len(draws) > 1  # a new draw each step
+    assert torch.equal(averaged_participants(active, 0.5, 7, 3),
+                       averaged_participants(active, 0.5, 7, 3))  # a function of the step
+    assert int(averaged_participants(active, 0.0, 7, 0).sum()) == 0
+    assert not bool(averaged_participants(torch.zeros(4, dtype=torch.bool), 1.0, 7, 0).any())

@@ -62,6 +62,16 @@ def test_a_row_may_run_another_rows_algorithm():
         tuning.active_methods(grid, [], ["gapsl"], {"gapsl_af": "gapsl"})
 
 
+def test_a_not_run_row_is_skipped_with_its_reason():
+    grid = {"psl": {}, "sl": {}}
+    run_, skipped = tuning.active_methods(grid, [], ["psl", "sl"], None,
+                                          {"sl": "no partial participation yet"})
+    assert run_ == ["psl"]
+    assert skipped == ["Not run in this setting: sl (no partial participation yet)."]
+    with pytest.raises(GridError, match="not_run names row fedavg, which has no grid"):
+        tuning.active_methods(grid, [], ["psl", "sl"], None, {"fedavg": "x"})
+
+
 # ---------------------------------------------------------------- selection
 
 
