@@ -85,7 +85,8 @@ def apply(method: str, overrides: list[str], point: str, source: str, note: str 
                f"# chosen by the tuning grid on validation, point {point} of\n# {source}.\n"
                + (f"# {note}\n" if note else ""))
     module = ROOT / "lightning_gapsl" / "methods" / f"{method}.py"
-    code, count = re.subn(r"(?ms)^# The optimizer this method runs with.*?^TUNED_OPTIM = .*?\)$",
+    block = r"(?m)^# The optimizer this method runs with.*\n(?:#.*\n)*TUNED_OPTIM = .*$"
+    code, count = re.subn(block,
                           (comment + line).replace("\\", "\\\\"), module.read_text())
     if count != 1:
         raise SystemExit(f"{module}: no TUNED_OPTIM to replace")

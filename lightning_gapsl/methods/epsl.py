@@ -109,10 +109,10 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b, server)
 
 
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point adam1e-3_phi1 of results/tune_mnist20_dir01/chosen.yaml.
 # What reaches the server (PRIVACY.md, "Exposure flags").
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over clients"}
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
+# tuning grid on validation, point adam1e-3_phi1 of results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost, participation="step",
