@@ -39,11 +39,12 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(0.0, TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**NO_CUT, "client_weights": "whole model held by the server",
                           "labels": "all (the server holds the data)"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point sgd0.1_m0 of results/tune_mnist20_dir01/chosen.yaml.
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point sgd0.1_m0 of
+# results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("centralized", CentralizedConfig, full_model_state, train_step, cost=cost,

@@ -64,12 +64,13 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
                     TRAIN_FLOPS_PER_FORWARD * 0.0 * b)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**NO_CUT, "client_weights": "full model every round"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point sgd0.01 of results/tune_mnist20_dir01/chosen.yaml. The best
-# point of the reference regime; the grid chose sgd0.05_every_step, which changes the regime
-# (README, tuned comparison).
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point sgd0.01 of
+# results/tune_mnist20_dir01/chosen.yaml.
+# The best point of the reference regime; the grid chose sgd0.05_every_step,
+# which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,

@@ -189,10 +189,11 @@ def load_state_dict(state, saved: dict) -> None:
         _optimizer(state, int(client_id)).load_state_dict(entry)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = AUXILIARY
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point adam1e-3_q1_l1 of results/tune_mnist20_dir01/chosen.yaml.
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point adam1e-3_q1_l1 of
+# results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,

@@ -129,14 +129,15 @@ def global_model(state, epoch: int) -> bool:
     return fedavg_due(rounds - 1, state.cfg.algorithm.fedavg_interval)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own",
                    "client_weights": "every averaging",
                    "auxiliary_models": "decoder: the client loss rewards reconstructing x"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point sgd0.01_rec1_a1 of results/tune_mnist20_dir01/chosen.yaml.
-# The best point of the reference regime; the grid chose sgd0.01_rec1_a1_every_step, which
-# changes the regime (README, tuned comparison).
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point sgd0.01_rec1_a1 of
+# results/tune_mnist20_dir01/chosen.yaml.
+# The best point of the reference regime; the grid chose sgd0.01_rec1_a1_every_step,
+# which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("locfedmix", LocFedMixConfig, build, train_step, after_step=after_step,

@@ -29,10 +29,11 @@ def train_step(state, transport, step, x, y):
     return split_exchange(state, transport, step, x, y, Hooks())
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point adam3e-3 of results/tune_mnist20_dir01/chosen.yaml.
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point adam3e-3 of
+# results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.003, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("psl", PslConfig, build, train_step, participation="step",

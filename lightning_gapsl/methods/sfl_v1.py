@@ -92,12 +92,13 @@ def before_eval(state, transport, epoch) -> None:
     load_flat_(state.eval_server.parameters(), flat)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point sgd0.01 of results/tune_mnist20_dir01/chosen.yaml. The best
-# point of the reference regime; the grid chose sgd0.05_every_step, which changes the regime
-# (README, tuned comparison).
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point sgd0.01 of
+# results/tune_mnist20_dir01/chosen.yaml.
+# The best point of the reference regime; the grid chose sgd0.05_every_step,
+# which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method("sfl_v1", SflV1Config, build, train_step, after_step=after_step,

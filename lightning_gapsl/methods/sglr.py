@@ -83,10 +83,11 @@ def _loss_weights(cfg, data):
     return server_loss_weights(data.client_sizes, cfg.algorithm.server_loss)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clients"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point adam1e-4_a0.5 of results/tune_mnist20_dir01/chosen.yaml.
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point adam1e-4_a0.5 of
+# results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,

@@ -148,13 +148,14 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
                     TRAIN_FLOPS_PER_FORWARD * server_flops * b, sequential=True)
 
 
-# What reaches the server (PRIVACY.md, "Exposure flags").
+# What reaches the server (docs/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own",
             "client_weights": "handed on between clients (not through the server)"}
-# The optimizer this method runs with unless optim=sgd|adam or optim.* is given: chosen by the
-# tuning grid on validation, point sgd0.1_m0 of results/tune_mnist20_dir01/chosen.yaml. The
-# best point of the reference regime; the grid chose sgd0.05_batch_turns, which changes the
-# regime (README, tuned comparison).
+# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
+# chosen by the tuning grid on validation, point sgd0.1_m0 of
+# results/tune_mnist20_dir01/chosen.yaml.
+# The best point of the reference regime; the grid chose sgd0.05_batch_turns,
+# which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method("sl", SlConfig, build, train_step, before_eval=before_eval, cost=cost,
