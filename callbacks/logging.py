@@ -13,8 +13,8 @@ Keys (per epoch):
   ``val_<name>_mean``;
 - a method's diagnostics, epoch means: GAPSL's ``gapsl/leaders`` (leader-set size),
   ``gapsl/cos_before``, ``gapsl/cos_after`` (mean cosine to the leader gradient
-  before/after alignment), ``leader_freq/<id>`` (share of the epoch's steps client id
-  was a leader).
+  before/after alignment), ``gapsl/leader_freq/<id>`` (share of the epoch's steps
+  client id was a leader).
 Label histograms are written once to ``<output_dir>/label_histograms.csv`` (and as a
 W&B table), and the partition itself (client -> training-sample indices, with each
 client's label counts) to ``<output_dir>/partition.json``, which

@@ -95,7 +95,7 @@ def _record(state, diag: dict) -> None:
         "gapsl/cos_before": float(diag["cos_before_mean"]),
         "gapsl/cos_after": float(diag["cos_after_mean"]),
         # (N,) per step; the record keeps its mean: each client's share of steps as a leader
-        "leader_freq": diag["leader_mask"].detach().float().cpu(),
+        "gapsl/leader_freq": diag["leader_mask"].detach().float().cpu(),
     }
 
 

@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).with_name("methods_digits.json")
 
 # Per-epoch keys compared to the last bit (timing keys are left out: they vary).
 EXACT_KEYS = ("train_loss", "test_acc_mean", "test_acc_min", "test_acc_global", "bytes_up",
-              "bytes_down", "sim_latency_s", "client_acc", "client_test_loss", "leader_freq",
+              "bytes_down", "sim_latency_s", "client_acc", "client_test_loss", "gapsl/leader_freq",
               "gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after")
 
 # Every method, with settings that exercise its round and schedule logic in 2 epochs.
@@ -82,7 +82,7 @@ CHAOTIC_KEYS = {"bytes_up", "bytes_down", "sim_latency_s", "train_loss"}
 CHAOTIC_LOSS_TOL = 2e-2
 ACC_ABS_TOL = 1.5 / 359  # the digits test split holds 359 images
 ACC_KEYS = ("test_acc_mean", "test_acc_min", "test_acc_global", "client_acc")
-DISCRETE_KEYS = ("bytes_up", "bytes_down", "leader_freq", "gapsl/leaders")
+DISCRETE_KEYS = ("bytes_up", "bytes_down", "gapsl/leader_freq", "gapsl/leaders")
 
 
 def exact_fields(summary: dict) -> list[dict]:

@@ -278,8 +278,10 @@ def hydra_compose():
     """Hydra's compose inside one initialisation for the whole module (it is the slow part)."""
     from hydra import compose, initialize_config_dir
 
+    from lightning_gapsl.cli import prepare_config_store
     from lightning_gapsl.train import CONF_DIR
 
+    prepare_config_store([])  # the typed defaults conf/config.yaml starts from
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         yield compose
 
