@@ -62,6 +62,10 @@ class Registry:
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test's or a notebook's own registration); KeyError if absent."""
+        del self._entries[name]
+
     def get(self, name: str) -> Any:
         load_builtins()
         if name not in self._entries:
@@ -90,6 +94,7 @@ DATASETS = Registry("dataset", "data")
 MODELS = Registry("model", "model")
 PARTITIONERS = Registry("partitioner", "data.partition")
 METRICS = Registry("metric", "metric")
+REGISTRIES = (METHODS, DATASETS, MODELS, PARTITIONERS, METRICS)
 
 
 @dataclass(frozen=True)
