@@ -101,12 +101,17 @@ def test_sigusr1_to_server_checkpoints_and_resumes(tmp_path):
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     stopped_at = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["next_step"]
     assert 6 <= stopped_at < 2400
-    resumed = _cli(tmp_path / "resumed", "trainer.devices=3", "trainer.max_epochs=400",
-                   f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "trainer.eval_every=400")
+    # Resume and finish two epochs past the one it stopped in (max_epochs is not part of
+    # a checkpoint's identity: a shorter run resumes as well and costs seconds, not 400
+    # epochs).
+    epochs = stopped_at // 6 + 2
+    resumed = _cli(tmp_path / "resumed", "trainer.devices=3", f"trainer.max_epochs={epochs}",
+                   f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                   f"trainer.eval_every={epochs}")
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     summary = load_summary(tmp_path / "resumed" / "summary.json")
-    assert summary["steps"] == 2400 and len(summary["history"]) == 400
+    assert summary["steps"] == 6 * epochs and len(summary["history"]) == epochs
 
 
 def test_killed_client_rank_stops_everyone(tmp_path):

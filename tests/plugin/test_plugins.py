@@ -106,22 +106,35 @@ def test_data_tensors_reads_a_saved_dict_of_any_sample_shape(plugin_dir, tmp_pat
     assert summary["num_clients"] == 4 and summary["test_acc_mean"] > 0.6
 
 
+def test_a_plugin_that_cannot_be_imported_stops_the_cli_naming_it(plugin_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-m", "lightning_gapsl.train",
+                           "plugins=[no_such_plugin_module]", "trainer.devices=1",
+                           f"output_dir={tmp_path}"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=plugin_dir, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "plugins: cannot import 'no_such_plugin_module'" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["plugins=[no_such_plugin_module]"], "plugins: cannot import 'no_such_plugin_module'"),
     (["model=module", "model.target=my_plugin.mlp", "model.cut=fc9"],
      ("model.cut='fc9' is not a child of model module my_plugin.mlp; choose a name or index "
       "of: fc1, act, fc2")),
     (["data=tensors"], "data=tensors needs data.path=FILE"),
     (["model=module"], "model=module needs model.target=pkg.module.fn"),
+    (["model=module", "model.target=my_plugin.nothing_here"],
+     "model.target='my_plugin.nothing_here' cannot be imported"),
 ])
-def test_bad_plugin_input_names_the_key(plugin_dir, tmp_path, overrides, message):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(REPO)])}
-    base = ["plugins=[my_plugin]", "data=blobs64", "trainer.devices=1", "logger=none"]
-    proc = subprocess.run([sys.executable, "-m", "lightning_gapsl.train", *base, *overrides,
-                           f"output_dir={tmp_path}"], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=plugin_dir, check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stderr, proc.stderr[-2000:]
+def test_bad_plugin_input_names_the_key(plugin_dir, tmp_path, monkeypatch, registries_restored,
+                                        overrides, message):
+    """The checks the CLI runs before any rank starts (`train.preflight`), in-process."""
+    from lightning_gapsl.train import USER_ERRORS, compose, preflight
+
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    with pytest.raises(USER_ERRORS) as err:
+        preflight(compose(["plugins=[my_plugin]", "data=blobs64", "trainer.devices=1",
+                           "logger=none", *overrides], str(tmp_path)))
+    assert message in str(err.value)
 
 
 def test_a_runconfig_built_in_python_trains_as_the_same_cli_run(tmp_path):
