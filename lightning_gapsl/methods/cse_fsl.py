@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from lightning_gapsl.algorithms.fsl_sage import aux_model_for
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
-from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
+from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
 from lightning_gapsl.methods.rounds import (

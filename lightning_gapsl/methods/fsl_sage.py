@@ -24,7 +24,7 @@ from lightning_gapsl.algorithms.fsl_sage import (
     server_cut_grads,
 )
 from lightning_gapsl.config import OptimConfig, check, choice
-from lightning_gapsl.methods.aux import AuxConfig, aux_exchange
+from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
