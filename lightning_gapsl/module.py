@@ -32,7 +32,12 @@ from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.methods import get_method
-from lightning_gapsl.methods.base import draw_compute_seconds, make_optimizers, step_latency_model
+from lightning_gapsl.methods.base import (
+    draw_compute_seconds,
+    load_method_state,
+    make_optimizers,
+    step_latency_model,
+)
 from lightning_gapsl.metrics import EpochInputs, epoch_record, non_finite_message
 from lightning_gapsl.transport import make_transport
 
@@ -318,8 +323,7 @@ class SplitLearningModule(L.LightningModule):
             self._pending_state = state
 
     def _restore(self, saved: dict) -> None:
-        if self.method.load_state_dict is not None:
-            self.method.load_state_dict(self.state, saved["method"])
+        load_method_state(self.method, self.state, saved["method"], self.device)
         self.transport.counter.bytes_up, self.transport.counter.bytes_down = saved["bytes"]
         self.sim_latency = saved["sim_latency_s"]
         self.wall_offset = saved["wall_s"]

@@ -310,6 +310,26 @@ def report_client_losses(state: RankState, transport: Transport, step: int,
 
 
 
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists and tuples) on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def load_method_state(method: Method, state: RankState, saved: dict,
+                      device: torch.device) -> None:
+    """Give the method its checkpointed state on the device its modules sit on:
+    checkpoints load to the CPU, and a GPU run's first step would otherwise mix devices
+    (GAPSL's leader EMA, FSL-SAGE's activation buffers)."""
+    if method.load_state_dict is not None:
+        method.load_state_dict(state, to_device(saved, device))
+
+
 def with_defaults(method: Method) -> Method:
     """Fill the hooks every split method shares unless it brings its own."""
     import dataclasses

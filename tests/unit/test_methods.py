@@ -358,3 +358,36 @@ def test_step_latency_counts_only_the_active_clients(compose_cfg):
     # on the server.
     assert latency(3000, 300) == pytest.approx(expected + (N - 1) * cost.server / N
                                                / cfg.latency.server_flops, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gapsl", "fsl_sage"])
+def test_checkpointed_method_state_follows_the_modules_device(compose_cfg, name):
+    """A checkpoint loads to another device than the run's (CPU vs a GPU run); the restored
+    method state must land where the modules are, or the next step mixes devices. Without
+    a second real device here, the run's device is the meta device: the checkpoint's CPU
+    tensors must all arrive there."""
+    from lightning_gapsl.methods.base import load_method_state
+
+    extra = ["algorithm.rounds=lockstep", "algorithm.round_steps=1"] if name == "fsl_sage" else []
+    method, state = _state(compose_cfg, f"algorithm={name}", *extra)
+    _step(method, state, 0)
+    saved = method.state_dict(state)  # what the checkpoint holds, loaded to the CPU
+    # An optimizer's state follows its parameters in torch's own load_state_dict, which
+    # cannot copy out of the meta device: leave FSL-SAGE's alignment optimizers out.
+    saved.pop("align_optimizers", None)
+    assert list(_tensors(saved)) and all(t.device.type == "cpu" for t in _tensors(saved))
+    load_method_state(method, state, saved, torch.device("meta"))
+    restored = list(_tensors({k: v for k, v in method.state_dict(state).items()
+                              if k != "align_optimizers"}))
+    assert restored and all(t.device.type == "meta" for t in restored)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
