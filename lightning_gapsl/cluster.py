@@ -168,3 +168,20 @@ def slurm_rank_info(environ: Mapping[str, str]) -> dict[str, int]:
         "node_rank": "SLURM_NODEID",
     }
     return {key: int(environ[var]) for key, var in names.items()}
+
+
+# NCCL's error handling (torch's ProcessGroupNCCL ErrorHandlingMode): 2 = CleanUpOnly, abort
+# the communicators and raise in the waiting thread, without tearing the process down.
+# Torch's default (3) and 1 end the process with SIGABRT about 100 ms after a timeout,
+# before the transport's liveness check (1.5-2.5 s) can name the rank that stopped.
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+_NCCL_ERROR_KEYS = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
+
+
+def nccl_error_policy(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to set before ``init_process_group`` so a failed or timed-out NCCL
+    collective raises where the transport can name the peer; nothing when the user has set
+    either name of the switch (their choice stands)."""
+    if any(key in environ for key in _NCCL_ERROR_KEYS):
+        return {}
+    return dict(NCCL_ERROR_HANDLING)

@@ -48,6 +48,7 @@ from lightning_gapsl.cluster import (
     check_torchrun_world,
     is_externally_launched,
     lightning_process_grid,
+    nccl_error_policy,
 )
 from lightning_gapsl.config import ConfigError, RunConfig, build_config
 from lightning_gapsl.data.datasets import DataError
@@ -261,6 +262,8 @@ def run(cfg: RunConfig, extra_callbacks: list | None = None) -> Path | None:
     cfg = resolve_threads(cfg, os.environ)
     # Ranks started by Lightning (fork, popen) inherit it, and Lightning leaves it alone.
     os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.threads)
+    # Before any process group exists; srun/torchrun ranks each run this function too.
+    os.environ.update(nccl_error_policy(os.environ))
     data = preflight(cfg)
     cfg = with_cut(cfg, data)
     L.seed_everything(cfg.seed, workers=False, verbose=False)

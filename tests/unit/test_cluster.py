@@ -177,3 +177,22 @@ def test_lightning_checks_devices_per_node_only_at_launch(slurm_task, monkeypatc
         trainer.strategy.launcher.launch(os.getpid)
     with pytest.raises(ConfigError, match="trainer.devices=4"):
         check_slurm_tasks(4, env)
+
+
+def test_nccl_errors_raise_where_the_failing_rank_can_be_named():
+    from lightning_gapsl.cluster import nccl_error_policy
+
+    # Unset: CleanUpOnly (2), not torch's default tear-down that aborts the process.
+    assert nccl_error_policy({}) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+    # A user's choice, under either name, stands.
+    assert nccl_error_policy({"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}) == {}
+    assert nccl_error_policy({"NCCL_ASYNC_ERROR_HANDLING": "0"}) == {}
+
+
+def test_the_sbatch_scripts_leave_nccl_error_handling_to_the_trainer():
+    from pathlib import Path
+
+    for script in Path(__file__).resolve().parents[2].glob("slurm/*.sbatch"):
+        text = script.read_text()
+        assert "export TORCH_NCCL_ASYNC_ERROR_HANDLING" not in text, script.name
+        assert "export NCCL_ASYNC_ERROR_HANDLING" not in text, script.name
