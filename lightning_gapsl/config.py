@@ -163,6 +163,10 @@ class TrainerConfig:
     precision: str = "32-true"
     """Lightning precision: 32-true | bf16-mixed (autocast forwards; weights, optimizer
     state and the cut-layer traffic stay float32 where the layers return float32)."""
+    deterministic: bool = False
+    """Reproducible GPU runs: TF32 off for matmuls and convolutions, deterministic
+    algorithms only (an op without one stops the run naming it), CUBLAS_WORKSPACE_CONFIG
+    set; slower. CPU runs are deterministic either way."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import zlib
 
@@ -42,6 +43,16 @@ from lightning_gapsl.metrics import EpochInputs, epoch_record, non_finite_messag
 from lightning_gapsl.transport import make_transport
 
 
+def make_deterministic() -> None:
+    """``trainer.deterministic``: no TF32 (it rounds matmul and convolution inputs to 10
+    mantissa bits on Ampere and later GPUs) and deterministic kernels only."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's reproducible mode
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 class SplitLearningModule(L.LightningModule):
     def __init__(self, cfg: RunConfig, data: FederatedData):
         super().__init__()
@@ -65,6 +76,8 @@ class SplitLearningModule(L.LightningModule):
             return
         if self.cfg.trainer.threads is not None:
             torch.set_num_threads(self.cfg.trainer.threads)
+        if self.cfg.trainer.deterministic:  # in every rank, whatever started it
+            make_deterministic()
         device = self.trainer.strategy.root_device
         self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
         self.transport.check_agreement(self._fingerprint())
