@@ -251,7 +251,7 @@ class DistTransport:
             works = dist.batch_isend_irecv(p2p) if p2p else []
         except RuntimeError as err:
             raise _fault(watch, None, what, self.timeout) from err
-        for work, (_, _, peer) in zip(works, ops):
+        for work, peer in _work_peers(works, [peer for _, _, peer in ops]):
             try:
                 work.wait(self.timeout)
             except RuntimeError as err:
@@ -432,6 +432,16 @@ def stop_heartbeat() -> None:
 def _store_host() -> int | None:
     """The rank whose process hosts the rendezvous store (None: torchrun's agent)."""
     return None if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else SERVER_RANK
+
+
+def _work_peers(works: list, peers: list[int]) -> list[tuple[object, int | None]]:
+    """Each work handle with the peer a failure of it names. Gloo returns one handle per
+    operation; NCCL one for the whole batch, which names its peer only when every
+    operation has the same one (else None: the heartbeat check finds the silent rank)."""
+    if len(works) == len(peers):
+        return list(zip(works, peers, strict=True))
+    only = peers[0] if peers and len(set(peers)) == 1 else None
+    return [(work, only) for work in works]
 
 
 def _fault(watch: Heartbeat | None, peer: int | None, what: str,
