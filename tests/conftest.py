@@ -53,3 +53,22 @@ def compose_cfg(tmp_path):
 def load_summary(path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+@pytest.fixture
+def registries_restored():
+    """Registrations made in this process (an in-process plugin import, `run`'s objects)
+    are undone afterwards, so later tests see the built-ins only."""
+    import sys
+
+    from lightning_gapsl.registry import REGISTRIES
+
+    before = [set(r.names()) for r in REGISTRIES]
+    modules = set(sys.modules)
+    yield
+    for registry, names in zip(REGISTRIES, before, strict=True):
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
+    for name in set(sys.modules) - modules:  # a plugin imported again registers again
+        if name == "my_plugin" or name.startswith("tests.plugin."):
+            del sys.modules[name]

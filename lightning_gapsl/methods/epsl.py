@@ -74,9 +74,12 @@ def _downlink(state, transport, step, cut_grads):
     m = aggregated_positions(state.cfg.algorithm.phi, state.data.batch_size)
     shared, own = (aggregate_positions(cut_grads, m, state.active) if cut_grads is not None
                    else (None, None))
-    if shared is None:
+    if shared is None:  # a client rank: the buffer the server's copy overwrites
         shape = (m, *state.extras["cut_shape"])
         shared = torch.zeros(shape, device=transport.device)
+    # float32 on every rank: under bf16-mixed the server's gradients may be bfloat16 while
+    # the clients' buffer is float32, and a broadcast of unequal dtypes hangs NCCL.
+    shared = shared.float()
     transport.broadcast_(shared, count=True)
     mine = transport.scatter(step, "cut_grads", [own] if state.layout.is_server else None,
                              active=state.active)

@@ -52,20 +52,6 @@ def test_a_plugin_runs_from_the_cli_in_one_and_three_processes(plugin_dir, tmp_p
     assert len(record["client_test_top2"]) == 4
 
 
-@pytest.fixture
-def registries_restored():
-    """Registrations made in this process (an in-process plugin import, `run`'s objects)
-    are undone afterwards, so later tests see the built-ins only."""
-    from lightning_gapsl.registry import REGISTRIES
-
-    before = [set(r.names()) for r in REGISTRIES]
-    yield
-    for registry, names in zip(REGISTRIES, before, strict=True):
-        for name in set(registry.names()) - names:
-            registry.unregister(name)
-    sys.modules.pop("my_plugin", None)
-
-
 def test_the_python_entry_point_takes_the_model_and_data_as_objects(plugin_dir, tmp_path,
                                                                     monkeypatch,
                                                                     registries_restored):
