@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
 export WANDB_MODE=offline WANDB_SILENT=true
+.venv/bin/ruff check .    # lint: pyflakes, pycodestyle, bugbear, pyupgrade (pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

@@ -121,14 +121,14 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["variant", "seed", *METRICS, *extra])
         writer.writeheader()
-        writer.writerows({**r, **p} for r, p in zip(rows, leak))
+        writer.writerows({**r, **p} for r, p in zip(rows, leak, strict=False))
     (out_dir / "results.md").write_text(markdown(aggregate(rows), title, command))
     from lightning_gapsl.plots import plot_class_acc, plot_comparison
 
     labels = [r["variant"] for r in rows]
     plot_comparison(summaries, labels, out_dir)
     for variant in dict.fromkeys(labels):
-        plot_class_acc(variant, [s for s, v in zip(summaries, labels) if v == variant], out_dir)
+        plot_class_acc(variant, [s for s, v in zip(summaries, labels, strict=False) if v == variant], out_dir)
     run_dirs = [out_dir / r["variant"] / f"seed{r['seed']}" for r in rows]
     write_privacy(summaries, labels, run_dirs, out_dir, title)
 
@@ -146,13 +146,13 @@ def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, co
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(work, todo))
-    failed = [(job, out) for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    failed = [(job, out) for job, out in zip(todo, outcomes, strict=False) if isinstance(out, Exception)]
     for (label, _, seed), err in failed:
         print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
-    todo = [job for job, out in zip(todo, outcomes) if not isinstance(out, Exception)]
+    todo = [job for job, out in zip(todo, outcomes, strict=False) if not isinstance(out, Exception)]
     summaries = [out for out in outcomes if not isinstance(out, Exception)]
     rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
-            for (label, _, seed), s in zip(todo, summaries)]
+            for (label, _, seed), s in zip(todo, summaries, strict=False)]
     write_results(rows, summaries, out_dir, exp.title, command)
     print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
     print((out_dir / "results.md").read_text())

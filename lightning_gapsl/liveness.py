@@ -39,7 +39,7 @@ def silent_ranks(before: list[int], after: list[int], me: int,
     fault itself and is exiting, so its heartbeat stops for a reason).
     """
     left = left or [0] * len(before)
-    return [r for r, (a, b) in enumerate(zip(before, after))
+    return [r for r, (a, b) in enumerate(zip(before, after, strict=False))
             if a == b and r != me and not left[r]]
 
 

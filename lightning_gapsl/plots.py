@@ -57,7 +57,7 @@ def plot_comparison(summaries: list[dict], labels: list[str], out_dir: Path) -> 
     for name, (x_key, x_label) in AXES.items():
         fig, ax = plt.subplots(figsize=(6, 4))
         seen = set()
-        for summary, label in zip(summaries, labels):
+        for summary, label in zip(summaries, labels, strict=False):
             xs, ys = _curve(summary["history"], x_key)
             colour, marker = styles[label]
             ax.plot(xs, ys, marker=marker, color=colour, alpha=0.8,

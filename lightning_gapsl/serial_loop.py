@@ -39,8 +39,8 @@ from lightning_gapsl.models.split import build_client_segment, build_server_segm
 def fedavg_(models: list[nn.Module], weights: torch.Tensor) -> None:
     """Every model's parameters := the ``weights``-weighted average (float64 sums)."""
     w = weights.double() / weights.double().sum()  # (N,)
-    for params in zip(*(m.parameters() for m in models)):
-        average = sum(wi * p.double() for wi, p in zip(w, params))
+    for params in zip(*(m.parameters() for m in models), strict=False):
+        average = sum(wi * p.double() for wi, p in zip(w, params, strict=False))
         for p in params:
             p.copy_(average.to(p.dtype))
 

@@ -370,7 +370,7 @@ class DistTransport:
         padded[: rows.shape[0]] = rows
         parts = [torch.empty_like(padded) for _ in sizes]
         self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=False)])
 
     def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
                         clients: int | None = None) -> None:

@@ -405,7 +405,7 @@ def server_step_due(step: int, q: int) -> bool:
     return step % q == 0
 
 
-def alignment_due(round_index: int, l: int, when: str = "end") -> bool:
+def alignment_due(round_index: int, l: int, when: str = "end") -> bool:  # noqa: E741 (the paper's l)
     """Whether the server aligns the aux models in round ``round_index`` (0-based).
 
     ``when="start"`` (the reference): at the START of rounds ``0, l, 2l, ...``, i.e. in

@@ -47,7 +47,7 @@ def read_leaf_file(path: Path, features: int) -> tuple[list[str], np.ndarray, np
         raise DataError(f"LEAF file {path}: 'users' must be a list as long as 'num_samples' "
                         "and 'user_data' an object keyed by user")
     xs, ys, owner = [], [], []
-    for k, (user, count) in enumerate(zip(users, counts)):
+    for k, (user, count) in enumerate(zip(users, counts, strict=False)):
         record = data.get(user)
         if not isinstance(record, dict) or "x" not in record or "y" not in record:
             raise DataError(f"LEAF file {path}: user_data[{user!r}] must hold 'x' and 'y'")

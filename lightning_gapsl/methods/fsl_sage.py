@@ -131,7 +131,7 @@ def _align(state, transport, step: int) -> None:
     algo, rows = state.cfg.algorithm, None
     if state.layout.is_server:
         server_aux = state.other_modules["server_estimators"]
-        for c, (model, buffer) in enumerate(zip(server_aux, state.extras["buffers"])):
+        for c, (model, buffer) in enumerate(zip(server_aux, state.extras["buffers"], strict=False)):
             if len(buffer):
                 acts, labels = buffer.tensors()
                 true = server_cut_grads(state.server, acts, labels)  # (M, *F)
@@ -183,7 +183,7 @@ def state_dict(state) -> dict:
 
 
 def load_state_dict(state, saved: dict) -> None:
-    for buffer, entry in zip(state.extras.get("buffers", []), saved["buffers"]):
+    for buffer, entry in zip(state.extras.get("buffers", []), saved["buffers"], strict=False):
         buffer.load_state_dict(entry)
     for client_id, entry in saved.get("align_optimizers", {}).items():
         _optimizer(state, int(client_id)).load_state_dict(entry)

@@ -68,7 +68,7 @@ def _state_vector(state) -> torch.Tensor:
     opt_state = state.client_opt.state
     moments = [opt_state.get(p, {}).get("momentum_buffer") for p in params]
     return flatten(params + [m if m is not None else torch.zeros_like(p)
-                             for m, p in zip(moments, params)])
+                             for m, p in zip(moments, params, strict=False)])
 
 
 def _load_state_vector(state, flat: torch.Tensor) -> None:

@@ -224,7 +224,7 @@ class StackedSegments(nn.Module):
             raise ValueError(
                 f"expected grads of shape {(self.num_segments, sum(sizes))}, got {tuple(grads.shape)}"
             )
-        for p, g in zip(params, grads.split(sizes, dim=1)):
+        for p, g in zip(params, grads.split(sizes, dim=1), strict=False):
             g = g.reshape(p.shape).to(dtype=p.dtype)
             if p.grad is None:
                 p.grad = g.clone()

@@ -138,23 +138,23 @@ def references(data: PrivacyData, cfg, conv: bool) -> dict:
     image: the floor of any attacker) and the identity client (a = x) per attacker."""
     mean_image = data.pix_aux.mean(0, keepdim=True).expand_as(data.pix_pool)
     rows = {"constant": dict(zip(("psnr", "psnr_median", "ssim", "mse"),
-                                 _scores(mean_image, data.pix_pool)))}
+                                 _scores(mean_image, data.pix_pool), strict=False))}
     rec, _ = ridge_attack(data.x_aux, data.pix_aux, data.x_pool)
     rows["identity_ridge"] = dict(zip(("psnr", "psnr_median", "ssim", "mse"),
-                                      _scores(rec, data.pix_pool)))
+                                      _scores(rec, data.pix_pool), strict=False))
     if conv:
         rec = conv_attack(data.x_aux, data.pix_aux, data.x_pool,
                           derive_seed(cfg.privacy.seed, "decoder", "identity"),
                           epochs=cfg.privacy.conv_epochs)
         rows["identity_conv"] = dict(zip(("psnr", "psnr_median", "ssim", "mse"),
-                                         _scores(rec, data.pix_pool)))
+                                         _scores(rec, data.pix_pool), strict=False))
     for name, row in rows.items():
         row["dcor"] = 0.0 if name == "constant" else 1.0
     return rows
 
 
 def _client_entry(row: torch.Tensor, refs: dict) -> dict:
-    v = dict(zip(SCALARS, row[:len(SCALARS)].tolist()))
+    v = dict(zip(SCALARS, row[:len(SCALARS)].tolist(), strict=False))
     floor = refs["constant"]["psnr"]
     entry = {"dcor": v["dcor"], "ridge": {
         "psnr": v["ridge_psnr"], "psnr_median": v["ridge_psnr_median"], "ssim": v["ridge_ssim"],

@@ -63,7 +63,7 @@ def privacy_markdown(summaries: list[dict], labels: list[str], title: str) -> st
              "| cut gradient | client weights | other |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(labels):
-        runs = [s for s, v in zip(summaries, labels) if v == label and s.get("privacy")]
+        runs = [s for s, v in zip(summaries, labels, strict=False) if v == label and s.get("privacy")]
         if not runs:
             continue
         cols = [privacy_columns(s) for s in runs]
@@ -105,7 +105,7 @@ def plot_accuracy_vs_leakage(summaries: list[dict], labels: list[str], path: Pat
     order = list(dict.fromkeys(labels))
     per_epoch = [(s["bytes_up"] + s["bytes_down"]) / max(s["epochs"], 1) for s in summaries]
     biggest = max(per_epoch + [1.0])
-    for s, label, b in zip(summaries, labels, per_epoch):
+    for s, label, b in zip(summaries, labels, per_epoch, strict=False):
         if not s.get("privacy"):
             continue
         colour, marker = _style(order.index(label))
@@ -169,7 +169,7 @@ def write_privacy(summaries: list[dict], labels: list[str], run_dirs: list[Path]
     md.write_text(privacy_markdown(summaries, labels, title))
     paths = [md, plot_accuracy_vs_leakage(summaries, labels, out_dir / "privacy_acc_vs_leakage.png")]
     recons = {}
-    for label, run_dir in zip(labels, run_dirs):
+    for label, run_dir in zip(labels, run_dirs, strict=False):
         file = Path(run_dir) / "privacy_recon.pt"
         if label not in recons and file.is_file():
             recons[label] = torch.load(file, weights_only=True)

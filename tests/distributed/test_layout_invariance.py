@@ -44,7 +44,7 @@ def test_every_layout_reproduces_the_golden_numbers(compose_cfg, case):
 def test_epsl_one_process_equals_three(compose_cfg):
     one = _run(compose_cfg, ["algorithm=epsl", "algorithm.phi=0.5"], "one")
     three = _run(compose_cfg, ["algorithm=epsl", "algorithm.phi=0.5"], "three")
-    for h1, h3 in zip(one["history"], three["history"]):
+    for h1, h3 in zip(one["history"], three["history"], strict=False):
         for key in ("train_loss", "test_acc_mean", "test_acc_min"):
             assert math.isclose(h1[key], h3[key], abs_tol=1e-5), (key, h1[key], h3[key])
         assert h1["bytes_up"] == h3["bytes_up"] > 0

@@ -66,7 +66,7 @@ def test_dist_transport_matches_local_and_checks_headers():
     assert all(status == "ok" for status, _ in results.values()), results
     server = results[0][1]
     # The server received every client's rows in client-id order, as in-process.
-    for got, ref in zip(server["gathered"], local["gathered"]):
+    for got, ref in zip(server["gathered"], local["gathered"], strict=False):
         assert torch.equal(got, ref)
     # Each client rank got back exactly its own clients' rows.
     assert torch.equal(results[1][1]["back"], local["back"][0:3])

@@ -41,7 +41,7 @@ def test_single_client_psl_is_centralized(compose_cfg):
     central = _record(compose_cfg("algorithm=centralized", *common, name="central"))
     psl = _record(compose_cfg("algorithm=psl", *common, name="psl"))
     assert len(central.losses) == len(psl.losses) > 50
-    diffs = [abs(a - b) for a, b in zip(central.losses, psl.losses)]
+    diffs = [abs(a - b) for a, b in zip(central.losses, psl.losses, strict=False)]
     assert max(diffs) < 1e-5, max(diffs)
     assert central.losses[-1] < central.losses[0]  # it trained
 
@@ -86,7 +86,7 @@ def test_splitfed_v1_is_fedavg(compose_cfg):
               "data.steps_per_epoch=20"]
     sfl = load_summary(run(compose_cfg("algorithm=sfl_v1", *common, name="sfl")))
     fed = load_summary(run(compose_cfg("algorithm=fedavg", *common, name="fed")))
-    for h1, h2 in zip(sfl["history"], fed["history"]):
+    for h1, h2 in zip(sfl["history"], fed["history"], strict=False):
         assert abs(h1["train_loss"] - h2["train_loss"]) < 1e-5
         assert abs(h1["test_acc_mean"] - h2["test_acc_mean"]) < 1e-5
     # After the round-end average every client holds the same model: one global model.

@@ -31,7 +31,7 @@ def test_eval_every_any_number_and_the_last_epoch_always(compose_cfg):
     per_class = summary["client_class_acc"]
     assert len(per_class) == 4 and all(len(row) == 10 for row in per_class)
     assert all(v is None or 0 <= v <= 1 for row in per_class for v in row)
-    for row, acc in zip(per_class, last["client_acc"]):
+    for row, acc in zip(per_class, last["client_acc"], strict=False):
         known = [v for v in row if v is not None]
         assert min(known) - 1e-9 <= acc <= max(known) + 1e-9
 

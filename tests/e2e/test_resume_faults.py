@@ -24,7 +24,7 @@ FAST = ["data.steps_per_epoch=6", "trainer.threads=1", "data.num_clients=4"]
 
 def _assert_same_history(a: dict, b: dict, tol: float = 1e-6) -> None:
     assert len(a["history"]) == len(b["history"])
-    for ha, hb in zip(a["history"], b["history"]):
+    for ha, hb in zip(a["history"], b["history"], strict=False):
         for key in ("train_loss", "test_acc_mean", "test_acc_min", "bytes_up", "sim_latency_s"):
             assert abs(ha[key] - hb[key]) <= tol, (key, ha[key], hb[key])
 

@@ -24,7 +24,7 @@ def test_serial_loop_equals_project_sfl_v1(compose_cfg):
     project = load_summary(run(cfg))["history"]
     loop = serial_splitfed_v1(cfg, evaluate_every_round=True)["history"]
     assert len(project) == len(loop) == 2
-    for p, s in zip(project, loop):
+    for p, s in zip(project, loop, strict=False):
         assert math.isclose(p["train_loss"], s["train_loss"], rel_tol=0, abs_tol=1e-5), (p, s)
         # Every client holds the averaged model after the round: one accuracy for all.
         assert math.isclose(p["test_acc_mean"], s["test_acc"], abs_tol=1e-6), (p, s)

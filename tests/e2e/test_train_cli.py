@@ -57,7 +57,8 @@ def test_train_three_processes_csv(tmp_path):
     documented = {  # the keys the README and callbacks/logging.py promise
         "train_loss", "train_loss_epoch", "test_acc_mean", "test_acc_min", "test_acc_max",
         "test_acc_std", "client_acc/0", "client_acc/5", "client_test_loss/0", "bytes_up",
-        "bytes_down", "bytes_up_epoch", "bytes_down_epoch", "sim_latency_s", "samples_per_s", "gapsl/leaders", "gapsl/cos_before",
+        "bytes_down", "bytes_up_epoch", "bytes_down_epoch", "sim_latency_s", "samples_per_s",
+        "gapsl/leaders", "gapsl/cos_before",
         "gapsl/cos_after", "gapsl/leader_freq/0",
     }
     assert documented <= logged, documented - logged

@@ -93,7 +93,7 @@ def exact_fields(summary: dict) -> list[dict]:
 def _close(key: str, got, want, chaotic: bool = False) -> bool:
     if isinstance(want, list):
         return (isinstance(got, list) and len(got) == len(want)
-                and all(_close(key, g, w, chaotic) for g, w in zip(got, want)))
+                and all(_close(key, g, w, chaotic) for g, w in zip(got, want, strict=False)))
     if want is None or got is None or key in DISCRETE_KEYS:
         return got == want
     if chaotic and key == "train_loss":
@@ -108,9 +108,12 @@ def golden_mismatches(got: list[dict], want: list[dict], case: str = "") -> list
     if len(got) != len(want):
         return [f"{len(got)} epochs != {len(want)} recorded"]
     chaotic = case in CHAOTIC
-    keys = lambda g, w: sorted((set(g) | set(w)) & CHAOTIC_KEYS if chaotic else set(g) | set(w))
+
+    def keys(g: dict, w: dict) -> list[str]:
+        return sorted((set(g) | set(w)) & CHAOTIC_KEYS if chaotic else set(g) | set(w))
+
     return [f"epoch {e} {key}: {g.get(key)} != {w.get(key)}"
-            for e, (g, w) in enumerate(zip(got, want)) for key in keys(g, w)
+            for e, (g, w) in enumerate(zip(got, want, strict=False)) for key in keys(g, w)
             if key not in g or key not in w or not _close(key, g[key], w[key], chaotic)]
 
 

@@ -63,7 +63,7 @@ def _same(a, b) -> bool:
 
 
 def _same_params(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 def test_locfedmix_mixup_moves_server_not_client_gradients(compose_cfg):
@@ -248,7 +248,7 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
         assert transport.counter.bytes_up - up0 == int(state.active.sum()) * B * row
         after = list(state.clients.stacked_params().values())
         moved += torch.tensor([any(not torch.equal(p0[k], p1[k]) for p0, p1 in
-                                   zip(before, after)) for k in range(N)])
+                                   zip(before, after, strict=False)) for k in range(N)])
     assert torch.equal(moved, expected), (moved, expected, sizes)
 
 
@@ -301,7 +301,7 @@ def test_sfl_v2_epoch_turns_move_only_the_turns_client(compose_cfg):
         x, y = _batch()
         method.train_step(state, transport, t, x, y)
         after = list(state.clients.stacked_params().values())
-        moved = [any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after))
+        moved = [any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after, strict=False))
                  for k in range(N)]
         assert moved == [k == client for k in range(N)], (t, client, moved)
 

@@ -84,7 +84,7 @@ def _check_split_equals_unsplit(
     split_params = list(client.parameters()) + list(server.parameters())
     full_named = list(full.named_parameters())
     assert len(split_params) == len(full_named)
-    for (key, p_full), p_split in zip(full_named, split_params):
+    for (key, p_full), p_split in zip(full_named, split_params, strict=False):
         assert p_split.shape == p_full.shape, key
         assert torch.equal(p_split.grad, p_full.grad), key
 
@@ -132,7 +132,7 @@ def test_seeded_client_init() -> None:
     assert torch.equal(torch.get_rng_state(), state), "building must not touch the global RNG"
     torch.manual_seed(456)  # different global state must not matter either
     b = weights(7, 3)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=False))
     c = weights(7, 4)
     d = weights(8, 3)
     conv_weight = 0  # GroupNorm weights start at 1 for everyone; compare random ones

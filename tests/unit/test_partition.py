@@ -55,8 +55,8 @@ def test_same_seed_same_partition_other_seed_differs(scheme: str) -> None:
     a = partition(labels, 10, scheme, seed=1, groups=g)
     b = partition(labels, 10, scheme, seed=1, groups=g)
     c = partition(labels, 10, scheme, seed=2, groups=g)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(x.numel() == y.numel() and torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
+    assert not all(x.numel() == y.numel() and torch.equal(x, y) for x, y in zip(a, c, strict=False))
 
 
 def test_dirichlet_skew_grows_as_alpha_shrinks() -> None:
@@ -76,7 +76,7 @@ def test_dirichlet_min_size_by_redraw_or_a_clear_error() -> None:
     assert_exact_cover(parts, labels.numel())
     assert min(p.numel() for p in parts) >= 20
     again = partition(labels, 10, "dirichlet", alpha=1.0, seed=0, min_size=20)
-    assert all(torch.equal(x, y) for x, y in zip(parts, again))
+    assert all(torch.equal(x, y) for x, y in zip(parts, again, strict=False))
     # alpha = 0.01 gives each of the 10 classes to about one client: 20 clients cannot
     # all get samples, however often it is redrawn. It fails at once, naming the keys.
     for alpha in (0.01, 1e-300):  # the second underflows every gamma draw: no NaN either

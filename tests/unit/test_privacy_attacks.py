@@ -111,8 +111,8 @@ def test_leakage_falls_strictly_as_activation_noise_grows(data):
     segment = _features()
     leakage = [_entry(segment, data, noise)["ridge"]["leakage"] for noise in (0, 0.3, 1, 3)]
     dcor = [_entry(segment, data, noise)["dcor"] for noise in (0, 0.3, 1, 3)]
-    assert all(a > b for a, b in zip(leakage, leakage[1:])), leakage
-    assert all(a > b for a, b in zip(dcor, dcor[1:])), dcor
+    assert all(a > b for a, b in zip(leakage, leakage[1:], strict=False)), leakage
+    assert all(a > b for a, b in zip(dcor, dcor[1:], strict=False)), dcor
 
 
 def test_ridge_picks_the_penalty_on_held_out_auxiliary_images(data):

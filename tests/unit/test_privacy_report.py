@@ -39,7 +39,7 @@ def test_summarize_aggregates_mean_and_worst_client():
 def test_table_and_pictures(tmp_path):
     blocks = [summarize(_rows([20.0, 30.0]), REFS, m, "fast", 1.0) for m in ("psl", "fedavg")]
     summaries = [{"algorithm": m, "test_acc_mean": 0.9, "bytes_up": 1e6, "bytes_down": 1e6,
-                  "epochs": 1, "privacy": b} for m, b in zip(("psl", "fedavg"), blocks)]
+                  "epochs": 1, "privacy": b} for m, b in zip(("psl", "fedavg"), blocks, strict=False)]
     text = privacy_markdown(summaries, ["psl", "fedavg"], "t")
     assert "| psl | 1 | 90.00 | 2.0 | 0.375 | 0.500 |" in text
     assert "realistic" in text and "*reference: constant*" in text

@@ -104,7 +104,7 @@ def _run_optimizer_equivalence(
     for _ in range(3):
         x = torch.randn(3, 4, *SHAPE, generator=gen)
         target = torch.randn(3, 4, 16, 2, 2, generator=gen)
-        for k, (seg, opt) in enumerate(zip(segs, opts)):
+        for k, (seg, opt) in enumerate(zip(segs, opts, strict=False)):
             opt.zero_grad()
             ((seg(x[k]) - target[k]) ** 2).sum().backward()
             opt.step()

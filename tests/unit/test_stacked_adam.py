@@ -36,7 +36,7 @@ def test_each_client_is_its_own_adam_when_only_some_step():
     opt = StackedAdam([ours], lr=0.05)
     alone = [start[k].clone().requires_grad_() for k in range(K)]
     alone_opts = [torch.optim.Adam([a], lr=0.05) for a in alone]
-    for g, mask in zip(_grads(len(masks)), masks):
+    for g, mask in zip(_grads(len(masks)), masks, strict=False):
         active = torch.tensor(mask, dtype=torch.bool)
         before = ours.detach().clone()
         moments = opt.state[ours]["exp_avg"].clone() if opt.state[ours] else None

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 import torch
 
-import lightning_gapsl.transport as transport
+from lightning_gapsl import transport
 from lightning_gapsl.transport import DistTransport, TransportError, _work_peers
 
 
