@@ -67,9 +67,16 @@ def prepare_config_store(overrides: list[str]) -> None:
              lambda n: dataclasses.asdict(registry.METHODS.get(n).config())),
             ("data", registry.DATASETS.names(), lambda n: {"name": n}),
             ("model", registry.MODELS.names(), lambda n: {"name": n})):
+        for stale in _STORED.get(group, set()) - set(names):  # unregistered since
+            store.repo.get(group, {}).pop(f"{stale}.yaml", None)
+        _STORED[group] = set()
         for name in names:
             if not (folder / group / f"{name}.yaml").is_file():
                 store.store(group=group, name=name, node=node(name))
+                _STORED[group].add(name)
+
+
+_STORED: dict[str, set[str]] = {}  # group -> the options prepare_config_store added
 
 
 def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
