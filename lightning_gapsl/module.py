@@ -32,6 +32,7 @@ from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
+from lightning_gapsl.memory_estimate import check_fits, rank_step_memory
 from lightning_gapsl.methods import get_method
 from lightning_gapsl.methods.base import (
     draw_compute_seconds,
@@ -80,6 +81,10 @@ class SplitLearningModule(L.LightningModule):
             make_deterministic()
         device = self.trainer.strategy.root_device
         self.transport = make_transport(self.data.num_clients, device, self.cfg.trainer.timeout_s)
+        if device.type == "cuda":  # before any exchange: a rank that cannot fit stops first
+            free, _ = torch.cuda.mem_get_info(device)
+            layout = self.transport.layout
+            check_fits(rank_step_memory(self.cfg, self.data, layout), free, layout.rank)
         self.transport.check_agreement(self._fingerprint())
         self.state = self.method.build(self.cfg, self.data, self.transport.layout)
         # Registered, so Lightning moves them to the device and checkpoints them.
