@@ -1,4 +1,6 @@
-"""Model zoo: every model is an ``nn.Sequential`` of blocks, the unit a cut layer counts.
+"""Models: any module whose children run in order (an ``nn.Sequential`` of blocks); a
+child is the unit a cut counts. Built-ins (LeNet, ResNet-18) and a plugin's models come from
+the registry, ``model=module`` from ``model.target``.
 
 ``cut_layer = c`` puts blocks ``[0, c)`` on each client and ``[c, n)`` on the server
 (see `lightning_gapsl.models.split`). `StackedSegments` (``models.stacked``) runs many
