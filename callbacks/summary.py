@@ -1,4 +1,4 @@
-"""Writes summary.json (DESIGN section 5) on the server rank when training ends."""
+"""Writes summary.json (docs/running.md) on the server rank when training ends."""
 
 from __future__ import annotations
 

@@ -114,8 +114,8 @@ class ModelConfig:
     client_init: str = "shared"
     """shared: one model initialised from the run seed, every client segment (and every
     auxiliary model or decoder) starts as a copy, as deployed split learning and the
-    reference codes do; independent: a seed per client (the pre-issue-8 PSL/GAPSL/SGLR
-    behaviour, kept to study its effect)."""
+    reference codes do; independent: a seed per client (to study what a common
+    starting point does)."""
     client_exec: str = "auto"
     """How a rank runs its K virtual clients: loop (one client after another, bitwise equal
     to separate models) | vmap | grouped (one grouped kernel per layer for all K) | auto

@@ -1,5 +1,5 @@
 """Per-epoch records: a pure function from what an epoch measured to the dict that
-callbacks log and summary.json keeps (DESIGN section 5)."""
+callbacks log and summary.json keeps (docs/running.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Equal-budget tuning (issue 9): the pure part of `compare`'s tuning mode.
+"""Equal-budget tuning (docs/tuning.md): the pure part of `compare`'s tuning mode.
 
 An experiment file with a ``grid:`` (method -> {point name -> overrides}) is tuned in two
 stages. Stage 1 runs every grid point of every method with one tuning seed at the same

@@ -1,6 +1,6 @@
 """LocFedMix-SL: PSL + a local reconstruction regularizer + server-side mixup + FedAvg.
 
-LocFedMix-SL (DESIGN section 6) adds three things to parallel split learning:
+LocFedMix-SL (docs/methods.md) adds three things to parallel split learning:
 
 1. **Local regularizer** (`decoder_for`, `reconstruction_loss`): each client owns a
    small decoder from its smashed data back to its input and adds the reconstruction
@@ -206,8 +206,9 @@ def decoder_for(activation_shape: Sequence[int], input_shape: Sequence[int]) -> 
     ``Unflatten``.
 
     No output nonlinearity (inputs are standardised, not in ``[0, 1]``) and no
-    normalisation layer (DESIGN: no BatchNorm in client-side parts). No interpolation
-    layers either: their CUDA backward has no deterministic implementation.
+    normalisation layer (no BatchNorm in client-side parts: a client batch would
+    normalise with its own statistics). No interpolation layers either: their CUDA
+    backward has no deterministic implementation.
     """
     act, inp = tuple(int(s) for s in activation_shape), tuple(int(s) for s in input_shape)
     if not act or not inp or min(act + inp) < 1:

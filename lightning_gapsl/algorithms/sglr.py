@@ -1,6 +1,6 @@
 """SGLR: parallel split learning with SplitLr and SplitAvg.
 
-SGLR changes PSL in two places (DESIGN section 6):
+SGLR changes PSL in two places (docs/methods.md):
 
 1. **SplitLr** (`server_lr`): the server segment is trained on the union of all ``N``
    clients' batches while each client sees only its own, so the server takes a larger
@@ -11,7 +11,7 @@ SGLR changes PSL in two places (DESIGN section 6):
    client gets the mean of the chosen clients' sample-``j`` gradients. This damps the
    client drift that non-IID labels cause, at no communication cost (the server holds
    every client's gradient anyway). `averaging_active` optionally restricts SplitAvg
-   to a phase of training: the first or (as the paper's schedule does, per issue 8's
+   to a phase of training: the first or (as the paper's schedule does, per its
    reading of its Algorithm 1) the final ``X`` of the steps.
 3. **Server loss** (`server_loss_weights`): the server segment's loss is the plain mean
    of the cross-entropy over every sample of every (active) client, i.e. weight ``1/N``
@@ -19,7 +19,7 @@ SGLR changes PSL in two places (DESIGN section 6):
    data-size weights ``n_i / sum n``.
 
 The chosen clients depend on ``(seed, step)`` only, never on the process layout, so a
-run is the same on one process and on many (DESIGN section 2). Pure functions: no
+run is the same on one process and on many (docs/architecture.md). Pure functions: no
 process groups, no Lightning, no globals, inputs never modified in place.
 """
 
@@ -139,11 +139,11 @@ def split_avg(
         cut_grads: ``(N, B, *F)`` each client's cut-layer gradient, sample ``j`` of
             client ``i`` at ``[i, j]``.
         mask: ``(N,)`` bool, the clients to average (see `averaged_clients`).
-        over: ``slot`` (DESIGN, default): described below. ``batch``: every masked row
+        over: ``slot`` (the default): described below. ``batch``: every masked row
             becomes ONE ``(*F)`` vector, the mean over all samples of all masked clients
             (client ``i`` weighted by ``weights[i]``, plain when ``None``), repeated over
             the ``B`` slots: the reading of both public re-implementations read for
-            issue 8 (CycleSL's ``sl.py`` ``SGLR`` weights by client size; the paper's
+            the fidelity review (CycleSL's ``sl.py`` ``SGLR`` weights by client size; the paper's
             Algorithm 1 was not reachable), see `split_avg_batch`.
         weights: ``(N,)`` non-negative client weights for ``over="batch"``.
 
@@ -216,7 +216,7 @@ def averaging_active(
             (``algorithm.avg_phase``): averaged gradients in a phase of
             ``k = ceil(X * total_steps)`` steps, plain PSL in the others.
         where: ``first`` (the default, this project's earlier schedule): steps
-            ``0 .. k - 1``; ``last`` (the paper's, per issue 8): the final ``k`` steps,
+            ``0 .. k - 1``; ``last`` (the paper's): the final ``k`` steps,
             ``total_steps - k .. total_steps - 1``, so training ends averaged.
 
     ``X * total_steps`` is rounded to 9 decimals before the ceiling so that float

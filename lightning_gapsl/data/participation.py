@@ -1,7 +1,7 @@
 """Partial participation: which clients take part in a round or step, and who drops out.
 
 Pure functions of ``(seed, index)`` and client counts, never of the rank, so every
-process layout draws the same clients (DESIGN section 8). ``index`` is the step for the
+process layout draws the same clients. ``index`` is the step for the
 PSL family (a new subset every step) and the round for the averaging methods (one
 subset per FedAvg round).
 

@@ -1,9 +1,8 @@
 """Local-pass rounds: each client makes exactly one pass over its own data per round.
 
-Two conventions exist for what a round of a FedAvg-family method is (DESIGN section 7,
-issue 8 item 7):
+Two conventions exist for what a round of a FedAvg-family method is (docs/methods.md):
 
-* ``lockstep`` (the convention before issue 8): every client draws ``B`` samples at every
+* ``lockstep`` (the other convention): every client draws ``B`` samples at every
   step, so a round of ``R`` steps is ``R * B`` samples for every client whatever its
   size: a small client makes many passes over its data, a large one a fraction of one.
 * ``local_pass`` (SplitFed's and FSL-SAGE's reference code: each client runs one local

@@ -45,7 +45,7 @@ class FslSageConfig(AuxConfig):
     """Fit the clients' auxiliary models every l rounds."""
     align_when: str = "start"
     """start: at the start of rounds 0, l, 2l, ... after that step's upload and before any
-    client update (the reference); end: after rounds l-1, 2l-1, ... (earlier versions)."""
+    client update (the reference); end: after rounds l-1, 2l-1, ... (a variant kept for comparison)."""
     buffer_size: int = 1000
     """Activations kept per client on the server for the alignment."""
     align_epochs: int = 100

@@ -1,5 +1,5 @@
 """GAPSL: PSL + leader gradient identification (LGI) + gradient direction alignment (GDA),
-as reconstructed in DESIGN section 7 (the math: `lightning_gapsl.algorithms.gapsl`).
+as reconstructed in docs/gapsl.md (the math: `lightning_gapsl.algorithms.gapsl`).
 
 Reading ``cut``: the server aligns batch-mean cut-layer gradients (no extra traffic).
 Reading ``client``: client-segment gradients go up after the backward, aligned ones come

@@ -1,4 +1,4 @@
-"""PSL: parallel split learning (DESIGN section 3), the plain exchange.
+"""PSL: parallel split learning, the plain exchange.
 
 Server loss: the size-weighted sum of per-client mean losses; the gradient transform is
 the identity; client segments are never averaged.
