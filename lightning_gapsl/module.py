@@ -27,20 +27,14 @@ from lightning_gapsl.checkpoint import (
 )
 from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.augment import augment_clients
-from lightning_gapsl.data.participation import Draws, participant_count
-from lightning_gapsl.data.rounds import active_clients
 from lightning_gapsl.data.sampling import ClientBatches, StepLoader
 from lightning_gapsl.evaluation import evaluate_clients, row_width, summarize
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.memory_estimate import check_fits, rank_step_memory
 from lightning_gapsl.methods import get_method
-from lightning_gapsl.methods.base import (
-    draw_compute_seconds,
-    load_method_state,
-    make_optimizers,
-    step_latency_model,
-)
+from lightning_gapsl.methods.base import load_method_state, make_optimizers, step_latency_model
 from lightning_gapsl.metrics import EpochInputs, epoch_record, non_finite_message
+from lightning_gapsl.schedule import Participation, StepSchedule
 from lightning_gapsl.transport import make_transport
 
 
@@ -90,17 +84,7 @@ class SplitLearningModule(L.LightningModule):
         # Registered, so Lightning moves them to the device and checkpoints them.
         self.models = nn.ModuleDict(self.state.modules())
         self._step_latency = step_latency_model(self.method, self.state)
-        self._draws = self._participation_draws()
-
-    def _participation_draws(self) -> Draws | None:
-        """The seeded participation schedule, or None with everyone always taking part."""
-        p, n = self.cfg.participation, self.data.num_clients
-        if not p.partial:
-            return None
-        per = 1 if self.method.participation == "step" else self.state.round_steps
-        times = draw_compute_seconds(self.method, self.state) if p.deadline_s else None
-        return Draws(self.cfg.seed, n, participant_count(n, p.fraction, p.clients), per,
-                     p.dropout, p.deadline_s, times)
+        self._schedule = StepSchedule(self.method, self.state)
 
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
@@ -165,8 +149,7 @@ class SplitLearningModule(L.LightningModule):
         # on_train_epoch_start), so a pre-empted epoch still averages all its steps.
         self._epoch_losses, self._epoch_diag = self._pending_epoch_stats or ([], {})
         self._pending_epoch_stats = None
-        self._epoch_part = {"participants": 0, "dropped_dropout": 0, "dropped_deadline": 0,
-                            "samples": 0}
+        self._epoch_part = Participation()
 
     def training_step(self, batch, batch_idx: int) -> None:
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
@@ -175,16 +158,7 @@ class SplitLearningModule(L.LightningModule):
             x = augment_clients(x, self.transport.layout.hosted, step, self.cfg.seed,
                                 self.data.augment_fill)
         up0, down0 = counter.bytes_up, counter.bytes_down
-        if self.state.turns is not None:  # whole-epoch turns: whose turn it is
-            self.state.active = self.state.turns.active(step).to(self.device)
-        elif self.state.round_len is not None:  # local-pass rounds: who steps this step
-            self.state.active = active_clients(step % self.state.round_len,
-                                               self.data.client_sizes, self.data.batch_size
-                                               ).to(self.device)
-        else:  # every client every step (participation may narrow it below)
-            self.state.active = None
-        if self._draws is not None:
-            self._take_part(step)
+        self.state.schedule = self._schedule.at(step, self.device, self._epoch_part)
         ran = self.state.active is None or bool(self.state.active.any())
         # Nobody delivering this step: nothing is computed, sent or stepped.
         out = self.method.train_step(self.state, self.transport, step, x, y) if ran else None
@@ -202,21 +176,6 @@ class SplitLearningModule(L.LightningModule):
                 raise FloatingPointError(non_finite_message(out.loss, out.client_losses, step))
             self._epoch_losses.append(out.loss)
             self.log("train_loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
-
-    def _take_part(self, step: int) -> None:
-        """This step's participants: who delivers (``state.participants``), who trains now
-        (``state.active``, also idle under local-pass rounds), and the epoch's counts."""
-        part, dropped, late = self._draws.draw(step)  # (N,) bool each
-        delivering = part & ~dropped & ~late
-        if self._draws.first_step(step):  # counted once per draw (round or step)
-            c = self._epoch_part
-            c["participants"] += int(part.sum())
-            c["dropped_dropout"] += int(dropped.sum())
-            c["dropped_deadline"] += int(late.sum())
-        active = delivering if self.state.active is None else self.state.active.cpu() & delivering
-        self._epoch_part["samples"] += int(active.sum()) * self.data.batch_size
-        self.state.participants = delivering.to(self.device)
-        self.state.active = active.to(self.device)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
@@ -288,6 +247,7 @@ class SplitLearningModule(L.LightningModule):
             return cached
         steps, counter = self.data.steps_per_epoch, self.transport.counter
         evaluated = getattr(self, "_evaluated_epoch", -1) == self.current_epoch
+        partial = self._schedule.draws is not None
         self._record = epoch_record(EpochInputs(
             epoch=self.current_epoch + 1, steps=(self.current_epoch + 1) * steps,
             losses=self._epoch_losses, evaluated=self._evaluated if evaluated else {},
@@ -295,10 +255,10 @@ class SplitLearningModule(L.LightningModule):
             bytes_up=counter.bytes_up, bytes_down=counter.bytes_down,
             sim_latency_s=self.sim_latency, wall_s=self.elapsed(),
             train_s=self._last_batch_end - self._epoch_start,
-            samples=(self._epoch_part["samples"] if self._draws is not None
+            samples=(self._epoch_part.samples if partial
                      else steps * self.data.batch_size * self.data.num_clients),
             diagnostics=self._epoch_diag,
-            participation=self._epoch_part if self._draws is not None else None),
+            participation=self._epoch_part.as_dict() if partial else None),
             self.history[-1] if self.history else None)
         return self._record
 

@@ -8,13 +8,18 @@ exists, and its checkpoint state. The runtime (`module.py`) calls these and neve
 branches on a method's name; `methods/__init__.py` is the one registry.
 
 Everything a method builds lives in one `RankState`: the hosted clients' stacked
-segments, the server segment, the optimizers, and method-owned extras (decoders,
-auxiliary models, buffers, GAPSL's leader EMA).
+segments, the server segment, the optimizers, the runtime's `Schedule` for this step,
+and ``own``: the method's typed state (a dataclass of its own: decoders, auxiliary
+models, buffers, GAPSL's leader EMA). Module fields of ``own`` declared with
+`client_module` are trained by the client optimizer, `kept_module` ones by nobody of
+ours; both are registered with Lightning (device moves, checkpoints) under the field's
+name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -37,6 +42,49 @@ from lightning_gapsl.seeding import derive_seed
 from lightning_gapsl.transport import Transport
 
 
+def client_module() -> Any:
+    """A field of a method's state holding a module the client optimizer trains beside
+    the segments (LocFedMix's decoders, CSE-FSL's heads); None where the rank hosts none."""
+    return field(default=None, metadata={"trained_by": "client"})
+
+
+def kept_module() -> Any:
+    """A field holding a module the method keeps but no optimizer of ours trains
+    (FSL-SAGE's estimators: fitted by its own alignment)."""
+    return field(default=None, metadata={"trained_by": None})
+
+
+def own_modules(own: Any, trained_by: str | None | bool = True) -> dict[str, nn.Module]:
+    """The module fields of a method's state ``own``, by field name, in declaration
+    order; ``trained_by="client"``: only `client_module` fields; True: all of them."""
+    if own is None:
+        return {}
+    out = {}
+    for f in dataclasses.fields(own):
+        value = getattr(own, f.name)
+        if isinstance(value, nn.Module) and (
+                trained_by is True or f.metadata.get("trained_by") == trained_by):
+            out[f.name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the runtime decided for one step (`lightning_gapsl.schedule`): the step, who
+    trains in it, who delivers, and where it sits in the averaging round."""
+
+    step: int  # global step number
+    # (N,) bool: the clients that compute in this step (whole-epoch turns, local-pass
+    # rounds, partial participation); None: every client.
+    active: torch.Tensor | None = None
+    # (N,) bool: the clients that deliver in this round (averaging methods) or step (PSL
+    # family) under partial participation; None: every client.
+    participants: torch.Tensor | None = None
+    round_index: int = 0  # the averaging round (steps // round_steps)
+    round_start: bool = True  # first step of its round
+    round_end: bool = True  # last step of its round (the averaging methods average now)
+
+
 @dataclass
 class RankState:
     """The models, optimizers and method state that live on this rank."""
@@ -47,21 +95,24 @@ class RankState:
     clients: StackedSegments | None  # hosted clients' segments, params (K, ...)
     server: nn.Module | None  # trained server segment (SplitFed V1: stacked copies)
     eval_server: nn.Module  # the single server segment clients evaluate with
-    # Modules trained by the client optimizer besides the segments (decoders, heads).
-    client_extras: dict[str, nn.Module] = field(default_factory=dict)
-    # Modules the method keeps but no optimizer of ours trains (FSL-SAGE's estimators).
-    other_modules: dict[str, nn.Module] = field(default_factory=dict)
-    # Method state that is not a module (GAPSL's EMA, FSL-SAGE's buffers): checkpointed
-    # through the method's `state_dict` / `load_state_dict`.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The method's own typed state (a dataclass; see `client_module`, `kept_module`):
+    # what is not a module is checkpointed through the method's `state_dict`.
+    own: Any = None
     client_opt: torch.optim.Optimizer | None = None
     server_opt: torch.optim.Optimizer | None = None  # server rank only
     step_diagnostics: dict = field(default_factory=dict)  # name -> float or (N,) tensor
     loss_weights: torch.Tensor | None = None  # (N,) n_i / n, the server's loss weights
-    active: torch.Tensor | None = None  # (N,) bool: clients taking part in this step
-    # (N,) bool: the clients that deliver in this round (averaging methods) or step (PSL
-    # family) under partial participation; None: every client (participation.fraction=1).
-    participants: torch.Tensor | None = None
+    schedule: Schedule = field(default_factory=lambda: Schedule(0))  # set every step
+
+    @property
+    def active(self) -> torch.Tensor | None:
+        """(N,) bool: the clients that compute in this step; None: every client."""
+        return self.schedule.active
+
+    @property
+    def participants(self) -> torch.Tensor | None:
+        """(N,) bool: the clients that deliver (partial participation); None: every one."""
+        return self.schedule.participants
 
     @property
     def seed(self) -> int:
@@ -91,7 +142,7 @@ class RankState:
     def modules(self) -> dict[str, nn.Module]:
         """Every module on this rank, by a stable name (registered by the LightningModule)."""
         named = {"clients": self.clients, "server": self.server, "eval_server": self.eval_server,
-                 **self.client_extras, **self.other_modules}
+                 **own_modules(self.own)}
         return {k: v for k, v in named.items() if v is not None}
 
 
@@ -281,7 +332,7 @@ def make_optimizers(method: Method, state: RankState,
     state.loss_weights = weights.to(device)
     if state.clients is not None:
         params = list(state.clients.parameters())
-        for extra in state.client_extras.values():
+        for extra in own_modules(state.own, trained_by="client").values():
             params += list(extra.parameters())
         state.client_opt = make_optimizer(params, optim, stacked=True)
     server_params = list(state.server.parameters()) if state.server is not None else []
@@ -332,8 +383,6 @@ def load_method_state(method: Method, state: RankState, saved: dict,
 
 def with_defaults(method: Method) -> Method:
     """Fill the hooks every split method shares unless it brings its own."""
-    import dataclasses
-
     return dataclasses.replace(method, before_eval=method.before_eval or broadcast_server,
                                cost=method.cost or parallel_cost)
 

@@ -72,11 +72,6 @@ def check_round_steps(cfg: RunConfig, data) -> None:
           "averaged models")
 
 
-def round_ends(step: int, round_steps: int) -> bool:
-    """True after the last step of a round (rounds of ``round_steps`` steps from step 0)."""
-    return (step + 1) % round_steps == 0
-
-
 TURN_MODES = ("epoch", "batch")
 
 

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from lightning_gapsl.algorithms.fsl_sage import aux_model_for
 from lightning_gapsl.algorithms.psl import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
-from lightning_gapsl.methods.base import Method, cut_shape, seeded, split_state
-from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
+from lightning_gapsl.methods.base import (
+    Method,
+    client_module,
+    cut_shape,
+    seeded,
+    split_state,
+)
+from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch
 from lightning_gapsl.methods.rounds import (
     every_round_global,
     fedavg_clients_,
@@ -28,21 +36,29 @@ class CseFslConfig(AuxConfig):
     """The method's registry name (``algorithm=``)."""
 
 
+@dataclass
+class CseFslState:
+    """CSE-FSL's own state: the clients' auxiliary heads, averaged like the segments."""
+
+    client_shapes: dict[str, torch.Size]  # per-client segment parameter shapes
+    head_shapes: dict[str, torch.Size]  # per-client head parameter shapes
+    heads: StackedSegments | None = client_module()  # hosted clients' heads (K, ...)
+
+
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
+    heads = None
     if layout.hosted:  # the heads are averaged: one shared initialisation
-        state.client_extras["heads"] = StackedSegments([
-            seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0)
-            for _ in layout.hosted])
-    state.extras["client_shapes"] = segment_shapes(cfg, data)
-    state.extras["head_shapes"] = shapes_of(seeded(lambda: aux_model_for(act, classes),
-                                                  cfg.seed, "aux", 0))
+        heads = StackedSegments([seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0)
+                                 for _ in layout.hosted])
+    head_shapes = shapes_of(seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0))
+    state.own = CseFslState(segment_shapes(cfg, data), head_shapes, heads)
     return state
 
 
 def _local_backward(state, acts, y):
-    losses = per_client_cross_entropy(state.client_extras["heads"](acts), y)  # (K,)
+    losses = per_client_cross_entropy(state.own.heads(acts), y)  # (K,)
     losses.sum().backward()  # segment + head, each client its own loss
     return losses
 
@@ -52,10 +68,9 @@ def train_step(state, transport, step, x, y):
 
 
 def after_step(state, transport, step) -> None:
-    if round_ends(step, state.round_steps):
-        fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
-        fedavg_clients_(state, state.client_extras.get("heads"), state.extras["head_shapes"],
-                        transport)
+    if state.schedule.round_end:
+        fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
+        fedavg_clients_(state, state.own.heads, state.own.head_shapes, transport)
 
 
 # What reaches the server (docs/privacy.md, exposure flags).

@@ -75,7 +75,7 @@ def _downlink(state, transport, step, cut_grads):
     shared, own = (aggregate_positions(cut_grads, m, state.active) if cut_grads is not None
                    else (None, None))
     if shared is None:  # a client rank: the buffer the server's copy overwrites
-        shape = (m, *state.extras["cut_shape"])
+        shape = (m, *state.own.cut_shape)
         shared = torch.zeros(shape, device=transport.device)
     # float32 on every rank: under bf16-mixed the server's gradients may be bfloat16 while
     # the clients' buffer is float32, and a broadcast of unequal dtypes hangs NCCL.
@@ -89,9 +89,14 @@ def _downlink(state, transport, step, cut_grads):
     return [torch.cat([shared.unsqueeze(0).expand(k, *shared.shape), mine[0]], dim=1)]
 
 
+@dataclass
+class EpslState:
+    cut_shape: tuple[int, ...]  # per-sample shape of the cut activations (the broadcast)
+
+
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
-    state.extras["cut_shape"] = cut_shape(cfg, data)
+    state.own = EpslState(cut_shape(cfg, data))
     return state
 
 

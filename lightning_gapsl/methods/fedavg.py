@@ -20,7 +20,12 @@ from lightning_gapsl.methods.base import (
     report_client_losses,
 )
 from lightning_gapsl.methods.configs import RoundConfig, check_round_steps, local_pass_epoch
-from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, shapes_of
+from lightning_gapsl.methods.rounds import (
+    Averaged,
+    every_round_global,
+    fedavg_after_round,
+    shapes_of,
+)
 from lightning_gapsl.models.split import build_full_model
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.privacy.exposure import NO_CUT
@@ -40,7 +45,7 @@ def full_model_state(cfg, data, layout) -> RankState:
         clients = StackedSegments([build_full_model(*args, cfg.seed) for _ in layout.hosted],
                                   mode=cfg.model.client_exec)
     state = RankState(cfg, data, layout, clients, None, nn.Identity())
-    state.extras["client_shapes"] = shapes_of(build_full_model(*args, cfg.seed))
+    state.own = Averaged(shapes_of(build_full_model(*args, cfg.seed)))
     return state
 
 

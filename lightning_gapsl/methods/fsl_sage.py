@@ -8,7 +8,7 @@ sends it down. Client segments are averaged every round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,8 +25,15 @@ from lightning_gapsl.algorithms.fsl_sage import (
 )
 from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
-from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
-from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch, round_ends
+from lightning_gapsl.methods.base import (
+    Method,
+    cut_shape,
+    init_id,
+    kept_module,
+    seeded,
+    split_state,
+)
+from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models import num_cut_choices
 from lightning_gapsl.models.flat import flatten, load_flat_
@@ -85,6 +92,19 @@ def check_data(cfg, data) -> None:
           f"({cfg.model.name}); use a cut of at most {blocks - 2} or algorithm.aux_model=linear")
 
 
+@dataclass
+class FslSageState:
+    """FSL-SAGE's own state: the estimators on both sides and the server's buffers."""
+
+    client_shapes: dict[str, torch.Size]  # per-client segment parameter shapes
+    estimators: StackedSegments | None = kept_module()  # hosted clients' (K, ...)
+    server_estimators: nn.ModuleList | None = kept_module()  # the server's, one per client
+    # The server's buffer of (activations, labels) per client, fitted on at alignment.
+    buffers: list[ActivationBuffer] = field(default_factory=list)
+    # client id -> the persistent alignment Adam (``align_optimizer=persistent``).
+    align_optimizers: dict[int, torch.optim.Optimizer] = field(default_factory=dict)
+
+
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
@@ -96,27 +116,27 @@ def build(cfg, data, layout):
         return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux",
                       init_id(cfg, client_id))
 
+    own = FslSageState(segment_shapes(cfg, data))
     if layout.hosted:
-        state.other_modules["estimators"] = StackedSegments([estimator(c) for c in layout.hosted])
+        own.estimators = StackedSegments([estimator(c) for c in layout.hosted])
     if layout.is_server:  # the server's copy of every estimator starts equal to the client's
-        state.other_modules["server_estimators"] = nn.ModuleList(
-            [estimator(c) for c in range(data.num_clients)])
-        state.extras["buffers"] = [ActivationBuffer(cfg.algorithm.buffer_size)
-                                   for _ in range(data.num_clients)]
-    state.extras["client_shapes"] = segment_shapes(cfg, data)
+        own.server_estimators = nn.ModuleList([estimator(c) for c in range(data.num_clients)])
+        own.buffers = [ActivationBuffer(cfg.algorithm.buffer_size)
+                       for _ in range(data.num_clients)]
+    state.own = own
     return state
 
 
 def _local_backward(state, acts, y):
     """The estimator's input-gradient of each client's own mean loss stands in for the
     server's cut-layer gradient."""
-    estimate, losses = estimated_cut_grads(state.other_modules["estimators"], acts, y)
+    estimate, losses = estimated_cut_grads(state.own.estimators, acts, y)
     acts.backward(estimate)  # (K, B, *F)
     return losses
 
 
 def _buffer(state, acts, labels) -> None:
-    for c, buffer in enumerate(state.extras["buffers"]):
+    for c, buffer in enumerate(state.own.buffers):
         if state.active is None or bool(state.active[c]):
             buffer.add(acts[c], labels[c])
 
@@ -130,8 +150,8 @@ def _align(state, transport, step: int) -> None:
     """Fit every client's estimator to the server's true gradients; send it down."""
     algo, rows = state.cfg.algorithm, None
     if state.layout.is_server:
-        server_aux = state.other_modules["server_estimators"]
-        for c, (model, buffer) in enumerate(zip(server_aux, state.extras["buffers"], strict=False)):
+        server_aux = state.own.server_estimators
+        for c, (model, buffer) in enumerate(zip(server_aux, state.own.buffers, strict=True)):
             if len(buffer):
                 acts, labels = buffer.tensors()
                 true = server_cut_grads(state.server, acts, labels)  # (M, *F)
@@ -141,7 +161,7 @@ def _align(state, transport, step: int) -> None:
                            optimizer=_optimizer(state, c))
         rows = [torch.stack([flatten(m.parameters()) for m in server_aux])]  # (N, P_aux)
     mine = transport.scatter(step, "aux_models", rows)
-    estimators = state.other_modules.get("estimators")
+    estimators = state.own.estimators
     if estimators is not None:
             for k in range(estimators.num_segments):
                 load_flat_([p[k] for p in estimators.stacked_params().values()], mine[0][k])
@@ -152,38 +172,39 @@ def _optimizer(state, client_id: int):
     algo = state.cfg.algorithm
     if algo.align_optimizer != "persistent":
         return None
-    optimizers = state.extras.setdefault("align_optimizers", {})
+    optimizers = state.own.align_optimizers
     if client_id not in optimizers:
-        model = state.other_modules["server_estimators"][client_id]
+        model = state.own.server_estimators[client_id]
         optimizers[client_id] = alignment_optimizer(model, algo.align_lr)
     return optimizers[client_id]
 
 
 def _align_at_round_start(state, transport, step) -> None:
     algo = state.cfg.algorithm
-    if algo.align_when == "start" and step % state.round_steps == 0 and alignment_due(
-            step // state.round_steps, algo.align_interval, when="start"):
+    sched = state.schedule
+    if algo.align_when == "start" and sched.round_start and alignment_due(
+            sched.round_index, algo.align_interval, when="start"):
         _align(state, transport, step)
 
 
 def after_step(state, transport, step) -> None:
-    if not round_ends(step, state.round_steps):
+    if not state.schedule.round_end:
         return
-    fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
     algo = state.cfg.algorithm
-    if algo.align_when == "end" and alignment_due(step // state.round_steps,
+    if algo.align_when == "end" and alignment_due(state.schedule.round_index,
                                                   algo.align_interval, when="end"):
         _align(state, transport, step)
 
 
 def state_dict(state) -> dict:
-    optimizers = state.extras.get("align_optimizers", {})
-    return {"buffers": [b.state_dict() for b in state.extras.get("buffers", [])],
+    optimizers = state.own.align_optimizers
+    return {"buffers": [b.state_dict() for b in state.own.buffers],
             "align_optimizers": {c: o.state_dict() for c, o in optimizers.items()}}
 
 
 def load_state_dict(state, saved: dict) -> None:
-    for buffer, entry in zip(state.extras.get("buffers", []), saved["buffers"], strict=False):
+    for buffer, entry in zip(state.own.buffers, saved["buffers"], strict=False):
         buffer.load_state_dict(entry)
     for client_id, entry in saved.get("align_optimizers", {}).items():
         _optimizer(state, int(client_id)).load_state_dict(entry)

@@ -84,8 +84,8 @@ def _align(state, g: torch.Tensor) -> torch.Tensor:
 
 def _align_rows(state, g: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """`gapsl_step` on rows g (k, D), advancing the leader EMA."""
-    aligned, state.extras["leader_ema"], diag = gapsl_step(
-        g, state.extras.get("leader_ema"), state.cfg.algorithm.lgi_gda())
+    aligned, state.own.leader_ema, diag = gapsl_step(
+        g, state.own.leader_ema, state.cfg.algorithm.lgi_gda())
     return aligned, diag
 
 
@@ -115,8 +115,17 @@ def _align_client(state, transport, step: int) -> None:
         state.clients.set_flat_grads(mine[0])
 
 
+@dataclass
+class GapslState:
+    # (D,) EMA of the leaders' gradient direction (leader identification), kept on the
+    # server; None before the first step.
+    leader_ema: torch.Tensor | None = None
+
+
 def build(cfg, data, layout):
-    return split_state(cfg, data, layout)
+    state = split_state(cfg, data, layout)
+    state.own = GapslState()
+    return state
 
 
 def train_step(state, transport, step, x, y):
@@ -128,11 +137,11 @@ def train_step(state, transport, step, x, y):
 
 
 def state_dict(state) -> dict:
-    return {"leader_ema": state.extras.get("leader_ema")}
+    return {"leader_ema": state.own.leader_ema}
 
 
 def load_state_dict(state, saved: dict) -> None:
-    state.extras["leader_ema"] = saved["leader_ema"]
+    state.own.leader_ema = saved["leader_ema"]
 
 
 # What reaches the server (docs/privacy.md, exposure flags).

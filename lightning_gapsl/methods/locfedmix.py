@@ -21,13 +21,19 @@ from lightning_gapsl.algorithms.locfedmix import (
     soft_cross_entropy,
 )
 from lightning_gapsl.config import OptimConfig, check
-from lightning_gapsl.methods.base import Method, cut_shape, init_id, seeded, split_state
+from lightning_gapsl.methods.base import (
+    Method,
+    client_module,
+    cut_shape,
+    init_id,
+    seeded,
+    split_state,
+)
 from lightning_gapsl.methods.configs import (
     RoundConfig,
     SplitConfig,
     check_round_steps,
     local_pass_epoch,
-    round_ends,
 )
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes, shapes_of
@@ -64,6 +70,15 @@ class LocFedMixConfig(SplitConfig, RoundConfig):
               "[0, data.num_clients - 1]")
 
 
+@dataclass
+class LocFedMixState:
+    """LocFedMix-SL's own state: the clients' decoders (the reconstruction loss)."""
+
+    client_shapes: dict[str, torch.Size]  # per-client segment parameter shapes
+    decoder_shapes: dict[str, torch.Size]  # per-client decoder parameter shapes
+    decoders: StackedSegments | None = client_module()  # hosted clients' decoders (K, ...)
+
+
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
     act, image = cut_shape(cfg, data), data.dataset.input_shape
@@ -72,10 +87,8 @@ def build(cfg, data, layout):
         return seeded(lambda: decoder_for(act, image), cfg.seed, "decoder",
                       init_id(cfg, client_id))
 
-    if layout.hosted:
-        state.client_extras["decoders"] = StackedSegments([decoder(c) for c in layout.hosted])
-    state.extras["client_shapes"] = segment_shapes(cfg, data)
-    state.extras["decoder_shapes"] = shapes_of(decoder(0))
+    decoders = StackedSegments([decoder(c) for c in layout.hosted]) if layout.hosted else None
+    state.own = LocFedMixState(segment_shapes(cfg, data), shapes_of(decoder(0)), decoders)
     return state
 
 
@@ -100,7 +113,7 @@ def _mixup_server_loss(state, acts, labels, logits, step) -> torch.Tensor:
 
 def _backward_with_reconstruction(state, acts, cut_grads, x) -> None:
     """Back-propagate the server's gradient plus rec_weight * MSE(decoder(z), x) per client."""
-    decoded = state.client_extras["decoders"](acts)  # (K, B, C, H, W)
+    decoded = state.own.decoders(acts)  # (K, B, C, H, W)
     rec = torch.stack([reconstruction_loss(decoded[k], x[k]) for k in range(x.shape[0])])
     # (acts * g).sum() has gradient g w.r.t. acts: the server's signal, unchanged.
     ((acts * cut_grads).sum() + state.cfg.algorithm.rec_weight * rec.sum()).backward()
@@ -113,12 +126,11 @@ def train_step(state, transport, step, x, y):
 
 
 def after_step(state, transport, step) -> None:
-    if round_ends(step, state.round_steps) and fedavg_due(
-            step // state.round_steps, state.cfg.algorithm.fedavg_interval):
-        fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    if state.schedule.round_end and fedavg_due(
+            state.schedule.round_index, state.cfg.algorithm.fedavg_interval):
+        fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
         if state.cfg.algorithm.average_decoders:
-            fedavg_clients_(state, state.client_extras.get("decoders"),
-                            state.extras["decoder_shapes"], transport)
+            fedavg_clients_(state, state.own.decoders, state.own.decoder_shapes, transport)
 
 
 def global_model(state, epoch: int) -> bool:

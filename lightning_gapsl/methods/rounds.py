@@ -12,15 +12,23 @@ way); every client then holds the average, as if it downloaded the global model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from lightning_gapsl.algorithms.fedavg import fedavg_
 from lightning_gapsl.methods.base import RankState, fedavg_weights, model_args
-from lightning_gapsl.methods.configs import round_ends
 from lightning_gapsl.models.split import build_client_segment
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.transport import Transport
+
+
+@dataclass
+class Averaged:
+    """The state of a method that averages its client segments every round."""
+
+    client_shapes: dict[str, torch.Size]  # per-client parameter shapes (`shapes_of`)
 
 
 def shapes_of(module: nn.Module) -> dict[str, torch.Size]:
@@ -73,8 +81,8 @@ def average_copies(stacked: StackedSegments, weights: torch.Tensor, assign: bool
 
 def fedavg_after_round(state: RankState, transport: Transport, step: int) -> None:
     """``after_step`` of the methods that average their client segments every round."""
-    if round_ends(step, state.round_steps):
-        fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    if state.schedule.round_end:
+        fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
 
 
 def every_round_global(state: RankState, epoch: int) -> bool:

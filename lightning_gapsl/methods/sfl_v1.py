@@ -19,10 +19,10 @@ from lightning_gapsl.methods.configs import (
     RoundConfig,
     check_round_steps,
     local_pass_epoch,
-    round_ends,
 )
 from lightning_gapsl.methods.exchange import Hooks, reported_loss, split_exchange
 from lightning_gapsl.methods.rounds import (
+    Averaged,
     average_copies,
     every_round_global,
     fedavg_clients_,
@@ -47,7 +47,7 @@ def build(cfg, data, layout) -> RankState:
             data.dataset.num_classes, cfg.model.cut_layer
         state.server = StackedSegments([build_server_segment(name, shape, classes, cut, cfg.seed)
                                         for _ in range(data.num_clients)])  # a copy per client
-    state.extras["client_shapes"] = segment_shapes(cfg, data)
+    state.own = Averaged(segment_shapes(cfg, data))
     return state
 
 
@@ -72,9 +72,9 @@ def train_step(state, transport, step, x, y):
 
 
 def after_step(state, transport, step) -> None:
-    if not round_ends(step, state.round_steps):
+    if not state.schedule.round_end:
         return
-    fedavg_clients_(state, state.clients, state.extras["client_shapes"], transport)
+    fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
     weights = fedavg_weights(state)  # (N,) sizes of the clients that delivered this round
     if state.layout.is_server and bool((weights > 0).any()):
         average_copies(state.server, weights, assign=True)

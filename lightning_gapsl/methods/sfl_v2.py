@@ -29,7 +29,12 @@ from lightning_gapsl.methods.exchange import (
     reported_loss,
     split_exchange,
 )
-from lightning_gapsl.methods.rounds import every_round_global, fedavg_after_round, segment_shapes
+from lightning_gapsl.methods.rounds import (
+    Averaged,
+    every_round_global,
+    fedavg_after_round,
+    segment_shapes,
+)
 from lightning_gapsl.privacy.exposure import WEIGHTS_EVERY_ROUND
 from lightning_gapsl.seeding import generator
 
@@ -71,7 +76,7 @@ def _sequential_server_pass(state, acts, labels, step):
 
 def build(cfg, data, layout):
     state = split_state(cfg, data, layout)
-    state.extras["client_shapes"] = segment_shapes(cfg, data)
+    state.own = Averaged(segment_shapes(cfg, data))
     return state
 
 

@@ -51,6 +51,11 @@ class SlConfig(TurnConfig):
               "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd")
 
 
+@dataclass
+class SlState:
+    segment_numel: int  # parameters of the travelling segment (its hand-off's bytes / 4)
+
+
 def build(cfg, data, layout):
     args = model_args(cfg, data)
     segment = build_client_segment(*args, cfg.seed, 0)  # the travelling segment's start
@@ -58,7 +63,7 @@ def build(cfg, data, layout):
     # One physical copy per client rank, current whenever one of its clients has the turn.
     clients = StackedSegments([segment]) if layout.hosted else None
     state = RankState(cfg, data, layout, clients, server, server)
-    state.extras["segment_numel"] = sum(p.numel() for p in segment.parameters())
+    state.own = SlState(sum(p.numel() for p in segment.parameters()))
     return state
 
 
@@ -86,7 +91,7 @@ def _hand_off(state, transport, step: int, giver: int, taker: int) -> None:
     giver_rank, taker_rank = layout.rank_of(giver), layout.rank_of(taker)
     rows = [_state_vector(state)] if layout.rank == giver_rank else None
     got = transport.client_to_client(step, "sl_handoff", giver, taker, rows,
-                                     counted_bytes=4 * state.extras["segment_numel"])
+                                     counted_bytes=4 * state.own.segment_numel)
     if giver_rank != taker_rank and layout.rank == taker_rank:
         _load_state_vector(state, got[0])
 
@@ -132,7 +137,7 @@ def before_eval(state, transport, epoch: int) -> None:
     step = -1 - epoch
     rows = [_state_vector(state)] if layout.rank == layout.rank_of(last) else None
     got = transport.to_server(step, "sl_share", last, rows, count=False)
-    numel = state.extras["segment_numel"]
+    numel = state.own.segment_numel
     flat = got[0] if layout.is_server else torch.zeros(2 * numel, device=transport.device)
     transport.broadcast_(flat)
     if state.clients is not None and layout.rank != layout.rank_of(last):

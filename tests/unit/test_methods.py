@@ -21,7 +21,9 @@ import torch
 from lightning_gapsl.federated import build_federated_data
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.methods import get_method, method_names
-from lightning_gapsl.methods.base import make_optimizers
+from lightning_gapsl.methods.base import make_optimizers, own_modules
+from lightning_gapsl.models.stacked import StackedSegments
+from lightning_gapsl.schedule import StepSchedule
 from lightning_gapsl.methods.epsl import aggregate_positions, aggregated_positions
 from lightning_gapsl.transport import LocalTransport
 
@@ -43,8 +45,14 @@ def _batch():
     return torch.randn(N, B, 1, 8, 8, generator=gen), torch.randint(0, 10, (N, B), generator=gen)
 
 
+def _schedule(method, state, step: int) -> None:
+    """What the runtime does before a step: its schedule, from the runtime's scheduler."""
+    state.schedule = StepSchedule(method, state).at(step, torch.device("cpu"))
+
+
 def _step(method, state, step: int = 0):
     transport = LocalTransport(Layout(0, 1, N))
+    _schedule(method, state, step)
     x, y = _batch()
     method.train_step(state, transport, step, x, y)
     return transport
@@ -177,8 +185,8 @@ def test_shared_init_every_client_starts_equal_in_any_layout(compose_cfg, name):
     ranks = [method.build(cfg, data, Layout(r, 3, 5)) for r in (1, 2)]
     for state in (one, *ranks):
         assert _slices_equal(state.clients)
-        for extra in (*state.client_extras.values(), state.other_modules.get("estimators")):
-            if extra is not None:
+        for extra in own_modules(state.own).values():
+            if isinstance(extra, StackedSegments):
                 assert _slices_equal(extra)
     reference = one.clients.segment_state(0)
     for state in ranks:
@@ -213,15 +221,15 @@ def test_fsl_sage_aligns_before_the_first_client_update_of_round_zero(compose_cf
     sent down before the clients update, so the clients' first step already uses them."""
     method, start = _state(compose_cfg, "algorithm=fsl_sage", "algorithm.align_epochs=3")
     end = _with(method, start, align_when="end")
-    before = copy.deepcopy(start.other_modules["estimators"])
+    before = copy.deepcopy(start.own.estimators)
     _step(method, start), _step(method, end)
-    fitted = start.other_modules["server_estimators"]
-    estimators = start.other_modules["estimators"]
+    fitted = start.own.server_estimators
+    estimators = start.own.estimators
     assert not _same(estimators, before)  # fitted in round 0 ...
     for k in range(N):  # ... and each client holds its server-side fit
         assert all(torch.equal(estimators.stacked_params()[n][k], p)
                    for n, p in fitted[k].named_parameters())
-    assert _same(end.other_modules["estimators"], before)  # 'end': not yet
+    assert _same(end.own.estimators, before)  # 'end': not yet
     assert not _same(start.clients, end.clients)  # the first client update used the fit
 
 
@@ -240,7 +248,8 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
     transport = LocalTransport(Layout(0, 1, N))
     row = 8 * 4 * 4 * 4 + 8  # one sample's activations (float32) + its label (int64)
     for t in range(state.round_len):
-        state.active = active_clients(t, sizes.long(), b)
+        _schedule(method, state, t)
+        assert torch.equal(state.active, active_clients(t, sizes.long(), b))
         before = [p.detach().clone() for p in state.clients.stacked_params().values()]
         up0 = transport.counter.bytes_up
         x, y = _batch()
@@ -272,7 +281,8 @@ def test_epoch_turns_give_each_client_one_pass_in_one_turn(compose_cfg, name):
     segment_bytes = 4 * sum(p.numel() for p in state.clients.parameters())
     turns, server_steps = [], []
     for t in range(state.turns.length):
-        state.active = state.turns.active(t)
+        _schedule(method, state, t)
+        assert torch.equal(state.active, state.turns.active(t))
         client = state.turns.at(t)[1]
         handoff = name == "sl" and t > 0 and turns[-1] != client
         server_before = [p.detach().clone() for p in state.server.parameters()]
@@ -295,7 +305,8 @@ def test_sfl_v2_epoch_turns_move_only_the_turns_client(compose_cfg):
     method, state = _state(compose_cfg, "algorithm=sfl_v2", "optim.momentum=0.9")
     transport = LocalTransport(Layout(0, 1, N))
     for t in range(3):
-        state.active = state.turns.active(t)
+        _schedule(method, state, t)
+        assert torch.equal(state.active, state.turns.active(t))
         client = state.turns.at(t)[1]
         before = [p.detach().clone() for p in state.clients.stacked_params().values()]
         x, y = _batch()
@@ -316,16 +327,16 @@ def test_fsl_sage_next_stage_auxiliary_model(compose_cfg, model):
     method, state = _state(compose_cfg, "algorithm=fsl_sage", f"model={model}",
                            f"model.cut_layer={cut}", "algorithm.aux_model=next_stage",
                            "algorithm.rounds=lockstep", "algorithm.align_epochs=2")
-    estimators = state.other_modules["estimators"]
+    estimators = state.own.estimators
     first = estimators.segment(0)
     block, server_block = first[0], state.server[0]
     shapes = [p.shape for p in block.parameters()]
     assert shapes == [p.shape for p in server_block.parameters()]
     assert not _same(block, server_block)  # its own initialisation, as the reference
     assert all(_same(first, estimators.segment(k)) for k in range(1, N))
-    assert all(_same(first, copy_) for copy_ in state.other_modules["server_estimators"])
+    assert all(_same(first, copy_) for copy_ in state.own.server_estimators)
     _step(method, state)
-    assert not _same(first, state.other_modules["server_estimators"][0])  # aligned at step 0
+    assert not _same(first, state.own.server_estimators[0])  # aligned at step 0
 
 
 
