@@ -26,7 +26,7 @@ import time
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_gapsl.algorithms.gapsl import GapslConfig, gapsl_step
+from lightning_gapsl.methods.gapsl.math import GapslConfig, gapsl_step
 
 # Steps per epoch per N: enough to time, few enough for a 2-core machine (N=1000 is
 # 32000 samples per step).

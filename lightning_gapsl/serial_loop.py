@@ -27,7 +27,7 @@ import time
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.methods.shared.losses import client_loss_weights
 from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.sampling import ClientBatches
 from lightning_gapsl.federated import build_federated_data

@@ -1,4 +1,5 @@
-"""Methods: each file here defines ``METHOD``, a `lightning_gapsl.methods.base.Method`,
+"""Methods: each module (`psl.py`) or package (`gapsl/`) here defines ``METHOD``,
+a `lightning_gapsl.methods.base.Method`,
 registered (in table order) by `lightning_gapsl.builtins`; a user's method registers the
 same way from a plugin (`lightning_gapsl.registry.register_method`).
 """

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.algorithms.fsl_sage import server_step_due
-from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.methods.fsl_sage.math import server_step_due
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.config import check, choice
 from lightning_gapsl.methods.base import (
     RankState,

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.psl import client_loss_weights
-from lightning_gapsl.algorithms.stacked_adam import StackedAdam
+from lightning_gapsl.methods.shared.losses import client_loss_weights
+from lightning_gapsl.models.stacked_adam import StackedAdam
 from lightning_gapsl.config import OptimConfig, RunConfig
 from lightning_gapsl.data.rounds import Turns
 from lightning_gapsl.federated import FederatedData

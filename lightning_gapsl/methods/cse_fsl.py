@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.algorithms.fsl_sage import aux_model_for
-from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.methods.fsl_sage.math import aux_model_for
+from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import (

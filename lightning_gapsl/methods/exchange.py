@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.methods.base import (
     RankState,
     StepOutput,

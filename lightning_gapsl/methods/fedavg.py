@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import (

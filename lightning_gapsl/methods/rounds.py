@@ -2,7 +2,7 @@
 
 Each rank sums its hosted clients' parameters weighted by data size, one all-reduce
 adds the sums of all ranks (the server rank adds zeros when it hosts no client), and
-every hosted client gets the average: `lightning_gapsl.algorithms.fedavg.fedavg_`, the
+every hosted client gets the average: `lightning_gapsl.methods.shared.fedavg.fedavg_`, the
 one FedAvg of the project. Communication is counted by the transport as the method
 would spend it between real devices: every client uploads its segment and downloads
 the average (N x P float32 parameters each way). Under partial participation only the
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.fedavg import fedavg_
+from lightning_gapsl.methods.shared.fedavg import fedavg_
 from lightning_gapsl.methods.base import RankState, fedavg_weights, model_args
 from lightning_gapsl.models.split import build_client_segment
 from lightning_gapsl.models.stacked import StackedSegments

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.algorithms.psl import weighted_client_loss
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.base import Method, RankState, fedavg_weights, split_state
 from lightning_gapsl.methods.configs import (

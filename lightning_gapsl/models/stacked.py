@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_gapsl.algorithms.stacked_adam import StackedAdam
+from lightning_gapsl.models.stacked_adam import StackedAdam
 from lightning_gapsl.models.grouped import (
     from_grouped,
     grouped_forward,
@@ -250,7 +250,7 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
 
     Exact for SGD (momentum, dampening, weight decay, nesterov). Adam's scalar ``step``
     count would advance for every client, so the runtime's stacked Adam is
-    `lightning_gapsl.algorithms.stacked_adam.StackedAdam`, which keeps one count per
+    `lightning_gapsl.models.stacked_adam.StackedAdam`, which keeps one count per
     client and steps only the active rows itself.
 
     Args:

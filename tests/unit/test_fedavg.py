@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.fedavg import (
+from lightning_gapsl.methods.shared.fedavg import (
     assign_slices_,
     combine_partials,
     fedavg_,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_gapsl.algorithms.fsl_sage import (
+from lightning_gapsl.methods.fsl_sage.math import (
     ActivationBuffer,
     align_aux_,
     alignment_due,

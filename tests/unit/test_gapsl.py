@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from lightning_gapsl.algorithms.gapsl import (
+from lightning_gapsl.methods.gapsl.math import (
     ALIGN_MODES,
     GapslConfig,
     align,

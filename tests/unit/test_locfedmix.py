@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_gapsl.algorithms.locfedmix import (
+from lightning_gapsl.methods.locfedmix.math import (
     decoder_for,
     draw_lambda,
     fedavg_due,

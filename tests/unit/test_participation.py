@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gapsl.algorithms.fedavg import fedavg_
+from lightning_gapsl.methods.shared.fedavg import fedavg_
 from lightning_gapsl.data.participation import (
     Draws,
     dropouts,

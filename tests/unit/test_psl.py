@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_gapsl.algorithms.psl import (
+from lightning_gapsl.methods.shared.losses import (
     client_loss_weights,
     weighted_client_loss,
 )

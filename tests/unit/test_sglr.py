@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_gapsl.algorithms.psl import weighted_client_loss
-from lightning_gapsl.algorithms.sglr import (
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
+from lightning_gapsl.methods.sglr.math import (
     averaged_clients,
     averaged_participants,
     averaging_active,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_gapsl.algorithms.stacked_adam import StackedAdam
+from lightning_gapsl.models.stacked_adam import StackedAdam
 from lightning_gapsl.models.stacked import masked_step_
 
 K = 3

@@ -6,7 +6,7 @@ all ``N`` clients' batches at once. The server loss is the size-weighted sum of 
 per-client mean losses, ``L = sum_i w_i * L_i`` with ``w_i = n_i / sum_j n_j``, so that
 the server segment follows the gradient of the population loss whatever the split of
 the data. The cut-layer gradients go back to the clients unchanged: PSL's gradient
-transform is the identity (GAPSL replaces it, see `lightning_gapsl.algorithms.gapsl`).
+transform is the identity (GAPSL replaces it, see `lightning_gapsl.methods.gapsl.math`).
 
 Everything here is a pure function over tensors: no process groups, no Lightning, no
 module state, and no input is modified in place.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.fsl_sage import (
+from lightning_gapsl.methods.fsl_sage.math import (
     ActivationBuffer,
     align_aux_,
     alignment_due,

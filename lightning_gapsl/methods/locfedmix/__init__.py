@@ -1,7 +1,7 @@
 """LocFedMix-SL (Oh et al., WWW 2022), as reconstructed here: PSL + a client-side
 reconstruction regularizer (a small decoder from smashed data back to the input), FedAvg
 of client segments every T_c rounds, and server-side mixup of smashed data across
-clients used for the server update only. The math: `lightning_gapsl.algorithms.locfedmix`.
+clients used for the server update only. The math: `lightning_gapsl.methods.locfedmix.math`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_gapsl.algorithms.locfedmix import (
+from lightning_gapsl.methods.locfedmix.math import (
     decoder_for,
     draw_lambda,
     fedavg_due,

@@ -1,5 +1,5 @@
 """GAPSL: PSL + leader gradient identification (LGI) + gradient direction alignment (GDA),
-as reconstructed in docs/gapsl.md (the math: `lightning_gapsl.algorithms.gapsl`).
+as reconstructed in docs/gapsl.md (the math: `lightning_gapsl.methods.gapsl.math`).
 
 Reading ``cut``: the server aligns batch-mean cut-layer gradients (no extra traffic).
 Reading ``client``: client-segment gradients go up after the backward, aligned ones come
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.algorithms.gapsl import (
+from lightning_gapsl.methods.gapsl.math import (
     ALIGN_MODES,
     GapslConfig,
     batch_mean_flat,

@@ -17,7 +17,7 @@ it is the batch mean of client ``i``'s cut-layer gradient, see `batch_mean_flat`
    back-propagates the aligned gradient.
 
 With ``lam = 0`` the aligned gradients are bit-for-bit the input ones, so GAPSL reduces
-exactly to PSL (`lightning_gapsl.algorithms.psl`). All functions are pure: no process
+exactly to PSL (`lightning_gapsl.methods.shared.losses`). All functions are pure: no process
 groups, no Lightning, no globals, inputs are never modified in place (the EMA state is
 returned, not updated).
 """

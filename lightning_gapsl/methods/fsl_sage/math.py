@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gapsl.algorithms.psl import per_client_cross_entropy
+from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 
 __all__ = [
     "ALIGN_WHEN",
@@ -413,7 +413,7 @@ def alignment_due(round_index: int, l: int, when: str = "end") -> bool:  # noqa:
     client update, so round 0 is aligned on the first uploaded batches and every run of
     at least one round aligns. ``when="end"`` (this project's earlier convention): at
     the END of rounds ``l - 1, 2l - 1, ...``, after a full round of uploads, matching
-    `lightning_gapsl.algorithms.locfedmix.fedavg_due`; a run shorter than ``l`` rounds
+    `lightning_gapsl.methods.locfedmix.math.fedavg_due`; a run shorter than ``l`` rounds
     never aligns. The default stays ``end`` so existing callers keep their meaning.
     """
     if l < 1:

@@ -1,13 +1,13 @@
 """SGLR: PSL with SplitLr (server rate = client rate x N^a) and SplitAvg (a fraction of
 clients receive cut-layer gradients averaged slot by slot over those clients).
-The math: `lightning_gapsl.algorithms.sglr`.
+The math: `lightning_gapsl.methods.sglr.math`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_gapsl.algorithms.sglr import (
+from lightning_gapsl.methods.sglr.math import (
     averaged_clients,
     averaged_participants,
     averaging_active,

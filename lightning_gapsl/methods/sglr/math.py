@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_gapsl.algorithms.psl import client_loss_weights
+from lightning_gapsl.methods.shared.losses import client_loss_weights
 from lightning_gapsl.seeding import generator
 
 __all__ = [
@@ -251,7 +251,7 @@ def server_loss_weights(
 
     Returns:
         ``(N,)`` float32 weights summing to 1 over the active clients, for
-        `lightning_gapsl.algorithms.psl.weighted_client_loss`.
+        `lightning_gapsl.methods.shared.losses.weighted_client_loss`.
     """
     if mode not in SERVER_LOSSES:
         raise ValueError(

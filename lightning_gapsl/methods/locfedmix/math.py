@@ -13,7 +13,7 @@ LocFedMix-SL (docs/methods.md) adds three things to parallel split learning:
    segment only: the mixed activations are built from detached activations, so no
    gradient of it reaches any client.
 3. **FedAvg** of client segments every ``T_c`` rounds (`fedavg_due`; the average itself
-   is `lightning_gapsl.algorithms.fedavg`).
+   is `lightning_gapsl.methods.shared.fedavg`).
 
 Randomness (partners, lambdas) is seeded by ``(seed, "locfedmix", step)``, never by
 rank. Pure functions: no process groups, no Lightning, no globals, no in-place input

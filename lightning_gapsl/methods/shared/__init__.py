@@ -1,0 +1,1 @@
+"""Pure pieces several methods share: the server loss and FedAvg."""
