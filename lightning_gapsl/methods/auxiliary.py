@@ -6,13 +6,10 @@ in a step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.methods.fsl_sage.math import server_step_due
-from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.config import check, choice
 from lightning_gapsl.methods.base import (
     RankState,
@@ -22,7 +19,9 @@ from lightning_gapsl.methods.base import (
     step_weights,
 )
 from lightning_gapsl.methods.configs import RoundConfig
-from lightning_gapsl.methods.exchange import smashed
+from lightning_gapsl.methods.exchange import Hooks, smashed
+from lightning_gapsl.methods.shared.intervals import server_step_due
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.transport import Transport
 
 SERVER_STEPS = ("per_client", "averaged")
@@ -44,19 +43,12 @@ class AuxConfig(RoundConfig):
               f"algorithm.server_interval={self.server_interval} must be >= 1")
         choice("algorithm.server_steps", self.server_steps, SERVER_STEPS)
 
-# (state, acts (K, B, *F), y (K, B)) -> per-client local losses (K,), after the backward.
-LocalBackward = Callable[[RankState, torch.Tensor, torch.Tensor], torch.Tensor]
-# (state, acts (N, B, *F), labels (N, B)) -> after the server's step (FSL-SAGE buffers).
-AfterServerStep = Callable[[RankState, torch.Tensor, torch.Tensor], None]
-# (state, transport, step) -> after the uploads, before any client update (alignment).
-BeforeClientUpdate = Callable[[RankState, Transport, int], None]
-
 
 def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,
-                 y: torch.Tensor, local_backward: LocalBackward,
-                 after_server_step: AfterServerStep | None = None,
-                 before_client_update: BeforeClientUpdate | None = None) -> StepOutput:
-    """One step. x (K, B, C, H, W), y (K, B) for the hosted clients.
+                 y: torch.Tensor, hooks: Hooks) -> StepOutput:
+    """One step. x (K, B, C, H, W), y (K, B) for the hosted clients; ``hooks``: the
+    method's ``local_backward`` (required), ``after_server_step``,
+    ``before_client_update``.
 
     Client forward, then the upload and the server's steps, then the clients' update.
     The client update does not depend on the server's, so this order gives the same
@@ -72,13 +64,13 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
         received = transport.gather(step, "activations", sent, active=state.active)
         if state.layout.is_server:
             _server_update(state, *received)
-            if after_server_step is not None:
-                after_server_step(state, *received)
-    if before_client_update is not None:
-        before_client_update(state, transport, step)
+            if hooks.after_server_step is not None:
+                hooks.after_server_step(state, *received)
+    if hooks.before_client_update is not None:
+        hooks.before_client_update(state, transport, step)
     if state.clients is not None:
         state.client_opt.zero_grad(set_to_none=True)
-        local_losses = local_backward(state, acts, y)  # (K,)
+        local_losses = hooks.local_backward(state, acts, y)  # (K,)
         client_step(state)
         local_losses = local_losses.detach()
     return report_client_losses(state, transport, step, local_losses)

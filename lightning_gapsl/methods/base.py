@@ -18,8 +18,8 @@ name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,17 +27,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_gapsl.methods.shared.losses import client_loss_weights
-from lightning_gapsl.models.stacked_adam import StackedAdam
 from lightning_gapsl.config import OptimConfig, RunConfig
 from lightning_gapsl.data.rounds import Turns
 from lightning_gapsl.federated import FederatedData
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.layout import Layout
 from lightning_gapsl.methods.configs import turn_schedule
+from lightning_gapsl.methods.shared.losses import client_loss_weights
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments, masked_step_
+from lightning_gapsl.models.stacked_adam import StackedAdam
 from lightning_gapsl.seeding import derive_seed
 from lightning_gapsl.transport import Transport
 

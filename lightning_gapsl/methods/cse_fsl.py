@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.methods.fsl_sage.math import aux_model_for
-from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import (
@@ -20,12 +18,15 @@ from lightning_gapsl.methods.base import (
     split_state,
 )
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch
+from lightning_gapsl.methods.exchange import Hooks
+from lightning_gapsl.methods.fsl_sage.math import aux_model_for
 from lightning_gapsl.methods.rounds import (
     every_round_global,
     fedavg_clients_,
     segment_shapes,
     shapes_of,
 )
+from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.privacy.exposure import AUXILIARY
 
@@ -64,7 +65,7 @@ def _local_backward(state, acts, y):
 
 
 def train_step(state, transport, step, x, y):
-    return aux_exchange(state, transport, step, x, y, _local_backward)
+    return aux_exchange(state, transport, step, x, y, Hooks(local_backward=_local_backward))
 
 
 def after_step(state, transport, step) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.methods.base import (
     RankState,
     StepOutput,
@@ -23,6 +22,7 @@ from lightning_gapsl.methods.base import (
     hosted_active,
     step_weights,
 )
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.privacy.defense import add_activation_noise, nopeek_losses
 from lightning_gapsl.transport import Transport
 
@@ -41,11 +41,20 @@ Downlink = Callable[[RankState, Transport, int, torch.Tensor | None], list[torch
 # (state, acts (N, B, *F), labels (N, B), step) -> (loss, client losses (N,), cut grads).
 ServerPass = Callable[[RankState, torch.Tensor, torch.Tensor, int],
                       tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (state, acts (K, B, *F), y (K, B)) -> per-client local losses (K,), after the backward.
+LocalBackward = Callable[[RankState, torch.Tensor, torch.Tensor], torch.Tensor]
+# (state, acts (N, B, *F), labels (N, B)) -> after the server's step (FSL-SAGE buffers).
+AfterServerStep = Callable[[RankState, torch.Tensor, torch.Tensor], None]
+# (state, transport, step) -> after the uploads, before any client update (alignment).
+BeforeClientUpdate = Callable[[RankState, Transport, int], None]
 
 
 @dataclass(frozen=True)
 class Hooks:
-    """How a PSL-family method differs from plain PSL; every field defaults to PSL."""
+    """How a method's step differs from its exchange's plain form: the one vocabulary of
+    both step exchanges. `split_exchange` (the PSL family) reads the first six fields,
+    each defaulting to PSL; `methods.auxiliary.aux_exchange` (CSE-FSL, FSL-SAGE) reads
+    the last three, ``local_backward`` being required there."""
 
     server_pass: ServerPass | None = None  # None: `batched_server_pass`
     extra_server_loss: ExtraServerLoss | None = None  # server update only (LocFedMix mixup)
@@ -53,6 +62,9 @@ class Hooks:
     client_backward: ClientBackward | None = None  # None: acts.backward(grads)
     after_backward: AfterBackward | None = None  # GAPSL 'client'
     downlink: Downlink | None = None  # None: `scatter_down` (EPSL: part broadcast)
+    local_backward: LocalBackward | None = None  # the client update from a local model
+    after_server_step: AfterServerStep | None = None  # FSL-SAGE: buffer the uploads
+    before_client_update: BeforeClientUpdate | None = None  # FSL-SAGE: align at round start
 
 
 def split_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,

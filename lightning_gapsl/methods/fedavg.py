@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.latency import TRAIN_FLOPS_PER_FORWARD
 from lightning_gapsl.methods.base import (
@@ -26,6 +25,7 @@ from lightning_gapsl.methods.rounds import (
     fedavg_after_round,
     shapes_of,
 )
+from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 from lightning_gapsl.models.split import build_full_model
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.privacy.exposure import NO_CUT

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_gapsl.methods.shared.fedavg import fedavg_
 from lightning_gapsl.methods.base import RankState, fedavg_weights, model_args
+from lightning_gapsl.methods.shared.fedavg import fedavg_
 from lightning_gapsl.models.split import build_client_segment
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.transport import Transport

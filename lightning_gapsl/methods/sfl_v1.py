@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.config import OptimConfig
 from lightning_gapsl.methods.base import Method, RankState, fedavg_weights, split_state
 from lightning_gapsl.methods.configs import (
@@ -28,6 +27,7 @@ from lightning_gapsl.methods.rounds import (
     fedavg_clients_,
     segment_shapes,
 )
+from lightning_gapsl.methods.shared.losses import weighted_client_loss
 from lightning_gapsl.models.flat import load_flat_
 from lightning_gapsl.models.split import build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments, masked_step_

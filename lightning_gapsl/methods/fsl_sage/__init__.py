@@ -13,16 +13,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_gapsl.methods.fsl_sage.math import (
-    ActivationBuffer,
-    align_aux_,
-    alignment_due,
-    alignment_optimizer,
-    aux_model_for,
-    estimated_cut_grads,
-    next_stage_aux,
-    server_cut_grads,
-)
 from lightning_gapsl.config import OptimConfig, check, choice
 from lightning_gapsl.methods.auxiliary import AuxConfig, aux_exchange
 from lightning_gapsl.methods.base import (
@@ -34,6 +24,17 @@ from lightning_gapsl.methods.base import (
     split_state,
 )
 from lightning_gapsl.methods.configs import check_round_steps, local_pass_epoch
+from lightning_gapsl.methods.exchange import Hooks
+from lightning_gapsl.methods.fsl_sage.math import (
+    ActivationBuffer,
+    align_aux_,
+    alignment_due,
+    alignment_optimizer,
+    aux_model_for,
+    estimated_cut_grads,
+    next_stage_aux,
+    server_cut_grads,
+)
 from lightning_gapsl.methods.rounds import every_round_global, fedavg_clients_, segment_shapes
 from lightning_gapsl.models import num_cut_choices
 from lightning_gapsl.models.flat import flatten, load_flat_
@@ -142,8 +143,9 @@ def _buffer(state, acts, labels) -> None:
 
 
 def train_step(state, transport, step, x, y):
-    return aux_exchange(state, transport, step, x, y, _local_backward, _buffer,
-                        before_client_update=_align_at_round_start)
+    return aux_exchange(state, transport, step, x, y,
+                        Hooks(local_backward=_local_backward, after_server_step=_buffer,
+                              before_client_update=_align_at_round_start))
 
 
 def _align(state, transport, step: int) -> None:

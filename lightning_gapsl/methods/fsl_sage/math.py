@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gapsl.methods.shared.intervals import server_step_due
 from lightning_gapsl.methods.shared.losses import per_client_cross_entropy
 
 __all__ = [
@@ -394,15 +395,6 @@ class ActivationBuffer:
 
 
 # --------------------------------------------------------------------------- schedule
-
-
-def server_step_due(step: int, q: int) -> bool:
-    """Whether activations go to the server at ``step``: every ``q``-th step, step 0 included."""
-    if q < 1:
-        raise ValueError(f"algorithm.server_interval must be >= 1, got {q}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return step % q == 0
 
 
 def alignment_due(round_index: int, l: int, when: str = "end") -> bool:  # noqa: E741 (the paper's l)

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_gapsl.config import OptimConfig, check, choice
+from lightning_gapsl.methods.base import Method, split_state
+from lightning_gapsl.methods.configs import SplitConfig
+from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.methods.gapsl.math import (
     ALIGN_MODES,
     GapslConfig,
@@ -20,10 +24,6 @@ from lightning_gapsl.methods.gapsl.math import (
     cut_layer_shift,
     gapsl_step,
 )
-from lightning_gapsl.config import OptimConfig, check, choice
-from lightning_gapsl.methods.base import Method, split_state
-from lightning_gapsl.methods.configs import SplitConfig
-from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 READINGS = ("cut", "client")

@@ -11,15 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_gapsl.methods.locfedmix.math import (
-    decoder_for,
-    draw_lambda,
-    fedavg_due,
-    mix_partners,
-    mixup_smashed,
-    reconstruction_loss,
-    soft_cross_entropy,
-)
 from lightning_gapsl.config import OptimConfig, check
 from lightning_gapsl.methods.base import (
     Method,
@@ -36,6 +27,15 @@ from lightning_gapsl.methods.configs import (
     local_pass_epoch,
 )
 from lightning_gapsl.methods.exchange import Hooks, split_exchange
+from lightning_gapsl.methods.locfedmix.math import (
+    decoder_for,
+    draw_lambda,
+    fedavg_due,
+    mix_partners,
+    mixup_smashed,
+    reconstruction_loss,
+    soft_cross_entropy,
+)
 from lightning_gapsl.methods.rounds import fedavg_clients_, segment_shapes, shapes_of
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.privacy.exposure import WEIGHTS_EVERY_ROUND

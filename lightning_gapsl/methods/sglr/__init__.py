@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_gapsl.config import OptimConfig, check, choice
+from lightning_gapsl.data.participation import participant_count
+from lightning_gapsl.methods.base import Method, split_state
+from lightning_gapsl.methods.configs import SplitConfig
+from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.methods.sglr.math import (
     averaged_clients,
     averaged_participants,
@@ -15,11 +20,6 @@ from lightning_gapsl.methods.sglr.math import (
     server_lr,
     split_avg,
 )
-from lightning_gapsl.config import OptimConfig, check, choice
-from lightning_gapsl.data.participation import participant_count
-from lightning_gapsl.methods.base import Method, split_state
-from lightning_gapsl.methods.configs import SplitConfig
-from lightning_gapsl.methods.exchange import Hooks, split_exchange
 from lightning_gapsl.privacy.exposure import PSL_FAMILY
 
 
