@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
 export WANDB_MODE=offline WANDB_SILENT=true
-.venv/bin/ruff check .    # lint: pyflakes, pycodestyle, bugbear, pyupgrade (pyproject.toml)
+.venv/bin/ruff format --check .  # formatting (ruff format; pyproject.toml)
+.venv/bin/ruff check .           # lint: pyflakes, pycodestyle, bugbear, pyupgrade
 exec .venv/bin/python -m pytest -q "$@"

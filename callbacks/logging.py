@@ -37,8 +37,11 @@ from lightning_gapsl.data.partition_file import partition_record, save_partition
 
 def _log(pl_module, metrics: dict) -> None:
     """Log finite numbers only: an epoch without evaluation has NaN accuracies."""
-    clean = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and v is not None and math.isfinite(v)}
+    clean = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and v is not None and math.isfinite(v)
+    }
     if clean:
         pl_module.log_dict(clean, on_step=False, on_epoch=True)
 
@@ -59,11 +62,17 @@ class ClientMetricsLogger(L.Callback):
                 test_acc_max=max(acc),
                 test_acc_std=statistics.pstdev(acc),
             )
-            metrics.update({k: v for k, v in rec.items()  # every metric's aggregate
-                            if k.startswith(("test_", "val_")) and k.endswith("_mean")})
+            metrics.update(
+                {
+                    k: v
+                    for k, v in rec.items()  # every metric's aggregate
+                    if k.startswith(("test_", "val_")) and k.endswith("_mean")
+                }
+            )
             metrics.update({f"client_acc/{c}": a for c, a in enumerate(acc)})
-            metrics.update({f"client_test_loss/{c}": v
-                            for c, v in enumerate(rec["client_test_loss"])})
+            metrics.update(
+                {f"client_test_loss/{c}": v for c, v in enumerate(rec["client_test_loss"])}
+            )
         _log(pl_module, metrics)
 
 
@@ -74,9 +83,20 @@ class CommunicationLogger(L.Callback):
         rec = pl_module.epoch_record()
         if rec is None or not trainer.is_global_zero:
             return
-        _log(pl_module, {key: rec[key] for key in
-                         ("bytes_up", "bytes_down", "bytes_up_epoch", "bytes_down_epoch",
-                          "sim_latency_s", "samples_per_s")})
+        _log(
+            pl_module,
+            {
+                key: rec[key]
+                for key in (
+                    "bytes_up",
+                    "bytes_down",
+                    "bytes_up_epoch",
+                    "bytes_down_epoch",
+                    "sim_latency_s",
+                    "samples_per_s",
+                )
+            },
+        )
 
 
 class MethodDiagnostics(L.Callback):
@@ -107,9 +127,15 @@ class LabelHistograms(L.Callback):
         columns = ["client", "samples", *[f"label_{k}" for k in range(hist.shape[1])]]
         rows = [[c, int(row.sum()), *[int(v) for v in row]] for c, row in enumerate(hist)]
         data = pl_module.data
-        save_partition(os.path.join(pl_module.cfg.output_dir, "partition.json"),
-                       partition_record(data.client_indices, data.dataset.train_y,
-                                        data.dataset.name, data.dataset.num_classes))
+        save_partition(
+            os.path.join(pl_module.cfg.output_dir, "partition.json"),
+            partition_record(
+                data.client_indices,
+                data.dataset.train_y,
+                data.dataset.name,
+                data.dataset.num_classes,
+            ),
+        )
         path = os.path.join(pl_module.cfg.output_dir, "label_histograms.csv")
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
@@ -188,5 +214,11 @@ def _fmt(value, pattern: str) -> str:
 
 
 def default_callbacks() -> list[L.Callback]:
-    return [ClientMetricsLogger(), CommunicationLogger(), MethodDiagnostics(),
-            LabelHistograms(), EpochPrinter(), FinalSummaryTable()]
+    return [
+        ClientMetricsLogger(),
+        CommunicationLogger(),
+        MethodDiagnostics(),
+        LabelHistograms(),
+        EpochPrinter(),
+        FinalSummaryTable(),
+    ]

@@ -9,8 +9,9 @@ import os
 import lightning as L
 
 
-def build_summary(cfg, history: list[dict], wall_s: float, num_clients: int,
-                  privacy: dict | None = None) -> dict:
+def build_summary(
+    cfg, history: list[dict], wall_s: float, num_clients: int, privacy: dict | None = None
+) -> dict:
     """The summary.json dict from the run config and the per-epoch history.
 
     ``privacy``: the leakage evaluation's block (`lightning_gapsl.privacy`), present only
@@ -71,8 +72,13 @@ class SummaryCallback(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or pl_module.preempted_at is not None:
             return  # a pre-empted run has no final numbers; its resumed run writes them
-        summary = build_summary(self.cfg, pl_module.history, pl_module.elapsed(),
-                                pl_module.data.num_clients, getattr(pl_module, "privacy", None))
+        summary = build_summary(
+            self.cfg,
+            pl_module.history,
+            pl_module.elapsed(),
+            pl_module.data.num_clients,
+            getattr(pl_module, "privacy", None),
+        )
         path = os.path.join(self.cfg.output_dir, "summary.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

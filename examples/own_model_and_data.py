@@ -19,8 +19,9 @@ import lightning_gapsl
 
 def mlp(input_shape, num_classes):
     (features,) = input_shape
-    return nn.Sequential(OrderedDict(embed=nn.Linear(features, 64), act=nn.ReLU(),
-                                     head=nn.Linear(64, num_classes)))
+    return nn.Sequential(
+        OrderedDict(embed=nn.Linear(features, 64), act=nn.ReLU(), head=nn.Linear(64, num_classes))
+    )
 
 
 def tabular(n, seed):
@@ -36,8 +37,20 @@ if __name__ == "__main__":
     data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     for method in ("psl", "gapsl"):
         summary = lightning_gapsl.run(
-            [f"algorithm={method}", "model.cut=act", "data.num_clients=8", "trainer.devices=3",
-             "trainer.max_epochs=3", "logger=none", "trainer.progress_bar=false"],
-            model=mlp, data=data, output_dir=f"outputs/example/{method}")
-        print(f"{method}: test accuracy {summary['test_acc_mean']:.4f} (mean over clients), "
-              f"{summary['bytes_up'] / 1e6:.2f} MB up")
+            [
+                f"algorithm={method}",
+                "model.cut=act",
+                "data.num_clients=8",
+                "trainer.devices=3",
+                "trainer.max_epochs=3",
+                "logger=none",
+                "trainer.progress_bar=false",
+            ],
+            model=mlp,
+            data=data,
+            output_dir=f"outputs/example/{method}",
+        )
+        print(
+            f"{method}: test accuracy {summary['test_acc_mean']:.4f} (mean over clients), "
+            f"{summary['bytes_up'] / 1e6:.2f} MB up"
+        )

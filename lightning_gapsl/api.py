@@ -29,8 +29,10 @@ def _as_builder(model) -> Callable:
         return lambda input_shape, num_classes: copy.deepcopy(model)
     if callable(model):
         return model
-    raise ConfigError(f"run(model=...) takes fn(input_shape, num_classes) -> nn.Module or an "
-                      f"nn.Module, got {type(model).__name__}")
+    raise ConfigError(
+        f"run(model=...) takes fn(input_shape, num_classes) -> nn.Module or an "
+        f"nn.Module, got {type(model).__name__}"
+    )
 
 
 def _as_loader(data) -> Callable:
@@ -43,12 +45,12 @@ def _as_loader(data) -> Callable:
 
 def _check_unset(overrides: list[str], key: str) -> None:
     if any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides):
-        raise ConfigError(f"{key}= is given twice: as an override and as run({key}=...); "
-                          "keep one")
+        raise ConfigError(f"{key}= is given twice: as an override and as run({key}=...); keep one")
 
 
-def run(overrides: list[str], *, model=None, data=None, output_dir: str | None = None
-        ) -> dict | None:
+def run(
+    overrides: list[str], *, model=None, data=None, output_dir: str | None = None
+) -> dict | None:
     """Train one configuration and return its summary (None on a client rank of srun or
     torchrun, or when pre-empted: resume with the printed ``ckpt_path``).
 
@@ -73,7 +75,6 @@ def run(overrides: list[str], *, model=None, data=None, output_dir: str | None =
         DATASETS.register(RUN_DATA, _as_loader(data), replace=True)
         front.append(f"data={RUN_DATA}")
     has_output = any(o.split("=", 1)[0] == "output_dir" for o in overrides)
-    cfg = compose([*front, *overrides],
-                  None if has_output else (output_dir or "outputs/run"))
+    cfg = compose([*front, *overrides], None if has_output else (output_dir or "outputs/run"))
     path = train_run(cfg)
     return None if path is None else json.loads(path.read_text())

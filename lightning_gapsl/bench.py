@@ -33,13 +33,31 @@ from lightning.fabric.accelerators.cuda import num_cuda_devices
 from lightning_gapsl.train import compose, run
 
 PRESETS = {
-    "cpu": {"data": ["data=mnist"], "model": "lenet", "clients": 20, "batch": 32, "steps": 30,
-            "accelerator": "cpu", "devices": 3},
+    "cpu": {
+        "data": ["data=mnist"],
+        "model": "lenet",
+        "clients": 20,
+        "batch": 32,
+        "steps": 30,
+        "accelerator": "cpu",
+        "devices": 3,
+    },
     # ResNet-18 cut after its first stage (stem + stage 1 on the clients), the GPU target.
-    "gpu": {"data": ["data=synthetic", "data.shape=[3,32,32]", "data.num_train=64000",
-                     "data.num_test=1000"],
-            "model": "resnet18", "clients": 100, "batch": 32, "steps": 10,
-            "accelerator": "gpu", "devices": None, "extra": ["model.cut_layer=2"]},
+    "gpu": {
+        "data": [
+            "data=synthetic",
+            "data.shape=[3,32,32]",
+            "data.num_train=64000",
+            "data.num_test=1000",
+        ],
+        "model": "resnet18",
+        "clients": 100,
+        "batch": 32,
+        "steps": 10,
+        "accelerator": "gpu",
+        "devices": None,
+        "extra": ["model.cut_layer=2"],
+    },
 }
 OTHER_PRESETS = ("scaling", "serial", "exec", "memory")
 
@@ -62,26 +80,65 @@ def bench(preset: str, epochs: int = 2) -> dict:
     devices = p["devices"]
     if devices is None:  # gpu: as many processes as GPUs
         devices = gpu_processes(num_cuda_devices())  # counted without a CUDA context
-    common = [*p["data"], f"model={p['model']}", "logger=none", "trainer.progress_bar=false",
-              f"trainer.max_epochs={epochs}", "trainer.eval_every=0",
-              f"trainer.accelerator={p['accelerator']}", f"data.num_clients={n}",
-              *p.get("extra", [])]
+    common = [
+        *p["data"],
+        f"model={p['model']}",
+        "logger=none",
+        "trainer.progress_bar=false",
+        f"trainer.max_epochs={epochs}",
+        "trainer.eval_every=0",
+        f"trainer.accelerator={p['accelerator']}",
+        f"data.num_clients={n}",
+        *p.get("extra", []),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         # Multi-process first: forking GPU ranks is impossible once this process used CUDA.
         psl_dist = None
         if devices > 1:
-            psl_dist = _throughput([*common, "algorithm=psl", f"trainer.devices={devices}",
-                                    f"data.batch_size={b}", f"data.steps_per_epoch={p['steps']}"],
-                                   tmp, "psl_dist")
-        central_nb = _throughput([*common, "algorithm=centralized", "trainer.devices=1",
-                                  f"data.batch_size={n * b}", f"data.steps_per_epoch={p['steps']}"],
-                                 tmp, "central_nb")
-        central_b = _throughput([*common, "algorithm=centralized", "trainer.devices=1",
-                                 f"data.batch_size={b}", f"data.steps_per_epoch={p['steps'] * n}"],
-                                tmp, "central_b")
-        psl_local = _throughput([*common, "algorithm=psl", "trainer.devices=1",
-                                 f"data.batch_size={b}", f"data.steps_per_epoch={p['steps']}"],
-                                tmp, "psl_local")
+            psl_dist = _throughput(
+                [
+                    *common,
+                    "algorithm=psl",
+                    f"trainer.devices={devices}",
+                    f"data.batch_size={b}",
+                    f"data.steps_per_epoch={p['steps']}",
+                ],
+                tmp,
+                "psl_dist",
+            )
+        central_nb = _throughput(
+            [
+                *common,
+                "algorithm=centralized",
+                "trainer.devices=1",
+                f"data.batch_size={n * b}",
+                f"data.steps_per_epoch={p['steps']}",
+            ],
+            tmp,
+            "central_nb",
+        )
+        central_b = _throughput(
+            [
+                *common,
+                "algorithm=centralized",
+                "trainer.devices=1",
+                f"data.batch_size={b}",
+                f"data.steps_per_epoch={p['steps'] * n}",
+            ],
+            tmp,
+            "central_b",
+        )
+        psl_local = _throughput(
+            [
+                *common,
+                "algorithm=psl",
+                "trainer.devices=1",
+                f"data.batch_size={b}",
+                f"data.steps_per_epoch={p['steps']}",
+            ],
+            tmp,
+            "psl_local",
+        )
         extra = _gpu_extras(tmp, epochs) if preset == "gpu" else {}
     result = {
         "preset": preset,
@@ -100,7 +157,8 @@ def bench(preset: str, epochs: int = 2) -> dict:
     if psl_dist is not None:
         result["samples_per_s"][f"psl_{devices}_processes"] = round(psl_dist, 1)
         result["time_per_sample_vs_centralized"][f"psl_{devices}_processes"] = round(
-            central_nb / psl_dist, 3)
+            central_nb / psl_dist, 3
+        )
     return result
 
 
@@ -108,17 +166,33 @@ def _gpu_extras(workdir: str, epochs: int) -> dict:
     """GPU only: 1000 LeNet clients in one process, and the client execution modes."""
     from lightning_gapsl.bench_exec import bench_exec
 
-    lenet = ["data=synthetic", "data.shape=[1,28,28]", "data.num_train=64000",
-             "model=lenet", "logger=none", "trainer.progress_bar=false", "trainer.eval_every=0",
-             f"trainer.max_epochs={epochs}", "trainer.accelerator=gpu", "trainer.devices=1",
-             "data.num_clients=1000", "data.batch_size=32", "data.steps_per_epoch=5",
-             "data.partition=iid"]
+    lenet = [
+        "data=synthetic",
+        "data.shape=[1,28,28]",
+        "data.num_train=64000",
+        "model=lenet",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.eval_every=0",
+        f"trainer.max_epochs={epochs}",
+        "trainer.accelerator=gpu",
+        "trainer.devices=1",
+        "data.num_clients=1000",
+        "data.batch_size=32",
+        "data.steps_per_epoch=5",
+        "data.partition=iid",
+    ]
     modes = {}
     for mode in ("loop", "grouped"):
-        modes[mode] = round(_throughput([*lenet, "algorithm=psl", f"model.client_exec={mode}"],
-                                        workdir, f"lenet1000_{mode}"), 1)
-    exec_rows = bench_exec(torch.device("cuda"), [("resnet18_cifar_cut2", 100, 32),
-                                                   ("lenet_mnist_cut1", 1000, 32)])
+        modes[mode] = round(
+            _throughput(
+                [*lenet, "algorithm=psl", f"model.client_exec={mode}"], workdir, f"lenet1000_{mode}"
+            ),
+            1,
+        )
+    exec_rows = bench_exec(
+        torch.device("cuda"), [("resnet18_cifar_cut2", 100, 32), ("lenet_mnist_cut1", 1000, 32)]
+    )
     return {"lenet_1000_clients_samples_per_s": modes, "client_exec": exec_rows}
 
 
@@ -126,8 +200,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted([*PRESETS, *OTHER_PRESETS]), default="cpu")
     parser.add_argument("--epochs", type=int, default=2, help="epochs; the last one is timed")
-    parser.add_argument("--eval", action="store_true",
-                        help="serial preset: evaluate every round on both sides")
+    parser.add_argument(
+        "--eval", action="store_true", help="serial preset: evaluate every round on both sides"
+    )
     args = parser.parse_args()
     if args.preset == "scaling":
         from lightning_gapsl.bench_scaling import scaling
@@ -153,7 +228,8 @@ def main() -> None:
     # their own also give each point's peak beside it.
     result["bench_peak_rss_mib"] = {
         "this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+        "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
     print(json.dumps(result, indent=2))
 
 

@@ -29,10 +29,16 @@ CASES = {
 
 # (case, K, B) per device: CPU sizes a 2-core machine times in seconds.
 EXEC_POINTS = {
-    "cpu": [("lenet_mnist_cut1", 20, 32), ("lenet_mnist_cut1", 100, 32),
-            ("resnet18_cifar_cut2", 4, 32)],
-    "cuda": [("lenet_mnist_cut1", 100, 32), ("lenet_mnist_cut1", 1000, 32),
-             ("resnet18_cifar_cut2", 100, 32)],
+    "cpu": [
+        ("lenet_mnist_cut1", 20, 32),
+        ("lenet_mnist_cut1", 100, 32),
+        ("resnet18_cifar_cut2", 4, 32),
+    ],
+    "cuda": [
+        ("lenet_mnist_cut1", 100, 32),
+        ("lenet_mnist_cut1", 1000, 32),
+        ("resnet18_cifar_cut2", 100, 32),
+    ],
 }
 
 
@@ -41,8 +47,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_mode(case: str, mode: str, k: int, batch: int, device: torch.device,
-              repeats: int = 5, warmup: int = 2) -> float:
+def time_mode(
+    case: str,
+    mode: str,
+    k: int,
+    batch: int,
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 2,
+) -> float:
     """Median seconds of one forward + backward of ``k`` clients in ``mode``."""
     name, shape, cut = CASES[case]
     segments = [build_client_segment(name, shape, 10, cut, 0, c) for c in range(k)]
@@ -62,8 +75,7 @@ def time_mode(case: str, mode: str, k: int, batch: int, device: torch.device,
     return statistics.median(times)
 
 
-def bench_exec(device: torch.device, points: list[tuple[str, int, int]],
-               repeats: int = 5) -> dict:
+def bench_exec(device: torch.device, points: list[tuple[str, int, int]], repeats: int = 5) -> dict:
     """ms per forward+backward for every mode at each (case, K, B), and what auto picks."""
     rows = []
     for case, k, batch in points:

@@ -19,15 +19,29 @@ import sys
 import tempfile
 
 # The run the issue measures: SplitFed V1, MNIST, 16 IID clients, one epoch, one process.
-RUN = ["algorithm=sfl_v1", "data=mnist", "data.num_clients=16", "data.partition=iid",
-       "trainer.devices=1", "trainer.max_epochs=1", "logger=none",
-       "trainer.progress_bar=false", "trainer.ckpt_every=0", "trainer.threads=1"]
+RUN = [
+    "algorithm=sfl_v1",
+    "data=mnist",
+    "data.num_clients=16",
+    "data.partition=iid",
+    "trainer.devices=1",
+    "trainer.max_epochs=1",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.ckpt_every=0",
+    "trainer.threads=1",
+]
 
 # (name, what it adds), cumulative: stage k does stages 1..k.
 STAGES = (
     ("torch", "the interpreter and `import torch`"),
-    ("lightning", ("`import lightning` as a run does it (`lean_import`: torch._dynamo and "
-                   "torchmetrics, without the scipy.signal and matplotlib it would add)")),
+    (
+        "lightning",
+        (
+            "`import lightning` as a run does it (`lean_import`: torch._dynamo and "
+            "torchmetrics, without the scipy.signal and matplotlib it would add)"
+        ),
+    ),
     ("package", "`import lightning_gapsl.train` (Hydra, OmegaConf, the package)"),
     ("data", "the data set loaded, validation carved, partitioned (`build_federated_data`)"),
     ("train", "one epoch of training, evaluation off (`run`, trainer.eval_every=0)"),
@@ -72,8 +86,12 @@ def run_stage(stage: str, overrides: list[str]) -> dict:
         else:
             run(cfg)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"stage": stage, "peak_rss_mib": _mib(usage.ru_maxrss),
-            "rss_now_mib": resident_now_mib(), "modules": len(sys.modules)}
+    return {
+        "stage": stage,
+        "peak_rss_mib": _mib(usage.ru_maxrss),
+        "rss_now_mib": resident_now_mib(),
+        "modules": len(sys.modules),
+    }
 
 
 def stage_table(overrides: list[str] = RUN) -> dict:

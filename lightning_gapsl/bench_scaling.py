@@ -31,13 +31,21 @@ from lightning_gapsl.methods.gapsl.math import GapslConfig, gapsl_step
 # Steps per epoch per N: enough to time, few enough for a 2-core machine (N=1000 is
 # 32000 samples per step).
 STEPS = {10: 20, 100: 6, 1000: 2}
-COMMON = ["data=mnist", "model=lenet", "data.partition=iid", "logger=none",
-          "trainer.progress_bar=false", "trainer.eval_every=0", "trainer.ckpt_every=0",
-          "trainer.devices=1", "trainer.max_epochs=2",
-          # One thread per process on both sides: on a shared 2-core machine two OpenMP
-          # threads spin at every barrier of every small per-client kernel, which measured
-          # PSL 10-15x slower than centralized at N=10 under load; one thread is stable.
-          "trainer.threads=1"]
+COMMON = [
+    "data=mnist",
+    "model=lenet",
+    "data.partition=iid",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=0",
+    "trainer.devices=1",
+    "trainer.max_epochs=2",
+    # One thread per process on both sides: on a shared 2-core machine two OpenMP
+    # threads spin at every barrier of every small per-client kernel, which measured
+    # PSL 10-15x slower than centralized at N=10 under load; one thread is stable.
+    "trainer.threads=1",
+]
 
 
 class EpochCpuTimer(Callback):
@@ -67,20 +75,24 @@ def measure(overrides: list[str]) -> dict:
     with open(run(compose(overrides, out), extra_callbacks=[timer])) as f:
         history = json.load(f)["history"]
     last = history[-1]
-    return {"samples_per_s": last["samples_per_s"],
-            # the whole last epoch, evaluation included (the timer spans it too)
-            "round_wall_s": last["wall_s"] - (history[-2]["wall_s"] if len(history) > 1 else 0),
-            "cpu_samples_per_s": last["samples"] / timer.cpu_s[-1],
-            "epoch_wall_s": last["train_s"], "epoch_cpu_s": timer.cpu_s[-1],
-            "train_loss": last["train_loss"]}
+    return {
+        "samples_per_s": last["samples_per_s"],
+        # the whole last epoch, evaluation included (the timer spans it too)
+        "round_wall_s": last["wall_s"] - (history[-2]["wall_s"] if len(history) > 1 else 0),
+        "cpu_samples_per_s": last["samples"] / timer.cpu_s[-1],
+        "epoch_wall_s": last["train_s"],
+        "epoch_cpu_s": timer.cpu_s[-1],
+        "train_loss": last["train_loss"],
+    }
 
 
 def run_point(overrides: list[str], workdir: str, common: list[str] = COMMON) -> dict:
     """One training process: last-epoch samples/s (wall, CPU), peak RSS (MiB), wall s."""
     cmd = [sys.executable, "-m", "lightning_gapsl.bench_scaling", *common, *overrides]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=workdir)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir
+    )
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -105,20 +117,27 @@ def scaling(clients: tuple[int, ...] = (10, 100, 1000), batch: int = 32) -> dict
         for n in clients:
             steps = STEPS.get(n, 2)
             base = [f"data.num_clients={n}", f"data.steps_per_epoch={steps}"]
-            central = run_point([*base, "algorithm=centralized", f"data.batch_size={n * batch}"],
-                                tmp)
+            central = run_point(
+                [*base, "algorithm=centralized", f"data.batch_size={n * batch}"], tmp
+            )
             row = {"clients": n, "steps_per_epoch": steps, "centralized": central}
             for algo in ("psl", "gapsl"):
                 point = run_point([*base, f"algorithm={algo}", f"data.batch_size={batch}"], tmp)
                 point["time_per_sample_vs_centralized"] = {
                     "wall": round(central["samples_per_s"] / point["samples_per_s"], 3),
-                    "cpu": round(central["cpu_samples_per_s"] / point["cpu_samples_per_s"], 3)}
+                    "cpu": round(central["cpu_samples_per_s"] / point["cpu_samples_per_s"], 3),
+                }
                 row[algo] = point
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    return {"rows": rows, "memory": memory_fit(rows), "client_state_bytes": client_state_bytes(),
-            "gapsl_cosine_matrix": [cosine_cost(n) for n in (1000, 10000)],
-            "threads_per_process": 1, "target_psl_ratio_at_1000": 1.2}
+    return {
+        "rows": rows,
+        "memory": memory_fit(rows),
+        "client_state_bytes": client_state_bytes(),
+        "gapsl_cosine_matrix": [cosine_cost(n) for n in (1000, 10000)],
+        "threads_per_process": 1,
+        "target_psl_ratio_at_1000": 1.2,
+    }
 
 
 def memory_fit(rows: list[dict]) -> dict:
@@ -127,12 +146,22 @@ def memory_fit(rows: list[dict]) -> dict:
     for algo in ("centralized", "psl", "gapsl"):
         first, last = rows[0], rows[-1]
         slope = (last[algo]["peak_rss_mib"] - first[algo]["peak_rss_mib"]) / (
-            last["clients"] - first["clients"])
+            last["clients"] - first["clients"]
+        )
         base = first[algo]["peak_rss_mib"] - slope * first["clients"]
-        mids = [{"clients": r["clients"], "measured_mib": round(r[algo]["peak_rss_mib"], 1),
-                 "line_mib": round(base + slope * r["clients"], 1)} for r in rows[1:-1]]
-        fit[algo] = {"mib_per_client": round(slope, 3), "intercept_mib": round(base, 1),
-                     "middle_points": mids}
+        mids = [
+            {
+                "clients": r["clients"],
+                "measured_mib": round(r[algo]["peak_rss_mib"], 1),
+                "line_mib": round(base + slope * r["clients"], 1),
+            }
+            for r in rows[1:-1]
+        ]
+        fit[algo] = {
+            "mib_per_client": round(slope, 3),
+            "intercept_mib": round(base, 1),
+            "middle_points": mids,
+        }
     return fit
 
 
@@ -147,8 +176,12 @@ def cosine_cost(n: int, dim: int = 1568, repeats: int = 3) -> dict:
         start = time.perf_counter()
         gapsl_step(g, None, cfg)
         times.append(time.perf_counter() - start)
-    return {"clients": n, "dim": dim, "seconds": round(sorted(times[1:])[len(times[1:]) // 2], 4),
-            "matrix_mib": round(n * n * 4 / 2**20, 1)}
+    return {
+        "clients": n,
+        "dim": dim,
+        "seconds": round(sorted(times[1:])[len(times[1:]) // 2], 4),
+        "matrix_mib": round(n * n * 4 / 2**20, 1),
+    }
 
 
 def main() -> None:

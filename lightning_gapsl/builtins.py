@@ -19,25 +19,54 @@ from lightning_gapsl.registry import (
     register_partitioner,
 )
 
-METHOD_MODULES = ("centralized", "psl", "gapsl", "epsl", "sglr", "sfl_v1", "sfl_v2",
-                  "fedavg", "locfedmix", "cse_fsl", "fsl_sage", "sl")
+METHOD_MODULES = (
+    "centralized",
+    "psl",
+    "gapsl",
+    "epsl",
+    "sglr",
+    "sfl_v1",
+    "sfl_v2",
+    "fedavg",
+    "locfedmix",
+    "cse_fsl",
+    "fsl_sage",
+    "sl",
+)
 
 
 def _builtin_loader(name: str):
     def load(d, seed: int):
-        return builtin_split(name, root=d.root, seed=seed, shape=d.shape,
-                             classes=d.num_classes, num_train=d.num_train,
-                             num_test=d.num_test, max_train=d.max_train,
-                             max_test=d.max_test, label_kind=d.label_kind)
+        return builtin_split(
+            name,
+            root=d.root,
+            seed=seed,
+            shape=d.shape,
+            classes=d.num_classes,
+            num_train=d.num_train,
+            num_test=d.num_test,
+            max_train=d.max_train,
+            max_test=d.max_test,
+            label_kind=d.label_kind,
+        )
+
     return load
 
 
 def _builtin_partitioner(scheme: str):
     def split(labels, num_clients: int, d, seed: int, groups):
-        return partition(labels, num_clients, scheme, alpha=d.alpha,
-                         shards_per_client=d.shards_per_client, seed=seed,
-                         min_size=d.min_client_size, groups=groups,
-                         quantity_sigma=d.quantity_sigma)
+        return partition(
+            labels,
+            num_clients,
+            scheme,
+            alpha=d.alpha,
+            shards_per_client=d.shards_per_client,
+            seed=seed,
+            min_size=d.min_client_size,
+            groups=groups,
+            quantity_sigma=d.quantity_sigma,
+        )
+
     return split
 
 

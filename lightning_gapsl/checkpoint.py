@@ -87,8 +87,9 @@ def check_resumable(path: str, identity: dict[str, str], devices: int) -> dict:
     checkpoint = load_file(path)
     state = checkpoint.get("split_state") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "identity" not in state:
-        raise CheckpointError(f"checkpoint {path} was not written by lightning_gapsl "
-                              "(no split_state)")
+        raise CheckpointError(
+            f"checkpoint {path} was not written by lightning_gapsl (no split_state)"
+        )
     for key, value in state["identity"].items():
         if identity.get(key) != value:
             raise CheckpointError(

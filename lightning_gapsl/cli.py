@@ -63,10 +63,14 @@ def prepare_config_store(overrides: list[str]) -> None:
     store, folder = ConfigStore.instance(), Path(config_dir())
     store.store(name=DEFAULTS_NODE, node=_typed_defaults())
     for group, names, node in (
-            ("algorithm", registry.METHODS.names(),
-             lambda n: dataclasses.asdict(registry.METHODS.get(n).config())),
-            ("data", registry.DATASETS.names(), lambda n: {"name": n}),
-            ("model", registry.MODELS.names(), lambda n: {"name": n})):
+        (
+            "algorithm",
+            registry.METHODS.names(),
+            lambda n: dataclasses.asdict(registry.METHODS.get(n).config()),
+        ),
+        ("data", registry.DATASETS.names(), lambda n: {"name": n}),
+        ("model", registry.MODELS.names(), lambda n: {"name": n}),
+    ):
         for stale in _STORED.get(group, set()) - set(names):  # unregistered since
             store.repo.get(group, {}).pop(f"{stale}.yaml", None)
         _STORED[group] = set()
@@ -90,8 +94,7 @@ def compose(overrides: list[str], output_dir: str | None = None) -> RunConfig:
     return next(compose_each([overrides], output_dir))
 
 
-def compose_each(runs: Iterable[list[str]], output_dir: str | None = None
-                 ) -> Iterator[RunConfig]:
+def compose_each(runs: Iterable[list[str]], output_dir: str | None = None) -> Iterator[RunConfig]:
     """`compose` for many override lists under one Hydra initialisation (which is the
     slow part), yielded in order; an invalid one raises its `ConfigError` when reached."""
     from hydra import compose as hydra_compose
@@ -178,8 +181,10 @@ def hydra_error_line(err: Exception, overrides: list[str] = ()) -> str:
             fields = [f.name for f in dataclasses.fields(cls)]
             valid = ", ".join(fields)
             if name in fields:  # a real key that the chosen group file does not set
-                return (f"{key} is not set by the chosen {section} config; add it with "
-                        f"+{key}=... (valid keys under {section}: {valid})")
+                return (
+                    f"{key} is not set by the chosen {section} config; add it with "
+                    f"+{key}=... (valid keys under {section}: {valid})"
+                )
             return f"unknown key {key}; valid keys under {section}: {valid}"
         valid = ", ".join([*_SECTIONS, "seed", "ckpt_path", "output_dir"])
         return f"unknown key {key}; valid top-level keys: {valid}"

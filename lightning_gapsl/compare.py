@@ -42,13 +42,31 @@ from lightning_gapsl import tuning
 from lightning_gapsl.cli import config_dir
 from lightning_gapsl.tuning import GridError, Run
 
-METRICS = ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min", "train_loss_final",
-           "bytes_up", "bytes_down", "sim_latency_s", "wall_s", "samples_per_s")
+METRICS = (
+    "test_acc_mean",
+    "test_acc_min",
+    "val_acc_mean",
+    "val_acc_min",
+    "train_loss_final",
+    "bytes_up",
+    "bytes_down",
+    "sim_latency_s",
+    "wall_s",
+    "samples_per_s",
+)
 
 
 def train_command(overrides: list[str], seed: int, out: Path, threads: int) -> list[str]:
-    return [sys.executable, "-m", "lightning_gapsl.train", *overrides, f"seed={seed}",
-            f"hydra.run.dir={out}", f"trainer.threads={threads}", "trainer.progress_bar=false"]
+    return [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.train",
+        *overrides,
+        f"seed={seed}",
+        f"hydra.run.dir={out}",
+        f"trainer.threads={threads}",
+        "trainer.progress_bar=false",
+    ]
 
 
 def execute(cmd: list[str], out: Path) -> tuple[int, float, float]:
@@ -97,8 +115,10 @@ def markdown(table: list[dict], title: str, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        ("| variant | runs | test_acc_mean | test_acc_min | MB up | MB down | sim latency s | "
-         "samples/s |"),
+        (
+            "| variant | runs | test_acc_mean | test_acc_min | MB up | MB down | sim latency s | "
+            "samples/s |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in table:
@@ -128,7 +148,9 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
     labels = [r["variant"] for r in rows]
     plot_comparison(summaries, labels, out_dir)
     for variant in dict.fromkeys(labels):
-        plot_class_acc(variant, [s for s, v in zip(summaries, labels, strict=False) if v == variant], out_dir)
+        plot_class_acc(
+            variant, [s for s, v in zip(summaries, labels, strict=False) if v == variant], out_dir
+        )
     run_dirs = [out_dir / r["variant"] / f"seed{r['seed']}" for r in rows]
     write_privacy(summaries, labels, run_dirs, out_dir, title)
 
@@ -146,13 +168,17 @@ def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, co
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(work, todo))
-    failed = [(job, out) for job, out in zip(todo, outcomes, strict=False) if isinstance(out, Exception)]
+    failed = [
+        (job, out) for job, out in zip(todo, outcomes, strict=False) if isinstance(out, Exception)
+    ]
     for (label, _, seed), err in failed:
         print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
     todo = [job for job, out in zip(todo, outcomes, strict=False) if not isinstance(out, Exception)]
     summaries = [out for out in outcomes if not isinstance(out, Exception)]
-    rows = [{"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
-            for (label, _, seed), s in zip(todo, summaries, strict=False)]
+    rows = [
+        {"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
+        for (label, _, seed), s in zip(todo, summaries, strict=False)
+    ]
     write_results(rows, summaries, out_dir, exp.title, command)
     print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
     print((out_dir / "results.md").read_text())
@@ -174,8 +200,11 @@ def load_run(run: Run, out: Path, num_classes: int) -> Run:
     meta = out / "run.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
-        run.returncode, run.proc_wall_s, run.cpu_s = (info["returncode"], info["proc_wall_s"],
-                                                      info["cpu_s"])
+        run.returncode, run.proc_wall_s, run.cpu_s = (
+            info["returncode"],
+            info["proc_wall_s"],
+            info["cpu_s"],
+        )
     summary = out / "summary.json"
     run.summary = json.loads(summary.read_text()) if summary.is_file() else None
     if run.summary is None and run.returncode is None:
@@ -190,23 +219,38 @@ def check_not_stale(out: Path, overrides: list[str]) -> None:
     """A run folder is reused only for the overrides it was made with."""
     meta = out / "run.json"
     if meta.is_file() and json.loads(meta.read_text()).get("overrides") != overrides:
-        raise GridError(f"{out} was run with other overrides than the experiment now gives; "
-                        "delete the folder or rename the grid point")
+        raise GridError(
+            f"{out} was run with other overrides than the experiment now gives; "
+            "delete the folder or rename the grid point"
+        )
 
 
 def host() -> dict:
     """Where a run was made: its seconds and last digits depend on the machine and torch."""
-    return {"torch": version("torch"), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "processor": platform.machine()}
+    return {
+        "torch": version("torch"),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.machine(),
+    }
 
 
 def run_point(run: Run, overrides: list[str], out: Path, threads: int, num_classes: int) -> Run:
     """Train one grid point at one seed unless its summary exists already (resume)."""
     if not (out / "summary.json").is_file():
         code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
-        (out / "run.json").write_text(json.dumps(
-            {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu,
-             "host": host()}, indent=1))
+        (out / "run.json").write_text(
+            json.dumps(
+                {
+                    "overrides": overrides,
+                    "returncode": code,
+                    "proc_wall_s": wall,
+                    "cpu_s": cpu,
+                    "host": host(),
+                },
+                indent=1,
+            )
+        )
     return load_run(run, out, num_classes)
 
 
@@ -217,19 +261,26 @@ class Tuner:
     """The runs of one tuning experiment, each created once per (method, point, seed, epochs)."""
 
     def __init__(self, exp: dict, out_dir: Path, threads: int):
-        self.grid = {m: {p: list(o) for p, o in points.items()}
-                     for m, points in exp["grid"].items()}
+        self.grid = {
+            m: {p: list(o) for p, o in points.items()} for m, points in exp["grid"].items()
+        }
         self.size = tuning.check_grid(self.grid)
         self.algorithm_of = dict(exp.get("algorithm_of") or {})  # row -> algorithm= name
         self.methods, self.skipped = tuning.active_methods(
-            self.grid, exp.get("optional") or [], registered_algorithms(), self.algorithm_of,
-            exp.get("not_run"))
+            self.grid,
+            exp.get("optional") or [],
+            registered_algorithms(),
+            self.algorithm_of,
+            exp.get("not_run"),
+        )
         self.epochs, self.tune_seed = int(exp["epochs"]), int(exp["tune_seed"])
         self.seeds = [int(s) for s in exp["seeds"]]
         self.num_classes = int(exp.get("num_classes", 10))
         if not exp.get("setting"):
-            raise GridError(f"experiment {exp['name']} has no setting: it is the shared part of "
-                            "the tune_* files; pick one of them")
+            raise GridError(
+                f"experiment {exp['name']} has no setting: it is the shared part of "
+                "the tune_* files; pick one of them"
+            )
         self.setting = [*exp.get("common", []), *exp["setting"]]
         self.out_dir, self.threads = out_dir, threads
         self.runs: dict[Path, Run] = {}
@@ -239,8 +290,7 @@ class Tuner:
         does not change training)."""
         return [*self.setting, f"trainer.max_epochs={epochs}", f"trainer.eval_every={epochs}"]
 
-    def job(self, method: str, point: str, seed: int, stage: str, epochs: int | None = None
-            ) -> Job:
+    def job(self, method: str, point: str, seed: int, stage: str, epochs: int | None = None) -> Job:
         epochs = epochs or self.epochs
         suffix = "" if epochs == self.epochs else f"_e{epochs}"
         out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
@@ -270,16 +320,22 @@ class Tuner:
         def n(k: int) -> str:
             return f"{k} epoch{'s' if k != 1 else ''}"
 
-        grid = (f"{self.size} grid points per method at {n(self.epochs)}, tuning seed "
-                f"{self.tune_seed}; final seeds {self.seeds}")
-        budget = (f"Budget: {n(self.epochs)} for every method, tuning and final runs; {grid}."
-                  if epochs in (None, self.epochs) else
-                  f"Budget: {n(epochs)} for every method listed (the longer budget); each "
-                  f"method's point was chosen with {grid}.")
+        grid = (
+            f"{self.size} grid points per method at {n(self.epochs)}, tuning seed "
+            f"{self.tune_seed}; final seeds {self.seeds}"
+        )
+        budget = (
+            f"Budget: {n(self.epochs)} for every method, tuning and final runs; {grid}."
+            if epochs in (None, self.epochs)
+            else f"Budget: {n(epochs)} for every method listed (the longer budget); each "
+            f"method's point was chosen with {grid}."
+        )
         return [
             budget,
-            ("Chosen by validation mean client accuracy (ties: validation worst-client "
-             "accuracy); the test set only reports."),
+            (
+                "Chosen by validation mean client accuracy (ties: validation worst-client "
+                "accuracy); the test set only reports."
+            ),
             f"Setting: `{' '.join(self.base(epochs or self.epochs))}`",
             *self.skipped,
         ]
@@ -291,30 +347,43 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
     stage: tune (stage 1), final (stage 2, after tune), all (both), long (the longer
     budget `long_epochs` for `long_methods`, default the `long_top` best on validation)."""
     if stage not in ("tune", "final", "all", "long", "plan"):
-        raise GridError(f"stage={stage!r} is not valid; choose one of: tune, final, all, long, "
-                        "plan")
+        raise GridError(
+            f"stage={stage!r} is not valid; choose one of: tune, final, all, long, plan"
+        )
     t = Tuner(exp, out_dir, threads)
     for message in t.skipped:
         print(message, file=sys.stderr)
     if stage == "plan":
         print(plan(t, exp))
         return 0
-    tuned = t.execute([t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]],
-                      workers, train=stage in ("tune", "all"))
+    tuned = t.execute(
+        [t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]],
+        workers,
+        train=stage in ("tune", "all"),
+    )
     needs_done(tuned, stage, "tune")
     choices = {m: tuning.select([r for r in tuned if r.method == m]) for m in t.methods}
     chosen = {m: run for m, (run, _) in choices.items() if run is not None}
-    notes = [f"{m}: chosen on {c}" for m, (_, c) in choices.items()
-             if not c.startswith(("val_acc_mean", "none"))]
-    notes += [f"{m}: no grid point finished (see tuning.md), so no final runs" for m in t.methods
-              if m not in chosen]
+    notes = [
+        f"{m}: chosen on {c}"
+        for m, (_, c) in choices.items()
+        if not c.startswith(("val_acc_mean", "none"))
+    ]
+    notes += [
+        f"{m}: no grid point finished (see tuning.md), so no final runs"
+        for m in t.methods
+        if m not in chosen
+    ]
     title = exp.get("title", exp["name"])
     if stage in ("tune", "all"):
         write_tuning(t, tuned, chosen, title, command, t.notes() + notes)
     done = tuned
     if stage != "tune":
-        final = t.execute([t.job(m, r.point, s, "final") for m, r in chosen.items()
-                           for s in t.seeds], workers, train=stage != "long")
+        final = t.execute(
+            [t.job(m, r.point, s, "final") for m, r in chosen.items() for s in t.seeds],
+            workers,
+            train=stage != "long",
+        )
         needs_done(final, stage, "final")
         rows = final_rows(chosen, final)
         if stage != "long":
@@ -326,16 +395,28 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
 
         references = [m for m in t.methods if get_method(m).pools_data]
         methods = exp.get("long_methods") or tuning.top_by_val(
-            rows, int(exp.get("long_top", 4)), references)
+            rows, int(exp.get("long_top", 4)), references
+        )
         unknown = [m for m in methods if m not in chosen]
         if unknown:
-            raise GridError(f"long_methods: {', '.join(unknown)} has no chosen point "
-                            f"(chosen: {', '.join(chosen)})")
-        long = t.execute([t.job(m, chosen[m].point, s, "long", epochs) for m in methods
-                          for s in t.seeds], workers, train=True)
-        write_final(t, final_rows({m: chosen[m] for m in methods}, long), long, "_long",
-                    title.replace(f"{t.epochs} epochs", f"{epochs} epochs"), command,
-                    t.notes(epochs) + notes)
+            raise GridError(
+                f"long_methods: {', '.join(unknown)} has no chosen point "
+                f"(chosen: {', '.join(chosen)})"
+            )
+        long = t.execute(
+            [t.job(m, chosen[m].point, s, "long", epochs) for m in methods for s in t.seeds],
+            workers,
+            train=True,
+        )
+        write_final(
+            t,
+            final_rows({m: chosen[m] for m in methods}, long),
+            long,
+            "_long",
+            title.replace(f"{t.epochs} epochs", f"{epochs} epochs"),
+            command,
+            t.notes(epochs) + notes,
+        )
         done = done + long
     crashed = [r for r in {id(r): r for r in done}.values() if r.status == "crashed"]
     for r in crashed:
@@ -349,43 +430,60 @@ def plan(t: Tuner, exp: dict) -> str:
     done = sum((out / "summary.json").is_file() for _, out, _ in tune_jobs)
     final = len(t.methods) * len(set(t.seeds) - {t.tune_seed})  # the tuning run is reused
     top = len(exp.get("long_methods") or []) or int(exp.get("long_top", 4))
-    return (f"{len(t.methods)} methods x {t.size} grid points at {t.epochs} epochs: "
-            f"{len(tune_jobs)} tuning runs ({done} done); final: {final} more runs "
-            f"({len(t.seeds)} seeds per method); long: {top * len(t.seeds)} runs at "
-            f"{exp.get('long_epochs')} epochs")
+    return (
+        f"{len(t.methods)} methods x {t.size} grid points at {t.epochs} epochs: "
+        f"{len(tune_jobs)} tuning runs ({done} done); final: {final} more runs "
+        f"({len(t.seeds)} seeds per method); long: {top * len(t.seeds)} runs at "
+        f"{exp.get('long_epochs')} epochs"
+    )
 
 
 def needs_done(runs: list[Run], stage: str, earlier: str) -> None:
     missing = [f"{r.method}/{r.point}/seed{r.seed}" for r in runs if r.status == "missing"]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise GridError(f"stage={stage} needs every {earlier} run; missing: "
-                        f"{', '.join(missing[:5])}{more} (run stage={earlier} first)")
+        raise GridError(
+            f"stage={stage} needs every {earlier} run; missing: "
+            f"{', '.join(missing[:5])}{more} (run stage={earlier} first)"
+        )
 
 
-def write_tuning(t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str, command: str,
-                 notes: list[str]) -> None:
+def write_tuning(
+    t: Tuner, tuned: list[Run], chosen: dict[str, Run], title: str, command: str, notes: list[str]
+) -> None:
     """tuning.{csv,md} (every grid point, the choice marked) and chosen.yaml."""
     tuning.write_csv(t.out_dir / "tuning.csv", [tuning.run_row(r, chosen) for r in tuned])
     (t.out_dir / "tuning.md").write_text(
         tuning.tuning_markdown(tuned, chosen, f"Tuning: {title}", command, notes)
-        + "\nSeconds spent on tuning:\n" + tuning.cost_markdown(tuned, t.methods))
+        + "\nSeconds spent on tuning:\n"
+        + tuning.cost_markdown(tuned, t.methods)
+    )
     (t.out_dir / "chosen.yaml").write_text(
         f"# {command}\n# method -> chosen overrides (grid point in the comment)\n"
         + "".join(f"# {m}: {r.point}\n" for m, r in chosen.items())
-        + yaml.safe_dump({m: [t.algorithm(m), *r.overrides] for m, r in chosen.items()},
-                         sort_keys=False))
+        + yaml.safe_dump(
+            {m: [t.algorithm(m), *r.overrides] for m, r in chosen.items()}, sort_keys=False
+        )
+    )
     print(f"tuning: {t.out_dir / 'tuning.md'}")
 
 
 def final_rows(chosen: dict[str, Run], final: list[Run]) -> list[dict]:
     """One `tuning.final_stats` row per method: its chosen point over the seeds."""
-    return [tuning.final_stats(m, run, [r for r in final if r.method == m])
-            for m, run in chosen.items()]
+    return [
+        tuning.final_stats(m, run, [r for r in final if r.method == m]) for m, run in chosen.items()
+    ]
 
 
-def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title: str,
-                command: str, notes: list[str]) -> None:
+def write_final(
+    t: Tuner,
+    rows: list[dict],
+    final: list[Run],
+    suffix: str,
+    title: str,
+    command: str,
+    notes: list[str],
+) -> None:
     """results{suffix}.{csv,md}, runs.csv (every run so far) and the plots."""
     from lightning_gapsl.plots import plot_class_acc, plot_tradeoff
 
@@ -394,11 +492,14 @@ def write_final(t: Tuner, rows: list[dict], final: list[Run], suffix: str, title
     every = list(t.runs.values())
     tuning.write_csv(t.out_dir / "runs.csv", [tuning.run_row(r, chosen) for r in every])
     md = t.out_dir / f"results{suffix}.md"
-    md.write_text(tuning.results_markdown(rows, title, command, notes)
-                  + "\nSeconds spent (every run so far, each counted once):\n"
-                  + tuning.cost_markdown(every, t.methods))
-    summaries = {m: [r.summary for r in final if r.method == m and r.summary is not None]
-                 for m in chosen}
+    md.write_text(
+        tuning.results_markdown(rows, title, command, notes)
+        + "\nSeconds spent (every run so far, each counted once):\n"
+        + tuning.cost_markdown(every, t.methods)
+    )
+    summaries = {
+        m: [r.summary for r in final if r.method == m and r.summary is not None] for m in chosen
+    }
     plot_tradeoff(summaries, t.out_dir, suffix)
     for m, found in summaries.items():
         plot_class_acc(m, found, t.out_dir, suffix)
@@ -410,15 +511,23 @@ def planned_runs(exp: dict, out_dir: Path, stage: str = "all") -> dict[str, list
     """label -> overrides of every distinct configuration the experiment can start: each
     variant or grid point once (at the long budget too for stage `long`), and each seed."""
     if "grid" not in exp:
-        runs = {label: [*exp["base"], *ovr, f"seed={exp['seeds'][0]}"]
-                for label, ovr in exp["variants"].items()}
+        runs = {
+            label: [*exp["base"], *ovr, f"seed={exp['seeds'][0]}"]
+            for label, ovr in exp["variants"].items()
+        }
         first = next(iter(runs.values()))
         return runs | {f"seed={seed}": [*first, f"seed={seed}"] for seed in exp["seeds"][1:]}
     t = Tuner(exp, out_dir, threads=1)
     budgets = [t.epochs] + ([int(exp["long_epochs"])] if stage == "long" else [])
-    runs = {f"{m}.{p} ({epochs} epochs)": [*t.job(m, p, t.tune_seed, "plan", epochs)[2],
-                                          f"seed={t.tune_seed}"]
-            for m in t.methods for p in t.grid[m] for epochs in budgets}
+    runs = {
+        f"{m}.{p} ({epochs} epochs)": [
+            *t.job(m, p, t.tune_seed, "plan", epochs)[2],
+            f"seed={t.tune_seed}",
+        ]
+        for m in t.methods
+        for p in t.grid[m]
+        for epochs in budgets
+    }
     first = next(iter(runs.values()))
     return runs | {f"seed={seed}": [*first, f"seed={seed}"] for seed in t.seeds}
 
@@ -453,8 +562,14 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     if "grid" in exp:
         try:
-            code = tune(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage, cfg.jobs,
-                        cfg.threads, command)
+            code = tune(
+                OmegaConf.to_container(exp, resolve=True),
+                out_dir,
+                cfg.stage,
+                cfg.jobs,
+                cfg.threads,
+                command,
+            )
         except GridError as err:
             print(f"error: {err}", file=sys.stderr)
             code = 2

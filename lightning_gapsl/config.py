@@ -216,8 +216,12 @@ class ParticipationConfig:
     @property
     def partial(self) -> bool:
         """Whether anything but every client in every round or step can take part."""
-        return (self.clients is not None or self.fraction < 1 or self.dropout > 0
-                or self.deadline_s is not None)
+        return (
+            self.clients is not None
+            or self.fraction < 1
+            or self.dropout > 0
+            or self.deadline_s is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -339,8 +343,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     choice("data.partition", d.partition, registry.PARTITIONERS.names())
     choice("model", m.name, (*registry.MODELS.names(), MODULE_MODEL))
     _validate_model_source(m)
-    check(d.name == "tensors" or d.path is None,
-          f"data.path is for data=tensors; data={d.name} does not read it (set data.path=null)")
+    check(
+        d.name == "tensors" or d.path is None,
+        f"data.path is for data=tensors; data={d.name} does not read it (set data.path=null)",
+    )
     choice("optim", o.name, OPTIMIZERS)
     choice("logger", cfg.logger.name, LOGGERS)
     choice("trainer.accelerator", t.accelerator, ACCELERATORS)
@@ -356,21 +362,29 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("max_train", "max_test", "steps_per_epoch"):
         value = getattr(d, key)
         check(value is None or value >= 1, f"data.{key}={value} must be >= 1 or null")
-    check(len(d.shape) >= 1 and min(d.shape) >= 1,
-          f"data.shape={list(d.shape)} must be positive sizes ([C, H, W] for images)")
+    check(
+        len(d.shape) >= 1 and min(d.shape) >= 1,
+        f"data.shape={list(d.shape)} must be positive sizes ([C, H, W] for images)",
+    )
     check(0 <= d.val_fraction < 0.5, f"data.val_fraction={d.val_fraction} must be in [0, 0.5)")
     choice("data.label_kind", d.label_kind, LABEL_KINDS)
-    check(d.label_kind == "fine" or d.name == "cifar100",
-          f"data.label_kind={d.label_kind} is for data=cifar100 only; data={d.name} has fine labels")
+    check(
+        d.label_kind == "fine" or d.name == "cifar100",
+        f"data.label_kind={d.label_kind} is for data=cifar100 only; data={d.name} has fine labels",
+    )
     check(d.quantity_sigma >= 0, f"data.quantity_sigma={d.quantity_sigma} must be >= 0 (0: off)")
-    check(d.quantity_sigma == 0 or d.partition in ("iid", "dirichlet"),
-          f"data.quantity_sigma={d.quantity_sigma} applies to data.partition=iid or dirichlet, "
-          f"not {d.partition}; set data.quantity_sigma=0")
+    check(
+        d.quantity_sigma == 0 or d.partition in ("iid", "dirichlet"),
+        f"data.quantity_sigma={d.quantity_sigma} applies to data.partition=iid or dirichlet, "
+        f"not {d.partition}; set data.quantity_sigma=0",
+    )
     check(d.min_client_size >= 1, f"data.min_client_size={d.min_client_size} must be >= 1")
     if d.partition_file is not None:
-        check(os.path.isfile(d.partition_file),
-              f"data.partition_file={d.partition_file!r}: no such file (give a partition.json "
-              "that a run wrote)")
+        check(
+            os.path.isfile(d.partition_file),
+            f"data.partition_file={d.partition_file!r}: no such file (give a partition.json "
+            "that a run wrote)",
+        )
     check(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     check(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
     check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
@@ -386,9 +400,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         f"trainer.devices={t.devices} gives {t.devices - 1} client ranks but "
         f"data.num_clients={d.num_clients}; use trainer.devices <= {d.num_clients + 1}",
     )
-    check(cfg.logger.mode is None or cfg.logger.mode in WANDB_MODES,
-          f"logger.mode={cfg.logger.mode!r} is not valid; choose one of: "
-          f"{', '.join(WANDB_MODES)} or null")
+    check(
+        cfg.logger.mode is None or cfg.logger.mode in WANDB_MODES,
+        f"logger.mode={cfg.logger.mode!r} is not valid; choose one of: "
+        f"{', '.join(WANDB_MODES)} or null",
+    )
     check(bool(cfg.logger.project), "logger.project must not be empty")
     check(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     for f in dataclasses.fields(LatencyConfig):
@@ -408,32 +424,44 @@ def validate(cfg: RunConfig) -> RunConfig:
 def _validate_participation(cfg: RunConfig) -> None:
     p, n = cfg.participation, cfg.data.num_clients
     check(0 < p.fraction <= 1, f"participation.fraction={p.fraction} must be in (0, 1]")
-    check(p.clients is None or 1 <= p.clients <= n,
-          f"participation.clients={p.clients} must be in [1, data.num_clients={n}] or null")
+    check(
+        p.clients is None or 1 <= p.clients <= n,
+        f"participation.clients={p.clients} must be in [1, data.num_clients={n}] or null",
+    )
     check(0 <= p.dropout < 1, f"participation.dropout={p.dropout} must be in [0, 1)")
-    check(p.deadline_s is None or p.deadline_s > 0,
-          f"participation.deadline_s={p.deadline_s} must be > 0 or null")
+    check(
+        p.deadline_s is None or p.deadline_s > 0,
+        f"participation.deadline_s={p.deadline_s} must be > 0 or null",
+    )
     if p.partial:
-        check(registry.METHODS.get(cfg.algorithm.name).participation is not None,
-              f"algorithm={cfg.algorithm.name} does not support partial participation yet; "
-              "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null")
+        check(
+            registry.METHODS.get(cfg.algorithm.name).participation is not None,
+            f"algorithm={cfg.algorithm.name} does not support partial participation yet; "
+            "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null",
+        )
 
 
 def _validate_model_source(m: ModelConfig) -> None:
     if m.name == MODULE_MODEL:
-        check(m.target is not None and "." in m.target,
-              f"model=module needs model.target=pkg.module.fn (a function (input_shape, "
-              f"num_classes) -> nn.Module), got {m.target!r}")
+        check(
+            m.target is not None and "." in m.target,
+            f"model=module needs model.target=pkg.module.fn (a function (input_shape, "
+            f"num_classes) -> nn.Module), got {m.target!r}",
+        )
     else:
-        check(m.target is None, f"model.target is for model=module; model={m.name} is built "
-              "in or registered (set model.target=null)")
+        check(
+            m.target is None,
+            f"model.target is for model=module; model={m.name} is built "
+            "in or registered (set model.target=null)",
+        )
 
 
 def _method_config_class(name: Any) -> type:
     """The config dataclass of method ``name`` (the registry is the one list of names)."""
     if str(name) not in registry.METHODS:
-        raise ConfigError(f"algorithm={name!r} is not valid; choose one of: "
-                          f"{', '.join(registry.METHODS.names())}")
+        raise ConfigError(
+            f"algorithm={name!r} is not valid; choose one of: {', '.join(registry.METHODS.names())}"
+        )
     return registry.METHODS.get(str(name)).config
 
 
@@ -467,10 +495,12 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     load_plugins(plugins)  # first: a plugin may bring the method, data set or model named
     algorithm = dict(raw.get("algorithm") or {})
     method_class = _method_config_class(algorithm.get("name"))
-    sections = {key: _section(key, cls, raw.get(key)) for key, cls in _SECTIONS.items()
-                if key != "optim"}
-    sections["optim"] = _section("optim", OptimConfig,
-                                 _resolve_optim(dict(raw.get("optim") or {}), str(algorithm["name"])))
+    sections = {
+        key: _section(key, cls, raw.get(key)) for key, cls in _SECTIONS.items() if key != "optim"
+    }
+    sections["optim"] = _section(
+        "optim", OptimConfig, _resolve_optim(dict(raw.get("optim") or {}), str(algorithm["name"]))
+    )
     sections["algorithm"] = _section("algorithm", method_class, algorithm)
     top = {
         "plugins": plugins,

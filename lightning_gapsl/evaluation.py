@@ -39,15 +39,23 @@ def _metric_stats(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> li
     for m in metrics():
         stats = torch.as_tensor(m.batch(logits, y), dtype=torch.float64).reshape(-1)
         if stats.numel() != m.width(num_classes):
-            raise ValueError(f"metric {m.name}: batch() gave {stats.numel()} statistics, "
-                             f"width() says {m.width(num_classes)}")
+            raise ValueError(
+                f"metric {m.name}: batch() gave {stats.numel()} statistics, "
+                f"width() says {m.width(num_classes)}"
+            )
         out.append(stats.to(logits.device))
     return out
 
 
 @torch.no_grad()
-def evaluate_clients(clients: StackedSegments, server: nn.Module, x: torch.Tensor,
-                     y: torch.Tensor, num_classes: int, only_first: bool) -> torch.Tensor:
+def evaluate_clients(
+    clients: StackedSegments,
+    server: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    only_first: bool,
+) -> torch.Tensor:
     """Every hosted client's model on one batch: (K, 2C + 1) rows (see module docstring).
 
     ``only_first``: the clients hold identical models (after a FedAvg round, or SL's one
@@ -60,20 +68,33 @@ def evaluate_clients(clients: StackedSegments, server: nn.Module, x: torch.Tenso
     count = 1 if only_first else clients.num_segments
     rows = []
     for k in range(count):
-        logits = torch.cat([server(clients.forward_one(k, x[i:i + FORWARD_CHUNK]))
-                            for i in range(0, x.shape[0], FORWARD_CHUNK)])  # (b, C)
-        stats = multiclass_stat_scores(logits.argmax(-1), y, num_classes, average=None,
-                                       validate_args=False)  # (C, 5)
+        logits = torch.cat(
+            [
+                server(clients.forward_one(k, x[i : i + FORWARD_CHUNK]))
+                for i in range(0, x.shape[0], FORWARD_CHUNK)
+            ]
+        )  # (b, C)
+        stats = multiclass_stat_scores(
+            logits.argmax(-1), y, num_classes, average=None, validate_args=False
+        )  # (C, 5)
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-        rows.append(torch.cat([stats[:, _TP].double(), stats[:, _SUPPORT].double(),
-                               loss.double().view(1), *_metric_stats(logits, y, num_classes)]))
+        rows.append(
+            torch.cat(
+                [
+                    stats[:, _TP].double(),
+                    stats[:, _SUPPORT].double(),
+                    loss.double().view(1),
+                    *_metric_stats(logits, y, num_classes),
+                ]
+            )
+        )
     return torch.stack(rows)  # (count, 2C + 1)
 
 
 def summarize(rows: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """(N, row_width) summed rows -> accuracy (N,), loss (N,), per-class accuracy (N, C),
     and ``metric/<name>`` (N,) for every registered metric."""
-    tp, support = rows[:, :num_classes], rows[:, num_classes:2 * num_classes]
+    tp, support = rows[:, :num_classes], rows[:, num_classes : 2 * num_classes]
     count = support.sum(1)
     out = {
         "acc": (tp.sum(1) / count).cpu(),
@@ -84,6 +105,7 @@ def summarize(rows: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     for m in metrics():  # (N,) per client from its summed statistics
         width = m.width(num_classes)
         out[f"metric/{m.name}"] = torch.as_tensor(
-            m.finish(rows[:, start:start + width]), dtype=torch.float64).cpu()
+            m.finish(rows[:, start : start + width]), dtype=torch.float64
+        ).cpu()
         start += width
     return out

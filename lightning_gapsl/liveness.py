@@ -31,16 +31,20 @@ KEY = "lgapsl/heartbeat/{rank}"
 LEFT = "lgapsl/left/{rank}"
 
 
-def silent_ranks(before: list[int], after: list[int], me: int,
-                 left: list[int] | None = None) -> list[int]:
+def silent_ranks(
+    before: list[int], after: list[int], me: int, left: list[int] | None = None
+) -> list[int]:
     """Ranks whose counter did not move between two readings.
 
     Never ``me``, nor a rank that said it is leaving (``left[r] > 0``: it noticed the
     fault itself and is exiting, so its heartbeat stops for a reason).
     """
     left = left or [0] * len(before)
-    return [r for r, (a, b) in enumerate(zip(before, after, strict=False))
-            if a == b and r != me and not left[r]]
+    return [
+        r
+        for r, (a, b) in enumerate(zip(before, after, strict=False))
+        if a == b and r != me and not left[r]
+    ]
 
 
 class Heartbeat:
@@ -69,6 +73,7 @@ class Heartbeat:
 
     def leaving(self) -> None:
         """Tell the others this rank exits on purpose (best effort: the store may be gone)."""
+
         def say() -> None:
             try:
                 self.store.add(LEFT.format(rank=self.rank), 1)
@@ -120,8 +125,14 @@ class Heartbeat:
         return silent_ranks(before, after, self.rank, left)
 
 
-def blame(me: int, peer: int | None, what: str, timeout_s: float, silent: list[int] | None,
-          store_host: int | None = 0) -> str:
+def blame(
+    me: int,
+    peer: int | None,
+    what: str,
+    timeout_s: float,
+    silent: list[int] | None,
+    store_host: int | None = 0,
+) -> str:
     """One line naming the rank(s) at fault, from a heartbeat check after a timeout.
 
     ``peer`` is the rank ``me`` waited for (None: a collective), ``silent`` the check's
@@ -130,8 +141,10 @@ def blame(me: int, peer: int | None, what: str, timeout_s: float, silent: list[i
     waited = f"rank {me} gave up on {what} after trainer.timeout_s={timeout_s:g}"
     if silent is None:
         if store_host is not None and store_host != me:
-            return (f"rank {store_host} stopped answering (no exchange, and the rendezvous "
-                    f"store it hosts is silent); {waited}")
+            return (
+                f"rank {store_host} stopped answering (no exchange, and the rendezvous "
+                f"store it hosts is silent); {waited}"
+            )
         return f"the rendezvous store stopped answering; {waited}"
     if silent:
         names = ", ".join(str(r) for r in silent)
@@ -139,5 +152,7 @@ def blame(me: int, peer: int | None, what: str, timeout_s: float, silent: list[i
         return f"{who} stopped answering (no heartbeat for {WINDOW_S:g} s); {waited}"
     if peer is None:
         return f"{waited}: every rank is alive but one did not take part (out of lockstep)"
-    return (f"rank {me} lost rank {peer} during {what} (timeout {timeout_s:g} s): rank {peer} "
-            "is alive but did not take part (ranks out of lockstep)")
+    return (
+        f"rank {me} lost rank {peer} during {what} (timeout {timeout_s:g} s): rank {peer} "
+        "is alive but did not take part (ranks out of lockstep)"
+    )

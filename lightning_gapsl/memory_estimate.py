@@ -56,9 +56,17 @@ class StepMemory:
         return self.parameters + self.activations
 
 
-def step_memory(client: nn.Module, server: nn.Module, input_shape: tuple[int, ...],
-                cut_shape: tuple[int, ...], hosted: int, num_clients: int, batch_size: int,
-                is_server: bool, optimizer: str) -> StepMemory:
+def step_memory(
+    client: nn.Module,
+    server: nn.Module,
+    input_shape: tuple[int, ...],
+    cut_shape: tuple[int, ...],
+    hosted: int,
+    num_clients: int,
+    batch_size: int,
+    is_server: bool,
+    optimizer: str,
+) -> StepMemory:
     """The lower bound for a rank hosting ``hosted`` clients (the server rank also runs
     the server segment on all ``num_clients`` clients' batches)."""
     copies = 2 + (2 if optimizer == "adam" else 1)  # weights, gradients, optimizer state
@@ -80,8 +88,17 @@ def rank_step_memory(cfg, data, layout) -> StepMemory:
     server = build_server_segment(m, ds.input_shape, ds.num_classes, m.cut_layer, cfg.seed)
     with torch.no_grad():
         cut = tuple(client(torch.zeros(1, *ds.input_shape)).shape[1:])
-    return step_memory(client, server, ds.input_shape, cut, len(layout.hosted),
-                       data.num_clients, data.batch_size, layout.is_server, cfg.optim.name)
+    return step_memory(
+        client,
+        server,
+        ds.input_shape,
+        cut,
+        len(layout.hosted),
+        data.num_clients,
+        data.batch_size,
+        layout.is_server,
+        cfg.optim.name,
+    )
 
 
 def check_fits(need: StepMemory, free_bytes: int, rank: int) -> None:
@@ -93,4 +110,5 @@ def check_fits(need: StepMemory, free_bytes: int, rank: int) -> None:
         f"({need.activations / GIB:.1f} GiB of activations, {need.parameters / GIB:.1f} GiB "
         f"of weights, gradients and optimizer state) but {free_bytes / GIB:.1f} GiB are free; "
         "lower data.batch_size, spread the clients over more processes (trainer.devices), "
-        "cut earlier (model.cut_layer) or use trainer.precision=bf16-mixed")
+        "cut earlier (model.cut_layer) or use trainer.precision=bf16-mixed"
+    )

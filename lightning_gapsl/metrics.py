@@ -86,5 +86,7 @@ def non_finite_message(loss: float, client_losses: torch.Tensor | None, step: in
     if client_losses is None:
         return f"training loss became {loss} at step {step} (centralized model)"
     bad = [c for c, v in enumerate(client_losses.tolist()) if not math.isfinite(v)]
-    return (f"training loss became {loss} at step {step}: client {bad[0] if bad else None} "
-            f"first (non-finite clients: {bad}); lower optim.lr or check the data")
+    return (
+        f"training loss became {loss} at step {step}: client {bad[0] if bad else None} "
+        f"first (non-finite clients: {bad}); lower optim.lr or check the data"
+    )

@@ -89,13 +89,17 @@ class SplitLearningModule(L.LightningModule):
     def _identity(self) -> dict[str, str]:
         """What a checkpoint must match to be resumed by this run (and all ranks must share)."""
         c = self.cfg
-        return {"algorithm": repr(c.algorithm),
-                "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
-                # How clients execute (loop/grouped) does not change what they compute.
-                "model": repr(dataclasses.replace(c.model, client_exec="")),
-                "optim": repr(c.optim), "defense": repr(c.defense), "seed": str(c.seed),
-                "participation": repr(c.participation),
-                "trainer.devices": str(c.trainer.devices)}
+        return {
+            "algorithm": repr(c.algorithm),
+            "data": repr(dataclasses.replace(c.data, eval_batch_size=0)),
+            # How clients execute (loop/grouped) does not change what they compute.
+            "model": repr(dataclasses.replace(c.model, client_exec="")),
+            "optim": repr(c.optim),
+            "defense": repr(c.defense),
+            "seed": str(c.seed),
+            "participation": repr(c.participation),
+            "trainer.devices": str(c.trainer.devices),
+        }
 
     def _fingerprint(self) -> int:
         return zlib.crc32(repr(self._identity()).encode())
@@ -110,10 +114,17 @@ class SplitLearningModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         ds, hosted = self.data.dataset, self.transport.layout.hosted
         indices = {c: self.data.client_indices[c] for c in hosted}
-        batches = ClientBatches(ds.train_x, ds.train_y, indices, self.data.batch_size,
-                                self.cfg.seed, self.state.total_steps,
-                                round_len=self.state.round_len, turns=self.state.turns,
-                                prepare=ds.prepare)
+        batches = ClientBatches(
+            ds.train_x,
+            ds.train_y,
+            indices,
+            self.data.batch_size,
+            self.cfg.seed,
+            self.state.total_steps,
+            round_len=self.state.round_len,
+            turns=self.state.turns,
+            prepare=ds.prepare,
+        )
         self._train_loader = StepLoader(batches, self.data.steps_per_epoch)
         return self._train_loader
 
@@ -155,21 +166,23 @@ class SplitLearningModule(L.LightningModule):
         x, y, step = batch  # (K, B, C, H, W), (K, B), global step number
         step, counter = int(step), self.transport.counter
         if self.data.augment:  # on x's device, seeded by (seed, client, step): any layout
-            x = augment_clients(x, self.transport.layout.hosted, step, self.cfg.seed,
-                                self.data.augment_fill)
+            x = augment_clients(
+                x, self.transport.layout.hosted, step, self.cfg.seed, self.data.augment_fill
+            )
         up0, down0 = counter.bytes_up, counter.bytes_down
         self.state.schedule = self._schedule.at(step, self.device, self._epoch_part)
         ran = self.state.active is None or bool(self.state.active.any())
         # Nobody delivering this step: nothing is computed, sent or stepped.
         out = self.method.train_step(self.state, self.transport, step, x, y) if ran else None
-        for key, value in (self.state.step_diagnostics.items() if ran else ()):
+        for key, value in self.state.step_diagnostics.items() if ran else ():
             self._epoch_diag.setdefault(key, []).append(value)
         if self.method.after_step is not None:
             self.method.after_step(self.state, self.transport, step)
         senders = self.state.active if ran else self.state.participants  # FedAvg traffic only
         if senders is None or bool(senders.any()):
-            self.sim_latency += self._step_latency(counter.bytes_up - up0,
-                                                   counter.bytes_down - down0, senders)
+            self.sim_latency += self._step_latency(
+                counter.bytes_up - up0, counter.bytes_down - down0, senders
+            )
         self._train_loader.next_step = step + 1
         if out is not None and out.loss is not None:
             if not math.isfinite(out.loss):
@@ -204,8 +217,10 @@ class SplitLearningModule(L.LightningModule):
         clients = self.state.clients
         self._identical = self._global_model() or (clients is not None and clients.all_equal())
         k, width = len(self.transport.layout.hosted), row_width(self.data.dataset.num_classes)
-        self._eval_rows = {s: torch.zeros(k, width, dtype=torch.float64, device=self.device)
-                           for s in self._eval_splits}
+        self._eval_rows = {
+            s: torch.zeros(k, width, dtype=torch.float64, device=self.device)
+            for s in self._eval_splits
+        }
 
     def _global_model(self) -> bool:
         global_model = self.method.global_model
@@ -217,8 +232,14 @@ class SplitLearningModule(L.LightningModule):
         x, y = batch
         x = self.data.dataset.prepare(x)  # (b, C, H, W): one bounded batch at a time
         self.state.eval_server.eval()
-        rows = evaluate_clients(self.state.clients, self.state.eval_server, x, y,
-                                self.data.dataset.num_classes, only_first=self._identical)
+        rows = evaluate_clients(
+            self.state.clients,
+            self.state.eval_server,
+            x,
+            y,
+            self.data.dataset.num_classes,
+            only_first=self._identical,
+        )
         split = self._eval_splits[dataloader_idx]
         self._eval_rows[split] += rows.expand(self._eval_rows[split].shape[0], -1)
 
@@ -228,7 +249,8 @@ class SplitLearningModule(L.LightningModule):
         classes = self.data.dataset.num_classes
         self._evaluated = {
             split: summarize(self.transport.all_gather_rows(rows), classes)  # (N, 2C + 1)
-            for split, rows in self._eval_rows.items()}
+            for split, rows in self._eval_rows.items()
+        }
         self._evaluated_epoch = self.current_epoch
 
     def diagnostic_names(self) -> list[str]:
@@ -248,18 +270,29 @@ class SplitLearningModule(L.LightningModule):
         steps, counter = self.data.steps_per_epoch, self.transport.counter
         evaluated = getattr(self, "_evaluated_epoch", -1) == self.current_epoch
         partial = self._schedule.draws is not None
-        self._record = epoch_record(EpochInputs(
-            epoch=self.current_epoch + 1, steps=(self.current_epoch + 1) * steps,
-            losses=self._epoch_losses, evaluated=self._evaluated if evaluated else {},
-            num_clients=self.data.num_clients, global_model=self._global_model(),
-            bytes_up=counter.bytes_up, bytes_down=counter.bytes_down,
-            sim_latency_s=self.sim_latency, wall_s=self.elapsed(),
-            train_s=self._last_batch_end - self._epoch_start,
-            samples=(self._epoch_part.samples if partial
-                     else steps * self.data.batch_size * self.data.num_clients),
-            diagnostics=self._epoch_diag,
-            participation=self._epoch_part.as_dict() if partial else None),
-            self.history[-1] if self.history else None)
+        self._record = epoch_record(
+            EpochInputs(
+                epoch=self.current_epoch + 1,
+                steps=(self.current_epoch + 1) * steps,
+                losses=self._epoch_losses,
+                evaluated=self._evaluated if evaluated else {},
+                num_clients=self.data.num_clients,
+                global_model=self._global_model(),
+                bytes_up=counter.bytes_up,
+                bytes_down=counter.bytes_down,
+                sim_latency_s=self.sim_latency,
+                wall_s=self.elapsed(),
+                train_s=self._last_batch_end - self._epoch_start,
+                samples=(
+                    self._epoch_part.samples
+                    if partial
+                    else steps * self.data.batch_size * self.data.num_clients
+                ),
+                diagnostics=self._epoch_diag,
+                participation=self._epoch_part.as_dict() if partial else None,
+            ),
+            self.history[-1] if self.history else None,
+        )
         return self._record
 
     def on_train_epoch_end(self) -> None:
@@ -294,7 +327,8 @@ class SplitLearningModule(L.LightningModule):
             if mine.get(key) != value:
                 raise CheckpointError(
                     f"checkpoint is from a different configuration: {key} was {value}, "
-                    f"this run has {mine.get(key)}")
+                    f"this run has {mine.get(key)}"
+                )
         if self.state is not None and self.state.loss_weights is not None:
             self._restore(state)
         else:

@@ -60,8 +60,14 @@ def plot_comparison(summaries: list[dict], labels: list[str], out_dir: Path) -> 
         for summary, label in zip(summaries, labels, strict=False):
             xs, ys = _curve(summary["history"], x_key)
             colour, marker = styles[label]
-            ax.plot(xs, ys, marker=marker, color=colour, alpha=0.8,
-                    label=None if label in seen else label)
+            ax.plot(
+                xs,
+                ys,
+                marker=marker,
+                color=colour,
+                alpha=0.8,
+                label=None if label in seen else label,
+            )
             seen.add(label)
         paths.append(_save(fig, ax, name, x_label, out_dir))
     return paths
@@ -83,8 +89,10 @@ def plot_tradeoff(summaries: dict[str, list[dict]], out_dir: Path, suffix: str =
             found = [s for s in found if s.get("test_acc_mean") is not None]
             if not found:
                 continue  # every seed crashed: the tables say so
-            xs = [(s["bytes_up"] + s["bytes_down"]) / 1e6 if x_key == "bytes_total" else s[x_key]
-                  for s in found]
+            xs = [
+                (s["bytes_up"] + s["bytes_down"]) / 1e6 if x_key == "bytes_total" else s[x_key]
+                for s in found
+            ]
             (x, dx), (y, dy) = _mean_std(xs), _mean_std([100 * s["test_acc_mean"] for s in found])
             colour, marker = _style(i)
             ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=marker, color=colour, capsize=3, label=method)
@@ -92,12 +100,16 @@ def plot_tradeoff(summaries: dict[str, list[dict]], out_dir: Path, suffix: str =
     return paths
 
 
-def plot_class_acc(method: str, summaries: list[dict], out_dir: Path, suffix: str = ""
-                   ) -> Path | None:
+def plot_class_acc(
+    method: str, summaries: list[dict], out_dir: Path, suffix: str = ""
+) -> Path | None:
     """Heat map of per-class test accuracy of every client (clients x classes), averaged
     over the runs that have ``client_class_acc``; None when none has it."""
-    grids = [np.array(s["client_class_acc"], dtype=float)  # (clients, classes); null -> nan
-             for s in summaries if s.get("client_class_acc")]
+    grids = [
+        np.array(s["client_class_acc"], dtype=float)  # (clients, classes); null -> nan
+        for s in summaries
+        if s.get("client_class_acc")
+    ]
     if not grids:
         return None
     with warnings.catch_warnings():  # a class no run saw stays nan (blank), not a warning
@@ -105,8 +117,7 @@ def plot_class_acc(method: str, summaries: list[dict], out_dir: Path, suffix: st
         acc = 100 * np.nanmean(np.stack(grids), axis=0)  # (clients, classes)
     clients, classes = acc.shape
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * classes, 1.5 + min(0.22 * clients, 14)))
-    image = ax.imshow(acc, vmin=0, vmax=100, cmap="viridis", aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(acc, vmin=0, vmax=100, cmap="viridis", aspect="auto", interpolation="nearest")
     ax.set_xlabel("class")
     ax.set_ylabel("client")
     ax.set_xticks(range(classes))

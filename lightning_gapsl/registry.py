@@ -55,10 +55,15 @@ class Registry:
         if not isinstance(name, str) or not name.isidentifier():
             raise RegistryError(f"a {self.kind} name must be an identifier, got {name!r}")
         held = self._entries.get(name)
-        if (not replace and held is not None and held is not entry
-                and _origin(held) != _origin(entry)):
-            raise RegistryError(f"{self.key}={name!r} is registered already (by "
-                                f"{_origin(held)}); pick another name")
+        if (
+            not replace
+            and held is not None
+            and held is not entry
+            and _origin(held) != _origin(entry)
+        ):
+            raise RegistryError(
+                f"{self.key}={name!r} is registered already (by {_origin(held)}); pick another name"
+            )
         self._entries[name] = entry
         return entry
 
@@ -69,9 +74,11 @@ class Registry:
     def get(self, name: str) -> Any:
         load_builtins()
         if name not in self._entries:
-            raise RegistryError(f"{self.key}={name!r} is not valid; choose one of: "
-                                f"{', '.join(self._entries)} (or register one from a "
-                                "module listed in plugins=[...])")
+            raise RegistryError(
+                f"{self.key}={name!r} is not valid; choose one of: "
+                f"{', '.join(self._entries)} (or register one from a "
+                "module listed in plugins=[...])"
+            )
         return self._entries[name]
 
     def names(self) -> tuple[str, ...]:
@@ -168,5 +175,7 @@ def import_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as err:
-            raise RegistryError(f"plugins: cannot import {name!r} ({err}); is its folder on "
-                                "PYTHONPATH or the package installed?") from None
+            raise RegistryError(
+                f"plugins: cannot import {name!r} ({err}); is its folder on "
+                "PYTHONPATH or the package installed?"
+            ) from None

@@ -41,29 +41,33 @@ class StepSchedule:
         self.round_steps = state.round_steps
         self.draws = participation_draws(method, state)
 
-    def at(self, step: int, device: torch.device, counts: Participation | None = None
-           ) -> Schedule:
+    def at(self, step: int, device: torch.device, counts: Participation | None = None) -> Schedule:
         """Step ``step``'s schedule (tensors on ``device``); adds the draw to ``counts``."""
         state = self.state
         if state.turns is not None:  # whole-epoch turns: whose turn it is
             active = state.turns.active(step)
         elif state.round_len is not None:  # local-pass rounds: who still has data
-            active = active_clients(step % state.round_len, state.data.client_sizes,
-                                    state.data.batch_size)
+            active = active_clients(
+                step % state.round_len, state.data.client_sizes, state.data.batch_size
+            )
         else:  # every client every step (participation may narrow it below)
             active = None
         participants = None
         if self.draws is not None:
             participants, active = self._take_part(step, active, counts)
         r = self.round_steps
-        return Schedule(step=step,
-                        active=None if active is None else active.to(device),
-                        participants=None if participants is None else participants.to(device),
-                        round_index=step // r, round_start=step % r == 0,
-                        round_end=(step + 1) % r == 0)
+        return Schedule(
+            step=step,
+            active=None if active is None else active.to(device),
+            participants=None if participants is None else participants.to(device),
+            round_index=step // r,
+            round_start=step % r == 0,
+            round_end=(step + 1) % r == 0,
+        )
 
-    def _take_part(self, step: int, active: torch.Tensor | None,
-                   counts: Participation | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _take_part(
+        self, step: int, active: torch.Tensor | None, counts: Participation | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(who delivers, who trains now) under partial participation, both (N,) bool."""
         part, dropped, late = self.draws.draw(step)  # (N,) bool each
         delivering = part & ~dropped & ~late
@@ -84,5 +88,12 @@ def participation_draws(method: Method, state: RankState) -> Draws | None:
         return None
     per = 1 if method.participation == "step" else state.round_steps
     times = draw_compute_seconds(method, state) if p.deadline_s else None
-    return Draws(state.cfg.seed, n, participant_count(n, p.fraction, p.clients), per,
-                 p.dropout, p.deadline_s, times)
+    return Draws(
+        state.cfg.seed,
+        n,
+        participant_count(n, p.fraction, p.clients),
+        per,
+        p.dropout,
+        p.deadline_s,
+        times,
+    )

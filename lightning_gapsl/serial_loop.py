@@ -46,13 +46,19 @@ def fedavg_(models: list[nn.Module], weights: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate(client: nn.Module, server: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch: int, prepare=lambda x: x) -> float:
+def evaluate(
+    client: nn.Module,
+    server: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    prepare=lambda x: x,
+) -> float:
     """Test accuracy of one client + server model (``prepare``: stored images -> inputs)."""
     correct = 0
     for i in range(0, len(y), batch):
-        logits = server(client(prepare(x[i:i + batch])))
-        correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+        logits = server(client(prepare(x[i : i + batch])))
+        correct += int((logits.argmax(-1) == y[i : i + batch]).sum())
     return correct / len(y)
 
 
@@ -70,9 +76,15 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
     server_opts = [make_optimizer(s.parameters(), cfg.optim) for s in servers]
     steps = data.steps_per_epoch
     round_steps = cfg.algorithm.round_steps or steps
-    batches = ClientBatches(ds.train_x, ds.train_y, dict(enumerate(data.client_indices)),
-                            data.batch_size, cfg.seed, steps * cfg.trainer.max_epochs,
-                            prepare=ds.prepare)
+    batches = ClientBatches(
+        ds.train_x,
+        ds.train_y,
+        dict(enumerate(data.client_indices)),
+        data.batch_size,
+        cfg.seed,
+        steps * cfg.trainer.max_epochs,
+        prepare=ds.prepare,
+    )
     loss_weights = client_loss_weights(data.client_sizes)  # (N,) the reported mean's weights
     history = []
     for epoch in range(cfg.trainer.max_epochs):
@@ -96,14 +108,24 @@ def serial_splitfed_v1(cfg: RunConfig, evaluate_every_round: bool = False) -> di
                 fedavg_(clients, data.client_sizes)
                 fedavg_(servers, data.client_sizes)
         train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-        acc = (evaluate(clients[0], servers[0], ds.test_x, ds.test_y, cfg.data.eval_batch_size,
-                        ds.prepare)
-               if evaluate_every_round else math.nan)
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                        "train_s": train_s, "train_cpu_s": train_cpu_s,
-                        "round_s": time.perf_counter() - start,
-                        "round_cpu_s": time.process_time() - cpu_start,
-                        "test_acc": acc})
+        acc = (
+            evaluate(
+                clients[0], servers[0], ds.test_x, ds.test_y, cfg.data.eval_batch_size, ds.prepare
+            )
+            if evaluate_every_round
+            else math.nan
+        )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": sum(losses) / len(losses),
+                "train_s": train_s,
+                "train_cpu_s": train_cpu_s,
+                "round_s": time.perf_counter() - start,
+                "round_cpu_s": time.process_time() - cpu_start,
+                "test_acc": acc,
+            }
+        )
     return {"num_clients": n, "steps_per_epoch": steps, "history": history}
 
 
@@ -131,14 +153,25 @@ def main() -> None:
 # one round = one epoch, 2 rounds (the second timed), one thread on both sides (CPU time
 # is then the work done; wall time on a shared machine swings with the load). Each side
 # is a fresh process.
-SERIAL_BENCH = ["data=mnist", "model=lenet", "data.num_clients=20", "data.batch_size=32",
-                "algorithm.rounds=lockstep",  # the plain loop steps every client every step
-                "trainer.max_epochs=2", "trainer.threads=1"]
+SERIAL_BENCH = [
+    "data=mnist",
+    "model=lenet",
+    "data.num_clients=20",
+    "data.batch_size=32",
+    "algorithm.rounds=lockstep",  # the plain loop steps every client every step
+    "trainer.max_epochs=2",
+    "trainer.threads=1",
+]
 
 
 def _loop_process(evaluation: bool) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "lightning_gapsl.serial_loop", *SERIAL_BENCH,
-           *(["--eval"] if evaluation else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.serial_loop",
+        *SERIAL_BENCH,
+        *(["--eval"] if evaluation else []),
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -150,9 +183,15 @@ def bench_serial(evaluation: bool = False) -> dict:
     """Project (sfl_v1, one process) vs this loop: per round (wall and CPU), whole process."""
     from lightning_gapsl.bench_scaling import run_point
 
-    project_common = ["algorithm=sfl_v1", *SERIAL_BENCH, "trainer.devices=1", "logger=none",
-                      "trainer.progress_bar=false", "trainer.ckpt_every=0",
-                      f"trainer.eval_every={1 if evaluation else 0}"]
+    project_common = [
+        "algorithm=sfl_v1",
+        *SERIAL_BENCH,
+        "trainer.devices=1",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.ckpt_every=0",
+        f"trainer.eval_every={1 if evaluation else 0}",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         project = run_point([], tmp, common=project_common)
     loop_wall, loop = _loop_process(evaluation)
@@ -167,22 +206,33 @@ def bench_serial(evaluation: bool = False) -> dict:
         l_wall, l_cpu = last["train_s"], last["train_cpu_s"]
     return {
         "evaluation": evaluation,
-        "round": {"project": {"wall_s": round(p_wall, 2), "cpu_s": round(p_cpu, 2)},
-                  "serial_loop": {"wall_s": round(l_wall, 2), "cpu_s": round(l_cpu, 2)}},
-        "process_wall_s": {"project": round(project["process_wall_s"], 2),
-                           "serial_loop": round(loop_wall, 2)},
-        "process_cpu_s": {"project": round(project["process_cpu_s"], 2),
-                          "serial_loop": round(loop["process_cpu_s"], 2)},
+        "round": {
+            "project": {"wall_s": round(p_wall, 2), "cpu_s": round(p_cpu, 2)},
+            "serial_loop": {"wall_s": round(l_wall, 2), "cpu_s": round(l_cpu, 2)},
+        },
+        "process_wall_s": {
+            "project": round(project["process_wall_s"], 2),
+            "serial_loop": round(loop_wall, 2),
+        },
+        "process_cpu_s": {
+            "project": round(project["process_cpu_s"], 2),
+            "serial_loop": round(loop["process_cpu_s"], 2),
+        },
         "project_vs_loop": {
             "per_round_wall": round(p_wall / l_wall, 3),
             "per_round_cpu": round(p_cpu / l_cpu, 3),
             "whole_process_wall": round(project["process_wall_s"] / loop_wall, 3),
-            "whole_process_cpu": round(project["process_cpu_s"] / loop["process_cpu_s"], 3)},
+            "whole_process_cpu": round(project["process_cpu_s"] / loop["process_cpu_s"], 3),
+        },
         # Whole process, each side in its own (ru_maxrss): imports, data, training.
-        "peak_rss_mib": {"project": round(project["peak_rss_mib"], 1),
-                         "serial_loop": round(loop["peak_rss_mib"], 1)},
-        "train_loss_last_round": {"project": project["train_loss"],
-                                  "serial_loop": last["train_loss"]},
+        "peak_rss_mib": {
+            "project": round(project["peak_rss_mib"], 1),
+            "serial_loop": round(loop["peak_rss_mib"], 1),
+        },
+        "train_loss_last_round": {
+            "project": project["train_loss"],
+            "serial_loop": last["train_loss"],
+        },
         "target_per_round": 1.0,
     }
 

@@ -94,9 +94,12 @@ rebind_lightning_handlers()
 
 # Lightning's advice for data-parallel training does not apply: our dataloader yields
 # whole per-step client batches by design, and there is no validation metric to sync.
-for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
-                ".*Checkpoint directory.*exists and is not empty.*",
-                r".*isinstance\(treespec, LeafSpec\).*"):
+for pattern in (
+    ".*does not have many workers.*",
+    ".*sync_dist=True.*",
+    ".*Checkpoint directory.*exists and is not empty.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+):
     warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -140,12 +143,16 @@ def check_data(cfg: RunConfig, data: FederatedData) -> None:
     ds = data.dataset
     blocks = num_cut_choices(cfg.model, ds.input_shape, ds.num_classes) + 1
     check_cut(cut_index(cfg.model, ds.input_shape, ds.num_classes), blocks)
-    for needs_images, key in ((cfg.data.augmented, "data.augment"),
-                              (cfg.privacy.mode != "off", "privacy")):
+    for needs_images, key in (
+        (cfg.data.augmented, "data.augment"),
+        (cfg.privacy.mode != "off", "privacy"),
+    ):
         if needs_images and not ds.is_image:
-            raise ConfigError(f"{key} works on images (C, H, W); data={cfg.data.name} has "
-                              f"samples of shape {ds.input_shape} (set {key}="
-                              f"{'false' if key == 'data.augment' else 'off'})")
+            raise ConfigError(
+                f"{key} works on images (C, H, W); data={cfg.data.name} has "
+                f"samples of shape {ds.input_shape} (set {key}="
+                f"{'false' if key == 'data.augment' else 'off'})"
+            )
     method = get_method(cfg.algorithm.name)
     if method.check_data is not None:
         method.check_data(cfg, data)

@@ -72,28 +72,58 @@ class Transport(Protocol):
     counter: CommCounter
     device: torch.device
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
-               active: torch.Tensor | None = None) -> list[torch.Tensor] | None: ...
+    def gather(
+        self,
+        step: int,
+        kind: str,
+        rows: list[torch.Tensor],
+        count: bool = True,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor] | None: ...
 
-    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None,
-                active: torch.Tensor | None = None) -> list[torch.Tensor]: ...
+    def scatter(
+        self,
+        step: int,
+        kind: str,
+        rows: list[torch.Tensor] | None,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]: ...
 
-    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None: ...
+    def to_server(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None: ...
 
-    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None: ...
+    def to_client(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None: ...
 
-    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
-                         rows: list[torch.Tensor] | None,
-                         counted_bytes: int) -> list[torch.Tensor] | None: ...
+    def client_to_client(
+        self,
+        step: int,
+        kind: str,
+        giver: int,
+        taker: int,
+        rows: list[torch.Tensor] | None,
+        counted_bytes: int,
+    ) -> list[torch.Tensor] | None: ...
 
     def broadcast_(self, tensor: torch.Tensor, count: bool = False) -> None: ...
 
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor: ...
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
-                        clients: int | None = None) -> None: ...
+    def all_reduce_sum_(
+        self, tensor: torch.Tensor, per_client_bytes: int = 0, clients: int | None = None
+    ) -> None: ...
 
     def check_agreement(self, fingerprint: int) -> None: ...
 
@@ -125,8 +155,14 @@ class LocalTransport:
         self.counter = CommCounter()
         self.device = device or torch.device("cpu")
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
-               active: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def gather(
+        self,
+        step: int,
+        kind: str,
+        rows: list[torch.Tensor],
+        count: bool = True,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """Clients' rows (K, ...) -> server gets every client's rows (N, ...).
 
         ``count=False`` for telemetry (per-client losses) that a real deployment would
@@ -136,29 +172,48 @@ class LocalTransport:
             self.counter.bytes_up += payload_bytes(rows, active)
         return rows
 
-    def scatter(self, step: int, kind: str, rows: list[torch.Tensor],
-                active: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def scatter(
+        self, step: int, kind: str, rows: list[torch.Tensor], active: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Server's rows (N, ...) -> each rank gets the rows of the clients it hosts."""
         self.counter.bytes_down += payload_bytes(rows, active)
         return rows
 
-    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None:
+    def to_server(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None:
         """One client's tensors to the server (sequential split learning)."""
         if count:
             self.counter.bytes_up += payload_bytes(rows)
         return rows
 
-    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None:
+    def to_client(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None:
         """The server's tensors to one client (returned on the rank hosting it)."""
         if count:
             self.counter.bytes_down += payload_bytes(rows)
         return rows
 
-    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
-                         rows: list[torch.Tensor] | None,
-                         counted_bytes: int) -> list[torch.Tensor] | None:
+    def client_to_client(
+        self,
+        step: int,
+        kind: str,
+        giver: int,
+        taker: int,
+        rows: list[torch.Tensor] | None,
+        counted_bytes: int,
+    ) -> list[torch.Tensor] | None:
         """One client's tensors to another (SL's travelling segment); ``counted_bytes``
         is what the method sends logically (a relay through the server is not doubled)."""
         _count_hand_off(self, counted_bytes)
@@ -174,8 +229,9 @@ class LocalTransport:
         """Per-client rows (K, M) from every rank -> (N, M) on every rank."""
         return rows
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
-                        clients: int | None = None) -> None:
+    def all_reduce_sum_(
+        self, tensor: torch.Tensor, per_client_bytes: int = 0, clients: int | None = None
+    ) -> None:
         """Sum ``tensor`` over all ranks, in place (one rank: nothing to add).
         ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
         _count_fedavg(self, per_client_bytes, clients)
@@ -203,8 +259,9 @@ class DistTransport:
         )
 
     # -- header -----------------------------------------------------------------
-    def _header(self, step: int, kind: str, rows: list[torch.Tensor], ids: list[int]
-                ) -> torch.Tensor:
+    def _header(
+        self, step: int, kind: str, rows: list[torch.Tensor], ids: list[int]
+    ) -> torch.Tensor:
         """Step, exchange, the clients the rows belong to, each tensor's dtype and shape."""
         if len(rows) > _MAX_TENSORS:
             raise TransportError(f"at most {_MAX_TENSORS} tensors per exchange, got {len(rows)}")
@@ -222,7 +279,9 @@ class DistTransport:
     ) -> list[tuple[torch.dtype, list[int]]]:
         h = header.tolist()
         if h[0] != _MAGIC:
-            raise TransportError(f"rank {self.layout.rank}: garbage header from rank {peer} ({kind})")
+            raise TransportError(
+                f"rank {self.layout.rank}: garbage header from rank {peer} ({kind})"
+            )
         first = expect_clients[0] if expect_clients else -1
         if h[1] != step or h[2] != kind_code(kind):
             raise TransportError(
@@ -244,8 +303,10 @@ class DistTransport:
     # -- point to point ---------------------------------------------------------
     def _run(self, ops: list[tuple[str, torch.Tensor, int]], what: str) -> None:
         """Post sends/receives, then wait for each, naming the peer that fails."""
-        p2p = [dist.P2POp(dist.isend if op == "send" else dist.irecv, t, peer, self.group)
-               for op, t, peer in ops]
+        p2p = [
+            dist.P2POp(dist.isend if op == "send" else dist.irecv, t, peer, self.group)
+            for op, t, peer in ops
+        ]
         watch = heartbeat()
         try:  # posting fails at once when a peer's connection is already closed
             works = dist.batch_isend_irecv(p2p) if p2p else []
@@ -257,8 +318,14 @@ class DistTransport:
             except RuntimeError as err:
                 raise _fault(watch, peer, what, self.timeout) from err
 
-    def gather(self, step: int, kind: str, rows: list[torch.Tensor], count: bool = True,
-               active: torch.Tensor | None = None) -> list[torch.Tensor] | None:
+    def gather(
+        self,
+        step: int,
+        kind: str,
+        rows: list[torch.Tensor],
+        count: bool = True,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor] | None:
         """Client ranks send their rows (K, ...); the server returns all rows (N, ...)."""
         what = f"'{kind}' gather at step {step}"
         if not self.layout.is_server:
@@ -277,8 +344,13 @@ class DistTransport:
             self.counter.bytes_up += payload_bytes(out, active)
         return out
 
-    def scatter(self, step: int, kind: str, rows: list[torch.Tensor] | None,
-                active: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def scatter(
+        self,
+        step: int,
+        kind: str,
+        rows: list[torch.Tensor] | None,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """The server sends each client rank the rows of its clients; they return them."""
         what = f"'{kind}' scatter at step {step}"
         if self.layout.is_server:
@@ -294,15 +366,18 @@ class DistTransport:
             return []
         return self._recv(SERVER_RANK, step, kind, self.layout.hosted, what)
 
-    def _send(self, peer: int, step: int, kind: str, rows: list[torch.Tensor],
-              ids: list[int], what: str) -> None:
+    def _send(
+        self, peer: int, step: int, kind: str, rows: list[torch.Tensor], ids: list[int], what: str
+    ) -> None:
         """Header (naming clients ``ids``), then the tensors, to one peer."""
         header = self._header(step, kind, rows, ids)
-        self._run([("send", header, peer)]
-                  + [("send", t.detach().contiguous(), peer) for t in rows], what)
+        self._run(
+            [("send", header, peer)] + [("send", t.detach().contiguous(), peer) for t in rows], what
+        )
 
-    def _recv(self, peer: int, step: int, kind: str, expect_clients: list[int],
-              what: str) -> list[torch.Tensor]:
+    def _recv(
+        self, peer: int, step: int, kind: str, expect_clients: list[int], what: str
+    ) -> list[torch.Tensor]:
         """The header from one peer, checked, then the tensors it announces."""
         header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
         self._run([("recv", header, peer)], what)
@@ -312,8 +387,14 @@ class DistTransport:
         return out
 
     # -- one client at a time (sequential split learning) -------------------------
-    def to_server(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None:
+    def to_server(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None:
         """The rank hosting ``client_id`` sends ``rows``; the server returns them."""
         owner = self.layout.rank_of(client_id)
         what = f"'{kind}' of client {client_id} at step {step}"
@@ -327,8 +408,14 @@ class DistTransport:
             self.counter.bytes_up += payload_bytes(out)
         return out
 
-    def to_client(self, step: int, kind: str, client_id: int, rows: list[torch.Tensor] | None,
-                  count: bool = True) -> list[torch.Tensor] | None:
+    def to_client(
+        self,
+        step: int,
+        kind: str,
+        client_id: int,
+        rows: list[torch.Tensor] | None,
+        count: bool = True,
+    ) -> list[torch.Tensor] | None:
         """The server sends ``rows`` to the rank hosting ``client_id``, which returns them."""
         owner = self.layout.rank_of(client_id)
         what = f"'{kind}' to client {client_id} at step {step}"
@@ -341,9 +428,15 @@ class DistTransport:
             return None
         return self._recv(SERVER_RANK, step, kind, [client_id], what)
 
-    def client_to_client(self, step: int, kind: str, giver: int, taker: int,
-                         rows: list[torch.Tensor] | None,
-                         counted_bytes: int) -> list[torch.Tensor] | None:
+    def client_to_client(
+        self,
+        step: int,
+        kind: str,
+        giver: int,
+        taker: int,
+        rows: list[torch.Tensor] | None,
+        counted_bytes: int,
+    ) -> list[torch.Tensor] | None:
         """``giver``'s rank sends ``rows``; ``taker``'s rank returns them (relayed through
         the server when the two clients live on different ranks)."""
         giver_rank, taker_rank = self.layout.rank_of(giver), self.layout.rank_of(taker)
@@ -357,8 +450,10 @@ class DistTransport:
     def broadcast_(self, tensor: torch.Tensor, count: bool = False) -> None:
         """Overwrite ``tensor`` on every rank with the server's copy; ``count``: a downlink
         broadcast every client receives, counted once (EPSL)."""
-        self._wait(dist.broadcast(tensor, src=SERVER_RANK, group=self.group, async_op=True),
-                   "broadcast from the server")
+        self._wait(
+            dist.broadcast(tensor, src=SERVER_RANK, group=self.group, async_op=True),
+            "broadcast from the server",
+        )
         if count and self.layout.is_server:
             self.counter.bytes_down += payload_bytes([tensor])
 
@@ -372,12 +467,15 @@ class DistTransport:
         self._wait(dist.all_gather(parts, padded, group=self.group, async_op=True), "all-gather")
         return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=False)])
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, per_client_bytes: int = 0,
-                        clients: int | None = None) -> None:
+    def all_reduce_sum_(
+        self, tensor: torch.Tensor, per_client_bytes: int = 0, clients: int | None = None
+    ) -> None:
         """Sum ``tensor`` over all ranks, in place (FedAvg's partial sums);
         ``per_client_bytes``: counted as a FedAvg round of that many bytes per client."""
-        self._wait(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
-                   "all-reduce")
+        self._wait(
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
+            "all-reduce",
+        )
         _count_fedavg(self, per_client_bytes, clients)
 
     def check_agreement(self, fingerprint: int) -> None:
@@ -444,8 +542,9 @@ def _work_peers(works: list, peers: list[int]) -> list[tuple[object, int | None]
     return [(work, only) for work in works]
 
 
-def _fault(watch: Heartbeat | None, peer: int | None, what: str,
-           timeout: timedelta) -> TransportError:
+def _fault(
+    watch: Heartbeat | None, peer: int | None, what: str, timeout: timedelta
+) -> TransportError:
     """The error for a failed wait, naming the rank that stopped answering.
 
     A peer that died closes its connections, and the wait fails at once; one that hangs

@@ -22,8 +22,17 @@ from pathlib import Path
 # method (the runner sets `algorithm=<method>` itself).
 RESERVED = ("algorithm=", "seed=", "data", "model", "trainer.max_epochs=", "trainer.eval_every=")
 # What the tables report per run, in this order.
-METRICS = ("val_acc_mean", "val_acc_min", "test_acc_mean", "test_acc_min", "bytes_up",
-           "bytes_down", "sim_latency_s", "train_loss_final", "wall_s")
+METRICS = (
+    "val_acc_mean",
+    "val_acc_min",
+    "test_acc_mean",
+    "test_acc_min",
+    "bytes_up",
+    "bytes_down",
+    "sim_latency_s",
+    "train_loss_final",
+    "wall_s",
+)
 
 
 class GridError(ValueError):
@@ -94,9 +103,13 @@ def check_grid(grid: Mapping[str, Mapping[str, Sequence[str]]]) -> int:
     return common
 
 
-def active_methods(grid: Mapping, optional: Sequence[str], registered: Sequence[str],
-                   algorithm_of: Mapping[str, str] | None = None,
-                   not_run: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+def active_methods(
+    grid: Mapping,
+    optional: Sequence[str],
+    registered: Sequence[str],
+    algorithm_of: Mapping[str, str] | None = None,
+    not_run: Mapping[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
     """Methods (table rows) to run and messages for the rows skipped: optional ones not
     registered yet, and ``not_run`` rows (row -> why the setting cannot run it, printed
     under the table so a missing row is never silent).
@@ -118,17 +131,22 @@ def active_methods(grid: Mapping, optional: Sequence[str], registered: Sequence[
         elif algorithm in registered:
             run.append(method)
         elif method in optional:
-            skipped.append(f"skipping {method}: algorithm={algorithm} is not registered yet "
-                           f"(registered: {', '.join(registered)})")
+            skipped.append(
+                f"skipping {method}: algorithm={algorithm} is not registered yet "
+                f"(registered: {', '.join(registered)})"
+            )
         else:
-            raise GridError(f"grid method {method} is not a registered algorithm "
-                            f"(registered: {', '.join(registered)}); mark it optional to skip "
-                            "it, or map it to one under algorithm_of")
+            raise GridError(
+                f"grid method {method} is not a registered algorithm "
+                f"(registered: {', '.join(registered)}); mark it optional to skip "
+                "it, or map it to one under algorithm_of"
+            )
     return run, skipped
 
 
-def failure_cause(summary: dict | None, returncode: int | None, log_lines: Sequence[str],
-                  num_classes: int) -> str | None:
+def failure_cause(
+    summary: dict | None, returncode: int | None, log_lines: Sequence[str], num_classes: int
+) -> str | None:
     """Why a run counts as failed, or None: a crash, or a final accuracy at chance.
 
     At chance means test_acc_mean below 1.5 / num_classes. The cause names a non-finite
@@ -145,8 +163,11 @@ def failure_cause(summary: dict | None, returncode: int | None, log_lines: Seque
         return "no final test accuracy in summary.json"
     if acc < chance:
         loss = summary.get("train_loss_final")
-        why = ("non-finite loss" if loss is None or not math.isfinite(loss)
-               else f"final train loss {loss:.3f}")
+        why = (
+            "non-finite loss"
+            if loss is None or not math.isfinite(loss)
+            else f"final train loss {loss:.3f}"
+        )
         return f"at chance: test acc {acc:.3f} < {chance:.3f}; {why}"
     return None
 
@@ -167,14 +188,18 @@ def select(points: Sequence[Run]) -> tuple[Run | None, str]:
 
         def key(r: Run) -> tuple:
             val, val_min = r.get("val_acc_mean"), r.get("val_acc_min")
-            return (r.cause is None, -math.inf if val is None else val,
-                    -math.inf if val_min is None else val_min)
+            return (
+                r.cause is None,
+                -math.inf if val is None else val,
+                -math.inf if val_min is None else val_min,
+            )
     else:
         criterion = "train_loss_final (no validation numbers in these summaries)"
 
         def key(r: Run) -> tuple:
             loss = r.get("train_loss_final")
             return (r.cause is None, -loss if loss is not None else -math.inf)
+
     return max(finished, key=key), criterion  # max keeps the first of equals: grid order
 
 
@@ -189,14 +214,20 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
     """Mean and std over seeds, with failed seeds included and, separately, without."""
-    row = {"method": method, "chosen": chosen, "point": chosen.point,
-           "overrides": " ".join(chosen.overrides), "seeds": len(runs),
-           "ok": sum(r.status == "ok" for r in runs),
-           "failed": [f"seed {r.seed}: {r.cause}" for r in runs if r.status != "ok"]}
+    row = {
+        "method": method,
+        "chosen": chosen,
+        "point": chosen.point,
+        "overrides": " ".join(chosen.overrides),
+        "seeds": len(runs),
+        "ok": sum(r.status == "ok" for r in runs),
+        "failed": [f"seed {r.seed}: {r.cause}" for r in runs if r.status != "ok"],
+    }
     for m in METRICS[:-2]:
         row[m] = _mean_std([r.get(m) for r in runs if r.get(m) is not None])
-        row[m + "_ok"] = _mean_std([r.get(m) for r in runs
-                                    if r.status == "ok" and r.get(m) is not None])
+        row[m + "_ok"] = _mean_std(
+            [r.get(m) for r in runs if r.status == "ok" and r.get(m) is not None]
+        )
     return row
 
 
@@ -210,8 +241,10 @@ def top_by_val(rows: Sequence[dict], k: int, references: Sequence[str] = ()) -> 
     rows = [row for row in rows if row["method"] not in references]
     lacking = [row["method"] for row in rows if row["val_acc_mean"][0] is None]
     if lacking:
-        raise GridError(f"no validation accuracy for {', '.join(lacking)}: name the methods "
-                        "for the longer budget with experiment.long_methods=[...]")
+        raise GridError(
+            f"no validation accuracy for {', '.join(lacking)}: name the methods "
+            "for the longer budget with experiment.long_methods=[...]"
+        )
     picked, seen = [], set()
     for row in sorted(rows, key=lambda r: -r["val_acc_mean"][0]):
         numbers = (row["val_acc_mean"], row.get("val_acc_min"))
@@ -249,12 +282,15 @@ def header(title: str, command: str, notes: Sequence[str]) -> list[str]:
     return [f"### {title}", "", f"Command: `{command}`", "", *[f"{n}  " for n in notes], ""]
 
 
-def tuning_markdown(runs: Sequence[Run], chosen: Mapping[str, Run], title: str, command: str,
-                    notes: Sequence[str]) -> str:
+def tuning_markdown(
+    runs: Sequence[Run], chosen: Mapping[str, Run], title: str, command: str, notes: Sequence[str]
+) -> str:
     """Every grid point: validation and test numbers, cost, status; the choice marked."""
     lines = header(title, command, notes) + [
-        ("| method | point | chosen | val mean | val min | test mean | test min | MB up | MB down "
-        "| sim latency s | wall s | CPU s | status | overrides |"),
+        (
+            "| method | point | chosen | val mean | val min | test mean | test min | MB up | MB down "
+            "| sim latency s | wall s | CPU s | status | overrides |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -265,24 +301,29 @@ def tuning_markdown(runs: Sequence[Run], chosen: Mapping[str, Run], title: str, 
             f"| {r.method} | {r.point} | {mark} | {' | '.join(pct)} "
             f"| {_mb(r.get('bytes_up'))} | {_mb(r.get('bytes_down'))} "
             f"| {_num(r.get('sim_latency_s'))} | {_num(r.wall_s, 1, '.0f')} "
-            f"| {_num(r.cpu_s, 1, '.0f')} | {status} | `{' '.join(r.overrides)}` |")
+            f"| {_num(r.cpu_s, 1, '.0f')} | {status} | `{' '.join(r.overrides)}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def results_markdown(rows: Sequence[dict], title: str, command: str, notes: Sequence[str]) -> str:
     """One row per method at its chosen point; failed seeds flagged (†) and listed."""
     lines = header(title, command, notes) + [
-        ("| method | chosen point | seeds ok | test mean | test worst | val mean | val worst "
-        "| MB up | MB down | sim latency s | overrides |"),
+        (
+            "| method | chosen point | seeds ok | test mean | test worst | val mean | val worst "
+            "| MB up | MB down | sim latency s | overrides |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        accs = " | ".join(_acc(row, m) for m in
-                          ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min"))
+        accs = " | ".join(
+            _acc(row, m) for m in ("test_acc_mean", "test_acc_min", "val_acc_mean", "val_acc_min")
+        )
         lines.append(
             f"| {row['method']} | {row['point']} | {row['ok']}/{row['seeds']} | {accs} "
             f"| {_mb(row['bytes_up'][0])} | {_mb(row['bytes_down'][0])} "
-            f"| {_num(row['sim_latency_s'][0])} | `{row['overrides']}` |")
+            f"| {_num(row['sim_latency_s'][0])} | `{row['overrides']}` |"
+        )
     failed = [(row["method"], f) for row in rows for f in row["failed"]]
     if failed:
         lines += ["", "† Failed seeds (included in the first number, excluded in the second):", ""]
@@ -293,15 +334,22 @@ def results_markdown(rows: Sequence[dict], title: str, command: str, notes: Sequ
 def cost_markdown(runs: Sequence[Run], methods: Sequence[str]) -> str:
     """Seconds spent per method: the sum of its runs' wall_s (training and evaluation),
     and of their processes' wall and CPU seconds (start-up and data loading included)."""
-    lines = ["", "| method | runs | wall s (sum of wall_s) | process wall s | process CPU s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "| method | runs | wall s (sum of wall_s) | process wall s | process CPU s |",
+        "|---|---|---|---|---|",
+    ]
     for method in [*methods, None]:
         mine = [r for r in runs if method is None or r.method == method]
-        proc, cpu = ([getattr(r, key) for r in mine if getattr(r, key) is not None]
-                     for key in ("proc_wall_s", "cpu_s"))  # None: runs made before run.json
-        lines.append(f"| {method or '**total**'} | {len(mine)} | {sum(r.wall_s for r in mine):.0f} "
-                     f"| {_num(sum(proc) if proc else None, 1, '.0f')} "
-                     f"| {_num(sum(cpu) if cpu else None, 1, '.0f')} |")
+        proc, cpu = (
+            [getattr(r, key) for r in mine if getattr(r, key) is not None]
+            for key in ("proc_wall_s", "cpu_s")
+        )  # None: runs made before run.json
+        lines.append(
+            f"| {method or '**total**'} | {len(mine)} | {sum(r.wall_s for r in mine):.0f} "
+            f"| {_num(sum(proc) if proc else None, 1, '.0f')} "
+            f"| {_num(sum(cpu) if cpu else None, 1, '.0f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -315,11 +363,19 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
 def run_row(r: Run, chosen: Mapping[str, Run]) -> dict:
     """One CSV row per run (tuning.csv, runs.csv)."""
     mine = chosen.get(r.method)
-    return {"method": r.method, "point": r.point, "seed": r.seed,
-            "stages": "+".join(sorted(r.stages)),
-            "chosen": mine is not None and mine.point == r.point,
-            "status": r.status, "cause": r.cause or "", **{m: r.get(m) for m in METRICS[:-1]},
-            "wall_s": r.wall_s, "cpu_s": r.cpu_s, "overrides": " ".join(r.overrides)}
+    return {
+        "method": r.method,
+        "point": r.point,
+        "seed": r.seed,
+        "stages": "+".join(sorted(r.stages)),
+        "chosen": mine is not None and mine.point == r.point,
+        "status": r.status,
+        "cause": r.cause or "",
+        **{m: r.get(m) for m in METRICS[:-1]},
+        "wall_s": r.wall_s,
+        "cpu_s": r.cpu_s,
+        "overrides": " ".join(r.overrides),
+    }
 
 
 def stats_row(row: dict) -> dict:

@@ -47,12 +47,25 @@ def reference_regime_choices(tuning_csv: Path) -> dict[str, tuning.Run]:
             overrides = row["overrides"].split()
             if "tune" not in row["stages"] or changes_regime(overrides):
                 continue
-            summary = None if row["status"] in ("crashed", "missing") else {
-                key: float(row[key]) for key in ("val_acc_mean", "val_acc_min",
-                                                 "train_loss_final") if row[key]}
-            points.setdefault(row["method"], []).append(tuning.Run(
-                row["method"], row["point"], int(row["seed"]), overrides, summary=summary,
-                cause=row["cause"] or None))
+            summary = (
+                None
+                if row["status"] in ("crashed", "missing")
+                else {
+                    key: float(row[key])
+                    for key in ("val_acc_mean", "val_acc_min", "train_loss_final")
+                    if row[key]
+                }
+            )
+            points.setdefault(row["method"], []).append(
+                tuning.Run(
+                    row["method"],
+                    row["point"],
+                    int(row["seed"]),
+                    overrides,
+                    summary=summary,
+                    cause=row["cause"] or None,
+                )
+            )
     return {method: tuning.select(runs)[0] for method, runs in points.items()}
 
 
@@ -62,7 +75,7 @@ def optim_entry(overrides: list[str]) -> dict:
     entry = yaml.safe_load((CONF / "optim" / f"{name}.yaml").read_text())
     for o in overrides:
         if o.startswith("optim."):
-            key, value = o[len("optim."):].split("=", 1)
+            key, value = o[len("optim.") :].split("=", 1)
             entry[key] = yaml.safe_load(value)
     return entry
 
@@ -73,21 +86,24 @@ def apply(method: str, overrides: list[str], point: str, source: str, note: str 
     for o in overrides:
         if not o.startswith("algorithm."):
             continue
-        key, value = o[len("algorithm."):].split("=", 1)
+        key, value = o[len("algorithm.") :].split("=", 1)
         text, count = re.subn(rf"(?m)^{re.escape(key)}: .*$", f"{key}: {value}", text)
         if count != 1:
             raise SystemExit(f"{path}: no single line '{key}: ...' to set from {o}")
     path.write_text(text)
     entry = optim_entry(overrides)
-    line = (f'TUNED_OPTIM = OptimConfig("{entry["name"]}", lr={entry["lr"]}, '
-            f'momentum={entry["momentum"]}, weight_decay={entry["weight_decay"]})')
-    comment = ("# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:\n"
-               f"# chosen by the tuning grid on validation, point {point} of\n# {source}.\n"
-               + (f"# {note}\n" if note else ""))
+    line = (
+        f'TUNED_OPTIM = OptimConfig("{entry["name"]}", lr={entry["lr"]}, '
+        f"momentum={entry['momentum']}, weight_decay={entry['weight_decay']})"
+    )
+    comment = (
+        "# The optimizer this method runs with unless optim=sgd|adam or optim.* is given:\n"
+        f"# chosen by the tuning grid on validation, point {point} of\n# {source}.\n"
+        + (f"# {note}\n" if note else "")
+    )
     module = ROOT / "lightning_gapsl" / "methods" / f"{method}.py"
     block = r"(?m)^# The optimizer this method runs with.*\n(?:#.*\n)*TUNED_OPTIM = .*$"
-    code, count = re.subn(block,
-                          (comment + line).replace("\\", "\\\\"), module.read_text())
+    code, count = re.subn(block, (comment + line).replace("\\", "\\\\"), module.read_text())
     if count != 1:
         raise SystemExit(f"{module}: no TUNED_OPTIM to replace")
     module.write_text(code)
@@ -104,8 +120,10 @@ def main(chosen_path: str) -> None:
         if changes_regime(overrides):
             if reference is None:
                 reference = reference_regime_choices(Path(chosen_path).parent / "tuning.csv")
-            note = (f"The best point of the reference regime; the grid chose {point},\n"
-                    "# which changes the regime (README, tuned comparison).")
+            note = (
+                f"The best point of the reference regime; the grid chose {point},\n"
+                "# which changes the regime (README, tuned comparison)."
+            )
             point, overrides = reference[method].point, reference[method].overrides
         apply(method, list(overrides), point, source, note)
 

@@ -41,19 +41,24 @@ def cell(runs: list[dict], key: str) -> str:
 
 def main(before: str, after: str) -> None:
     old, new = load(before), load_summaries(after)
-    print("| method | test mean before | test mean after | worst client before | "
-          "worst client after | val mean after | MB up+down after |")
+    print(
+        "| method | test mean before | test mean after | worst client before | "
+        "worst client after | val mean after | MB up+down after |"
+    )
     print("|---|---|---|---|---|---|---|")
     for method in dict.fromkeys([*old, *new]):
         # `<method>_<option>` variants (e.g. sl_batch_turns) share <method>'s "before".
         base = next((m for m in old if method.startswith(m + "_")), method)
         b, a = old.get(base, []), new.get(method, [])
         mb = [(float(r["bytes_up"]) + float(r["bytes_down"])) / 1e6 for r in a]
-        print(f"| {method} | {cell(b, 'test_acc_mean')} | {cell(a, 'test_acc_mean')} "
-              f"| {cell(b, 'test_acc_min')} | {cell(a, 'test_acc_min')} "
-              f"| {cell(a, 'val_acc_mean')} | {statistics.mean(mb):.0f} |" if mb else
-              f"| {method} | {cell(b, 'test_acc_mean')} | n/a | {cell(b, 'test_acc_min')} "
-              f"| n/a | n/a | n/a |")
+        print(
+            f"| {method} | {cell(b, 'test_acc_mean')} | {cell(a, 'test_acc_mean')} "
+            f"| {cell(b, 'test_acc_min')} | {cell(a, 'test_acc_min')} "
+            f"| {cell(a, 'val_acc_mean')} | {statistics.mean(mb):.0f} |"
+            if mb
+            else f"| {method} | {cell(b, 'test_acc_mean')} | n/a | {cell(b, 'test_acc_min')} "
+            f"| n/a | n/a | n/a |"
+        )
 
 
 if __name__ == "__main__":

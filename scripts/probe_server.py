@@ -33,9 +33,13 @@ class ServerProbe(L.Callback):
         pooled = x.flatten(0, 1)  # (K*B, C, H, W)
         server, clients = module.state.server, module.state.clients
         live = []
-        hooks = [m.register_forward_hook(
-            lambda _m, _i, out: live.append((out > 0).flatten(1).any(0).float().mean().item()))
-            for m in server.modules() if isinstance(m, torch.nn.ReLU)]
+        hooks = [
+            m.register_forward_hook(
+                lambda _m, _i, out: live.append((out > 0).flatten(1).any(0).float().mean().item())
+            )
+            for m in server.modules()
+            if isinstance(m, torch.nn.ReLU)
+        ]
         with torch.no_grad():
             logits = server(clients.forward_one(0, pooled))  # (K*B, classes)
         for hook in hooks:
@@ -44,17 +48,21 @@ class ServerProbe(L.Callback):
         predicted = logits.argmax(-1)
         acc = (predicted == y.flatten()).float().mean().item()
         counts = torch.bincount(predicted, minlength=logits.shape[-1]).tolist()
-        print(f"step {step:4d}  server norm {norm:6.1f}  live units "
-              f"{' '.join(f'{f:.2f}' for f in live)}  acc {acc:.3f}  predicted {counts}",
-              flush=True)
+        print(
+            f"step {step:4d}  server norm {norm:6.1f}  live units "
+            f"{' '.join(f'{f:.2f}' for f in live)}  acc {acc:.3f}  predicted {counts}",
+            flush=True,
+        )
 
 
 def main() -> None:
     if len(sys.argv) < 2 or not sys.argv[1].isdigit():
         sys.exit("usage: python scripts/probe_server.py STEPS OVERRIDE...")
     torch.set_num_threads(1)
-    cfg = compose(sys.argv[2:] + ["logger=none", "trainer.ckpt_every=0", "trainer.devices=1"],
-                  tempfile.mkdtemp(prefix="probe_server_"))
+    cfg = compose(
+        sys.argv[2:] + ["logger=none", "trainer.ckpt_every=0", "trainer.devices=1"],
+        tempfile.mkdtemp(prefix="probe_server_"),
+    )
     if cfg.algorithm.name in ("sfl_v1", "centralized", "fedavg"):
         sys.exit(f"algorithm={cfg.algorithm.name}: the probe needs one server segment")
     try:

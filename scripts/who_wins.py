@@ -24,8 +24,10 @@ def num_classes(summary: dict, path: Path) -> int:
     """Classes of the run's data: the width of its per-client, per-class accuracy map."""
     class_acc = summary.get("client_class_acc")
     if not class_acc:
-        raise SystemExit(f"{path}: no client_class_acc, so the chance level (1.5 / classes) "
-                         "that marks a failed seed is unknown")
+        raise SystemExit(
+            f"{path}: no client_class_acc, so the chance level (1.5 / classes) "
+            "that marks a failed seed is unknown"
+        )
     return len(class_acc[0])
 
 
@@ -39,8 +41,11 @@ def load(out_dir: Path, suffix: str) -> dict[str, dict[int, dict]]:
             seed = int(path.parent.name.removeprefix("seed").removesuffix(suffix))
             failed = failure_cause(summary, 0, [], num_classes(summary, path))  # the tables' rule
             runs.setdefault(method, {})[seed] = {
-                "point": point, "test_acc_mean": summary["test_acc_mean"],
-                "test_acc_min": summary["test_acc_min"], "status": "failed" if failed else "ok"}
+                "point": point,
+                "test_acc_mean": summary["test_acc_mean"],
+                "test_acc_min": summary["test_acc_min"],
+                "status": "failed" if failed else "ok",
+            }
     return runs
 
 
@@ -57,26 +62,34 @@ def main() -> None:
     runs = load(args.out_dir, "_e10" if args.long else "")
     if not runs:
         raise SystemExit(f"{args.out_dir}: no final runs of the chosen points")
-    means = {m: statistics.mean(float(r["test_acc_mean"]) for r in seeds.values())
-             for m, seeds in runs.items()}
+    means = {
+        m: statistics.mean(float(r["test_acc_mean"]) for r in seeds.values())
+        for m, seeds in runs.items()
+    }
     order = sorted((m for m in runs if m != "centralized"), key=lambda m: -means[m])
     for rank, method in enumerate(order, 1):
         seeds = runs[method]
         failed = [s for s, r in seeds.items() if r["status"] != "ok"]
-        print(f"{rank:2d}. {method:12s} test {pct([float(r['test_acc_mean']) for r in seeds.values()])}"
-              f"  worst {pct([float(r['test_acc_min']) for r in seeds.values()])}"
-              f"  point {next(iter(seeds.values()))['point']}"
-              + (f"  FAILED seeds {failed}" if failed else ""))
+        print(
+            f"{rank:2d}. {method:12s} test {pct([float(r['test_acc_mean']) for r in seeds.values()])}"
+            f"  worst {pct([float(r['test_acc_min']) for r in seeds.values()])}"
+            f"  point {next(iter(seeds.values()))['point']}"
+            + (f"  FAILED seeds {failed}" if failed else "")
+        )
     if "centralized" in runs:
-        print(f"    centralized  test {pct([float(r['test_acc_mean']) for r in runs['centralized'].values()])}")
+        print(
+            f"    centralized  test {pct([float(r['test_acc_mean']) for r in runs['centralized'].values()])}"
+        )
     if "gapsl" in runs:
         gapsl = runs["gapsl"]
         for other in order[:4]:
             if other == "gapsl":
                 continue
             common = sorted(set(gapsl) & set(runs[other]))
-            diffs = [100 * (float(gapsl[s]["test_acc_mean"]) - float(runs[other][s]["test_acc_mean"]))
-                     for s in common]
+            diffs = [
+                100 * (float(gapsl[s]["test_acc_mean"]) - float(runs[other][s]["test_acc_mean"]))
+                for s in common
+            ]
             print(f"gapsl - {other}: per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
 
 

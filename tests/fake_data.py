@@ -31,8 +31,12 @@ def write_cifar10(root: Path, rows: int = 8, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = rng.integers(0, 10, size=rows)
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                 b"data": _images(rng, labels, 10), b"filenames": [b"x.png"] * rows}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": _images(rng, labels, 10),
+            b"filenames": [b"x.png"] * rows,
+        }
         with (folder / name).open("wb") as f:
             pickle.dump(batch, f)
     return folder
@@ -45,9 +49,13 @@ def write_cifar100(root: Path, train: int = 40, test: int = 10, seed: int = 0) -
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         fine = rng.integers(0, 100, size=rows)
-        batch = {b"filenames": [b"x.png"] * rows, b"batch_label": name.encode(),
-                 b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(),
-                 b"data": _images(rng, fine, 100)}
+        batch = {
+            b"filenames": [b"x.png"] * rows,
+            b"batch_label": name.encode(),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": _images(rng, fine, 100),
+        }
         with (folder / name).open("wb") as f:
             pickle.dump(batch, f)
     return folder
@@ -55,12 +63,21 @@ def write_cifar100(root: Path, train: int = 40, test: int = 10, seed: int = 0) -
 
 def leaf_blob(users: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """LEAF's JSON object for ``{user: (x (n, d), y (n,))}``."""
-    return {"users": list(users), "num_samples": [len(y) for _, y in users.values()],
-            "user_data": {u: {"x": x.tolist(), "y": y.tolist()} for u, (x, y) in users.items()}}
+    return {
+        "users": list(users),
+        "num_samples": [len(y) for _, y in users.values()],
+        "user_data": {u: {"x": x.tolist(), "y": y.tolist()} for u, (x, y) in users.items()},
+    }
 
 
-def write_leaf(root: Path, users: int = 6, per_user: tuple[int, int] = (6, 14),
-               classes: int = 62, files: int = 2, seed: int = 0) -> dict[str, list[int]]:
+def write_leaf(
+    root: Path,
+    users: int = 6,
+    per_user: tuple[int, int] = (6, 14),
+    classes: int = 62,
+    files: int = 2,
+    seed: int = 0,
+) -> dict[str, list[int]]:
     """A FEMNIST-like LEAF folder: ``users`` writers over ``files`` train and test files.
 
     Returns ``{"train_sizes": [...], "test_sizes": [...]}`` in user order.
@@ -79,5 +96,6 @@ def write_leaf(root: Path, users: int = 6, per_user: tuple[int, int] = (6, 14),
                 blob[names[u]] = (x.round(4), y)
                 sizes[f"{part}_sizes"].append(n)
             (root / part / f"all_data_{f}_niid_0_keep_0_{part}_9.json").write_text(
-                json.dumps(leaf_blob(blob)))
+                json.dumps(leaf_blob(blob))
+            )
     return sizes

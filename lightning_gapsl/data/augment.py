@@ -22,8 +22,9 @@ from lightning_gapsl.seeding import generator
 PAD = 4  # pixels of padding before the random crop (the CIFAR standard)
 
 
-def draw_params(seed: int, client_id: int, step: int, batch: int, pad: int = PAD
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_params(
+    seed: int, client_id: int, step: int, batch: int, pad: int = PAD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop offsets ``(batch, 2)`` in ``0..2*pad`` (row, column) and flips ``(batch,)`` bool
     for client ``client_id``'s batch at global ``step``; CPU tensors."""
     gen = generator(seed, "augment", client_id, step)
@@ -32,8 +33,13 @@ def draw_params(seed: int, client_id: int, step: int, batch: int, pad: int = PAD
     return offsets, flips
 
 
-def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int,
-              fill: torch.Tensor | None = None) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    pad: int,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pad each image by ``pad`` with ``fill``, crop it back to (H, W) at ``offsets``, flip.
 
     x: (n, C, H, W); offsets: (n, 2) int, top-left corner of the crop in the padded image
@@ -45,7 +51,7 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
     dev = x.device
     padded = x.new_empty((n, c, h + 2 * pad, w + 2 * pad))  # (n, C, H + 2p, W + 2p)
     padded[:] = 0 if fill is None else fill.to(dev, x.dtype).view(1, c, 1, 1)
-    padded[:, :, pad:pad + h, pad:pad + w] = x
+    padded[:, :, pad : pad + h, pad : pad + w] = x
     offsets, flips = offsets.to(dev), flips.to(dev)
     cols = torch.arange(w, device=dev)  # (W,)
     cols = torch.where(flips[:, None], w - 1 - cols, cols) + offsets[:, 1:2]  # (n, W)
@@ -55,8 +61,14 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
     return out.permute(0, 3, 1, 2).contiguous()  # (n, C, H, W)
 
 
-def augment_clients(x: torch.Tensor, client_ids: list[int], step: int, seed: int,
-                    fill: torch.Tensor | None = None, pad: int = PAD) -> torch.Tensor:
+def augment_clients(
+    x: torch.Tensor,
+    client_ids: list[int],
+    step: int,
+    seed: int,
+    fill: torch.Tensor | None = None,
+    pad: int = PAD,
+) -> torch.Tensor:
     """Augment a rank's stacked batch: x (K, B, C, H, W) of clients ``client_ids`` (K of
     them, in row order) at global ``step``; returns the augmented (K, B, C, H, W)."""
     k, b = x.shape[:2]

@@ -48,23 +48,45 @@ def load_dataset(
     """
     _check_max("data.max_train", max_train)
     _check_max("data.max_test", max_test)
-    split = builtin_split(name, root=root, seed=seed, shape=synthetic_shape,
-                          classes=synthetic_classes, num_train=synthetic_train,
-                          num_test=synthetic_test, max_train=max_train, max_test=max_test,
-                          label_kind=label_kind)
+    split = builtin_split(
+        name,
+        root=root,
+        seed=seed,
+        shape=synthetic_shape,
+        classes=synthetic_classes,
+        num_train=synthetic_train,
+        num_test=synthetic_test,
+        max_train=max_train,
+        max_test=max_test,
+        label_kind=label_kind,
+    )
     # The loaders build fresh tensors, so the carve may reuse their memory.
-    return carve_validation(_truncate(split, max_train, max_test), val_fraction, seed,
-                            in_place=True)
+    return carve_validation(
+        _truncate(split, max_train, max_test), val_fraction, seed, in_place=True
+    )
 
 
-def builtin_split(name: str, *, root: str | None, seed: int, shape: tuple[int, ...],
-                  classes: int, num_train: int, num_test: int, max_train: int | None,
-                  max_test: int | None, label_kind: str) -> DatasetSplit:
+def builtin_split(
+    name: str,
+    *,
+    root: str | None,
+    seed: int,
+    shape: tuple[int, ...],
+    classes: int,
+    num_train: int,
+    num_test: int,
+    max_train: int | None,
+    max_test: int | None,
+    label_kind: str,
+) -> DatasetSplit:
     """Built-in data set ``name`` as loaded, before truncation and the validation carve
     (mnist and fmnist truncate while reading; `_truncate` is then a no-op)."""
     if name in ("mnist", "fmnist"):
-        return (load_mnist(max_train, max_test) if name == "mnist"
-                else load_fmnist(root, max_train, max_test))
+        return (
+            load_mnist(max_train, max_test)
+            if name == "mnist"
+            else load_fmnist(root, max_train, max_test)
+        )
     if name == "digits":
         return _load_digits()
     if name == "synthetic":

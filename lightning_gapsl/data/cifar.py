@@ -34,19 +34,30 @@ CIFAR100_FILES = ("train", "test")
 LABEL_KINDS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses
 
 _SPEC = {  # name -> (folder name, files, label key(s) by kind, classes by kind, stats)
-    "cifar10": ("cifar-10-batches-py", CIFAR10_FILES, {"fine": b"labels"}, {"fine": 10},
-                (CIFAR10_MEAN, CIFAR10_STD)),
-    "cifar100": ("cifar-100-python", CIFAR100_FILES,
-                 {"fine": b"fine_labels", "coarse": b"coarse_labels"},
-                 {"fine": 100, "coarse": 20}, (CIFAR100_MEAN, CIFAR100_STD)),
+    "cifar10": (
+        "cifar-10-batches-py",
+        CIFAR10_FILES,
+        {"fine": b"labels"},
+        {"fine": 10},
+        (CIFAR10_MEAN, CIFAR10_STD),
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        CIFAR100_FILES,
+        {"fine": b"fine_labels", "coarse": b"coarse_labels"},
+        {"fine": 100, "coarse": 20},
+        (CIFAR100_MEAN, CIFAR100_STD),
+    ),
 }
 
 
 def _hint(name: str) -> str:
     folder, files = _SPEC[name][0], _SPEC[name][1]
-    return (f"set data.root=/path/to/{folder} (the folder with {', '.join(files)} from the "
-            f"python version of {name.upper().replace('CIFAR', 'CIFAR-')}; nothing is "
-            "downloaded)")
+    return (
+        f"set data.root=/path/to/{folder} (the folder with {', '.join(files)} from the "
+        f"python version of {name.upper().replace('CIFAR', 'CIFAR-')}; nothing is "
+        "downloaded)"
+    )
 
 
 def cifar_folder(name: str, root: str | None) -> Path:
@@ -65,8 +76,9 @@ def cifar_folder(name: str, root: str | None) -> Path:
     return folder
 
 
-def read_batch(path: Path, name: str, label_key: bytes, classes: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(
+    path: Path, name: str, label_key: bytes, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR file: data (n, 3072) uint8 and labels (n,) int64 in 0..classes-1."""
     title = name.upper().replace("CIFAR", "CIFAR-")
     try:
@@ -74,7 +86,8 @@ def read_batch(path: Path, name: str, label_key: bytes, classes: int
             batch = pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
         raise DataError(
-            f"{title} file {path} is not a readable pickle ({err}); {_hint(name)}") from err
+            f"{title} file {path} is not a readable pickle ({err}); {_hint(name)}"
+        ) from err
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DataError(f"{title} file {path} must be a dict with b'data' and {label_key!r}")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
@@ -82,7 +95,8 @@ def read_batch(path: Path, name: str, label_key: bytes, classes: int
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
         raise DataError(
             f"{title} file {path}: b'data' must be (n, 3072) with n labels, got "
-            f"{data.shape} and {labels.shape}")
+            f"{data.shape} and {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise DataError(f"{title} file {path}: {label_key!r} must be in 0..{classes - 1}")
     return data, labels
@@ -102,15 +116,23 @@ def load_cifar(name: str, root: str | None, label_kind: str = "fine"):
     coarse labels; CIFAR-10 has only ``fine``)."""
     _, files, keys, classes, (mean, std) = _SPEC[name]
     if label_kind not in keys:
-        raise DataError(f"data.label_kind={label_kind!r} is not valid for data={name}; "
-                     f"choose one of: {', '.join(keys)}")
+        raise DataError(
+            f"data.label_kind={label_kind!r} is not valid for data={name}; "
+            f"choose one of: {', '.join(keys)}"
+        )
     folder = cifar_folder(name, root)
-    parts = [read_batch(folder / f, name, keys[label_kind], classes[label_kind])
-             for f in files]
+    parts = [read_batch(folder / f, name, keys[label_kind], classes[label_kind]) for f in files]
     train = parts[:-1]  # CIFAR-10: five batches; CIFAR-100: one file
     train_x = to_images(np.concatenate([d for d, _ in train]))  # fresh: carved in place
     train_y = torch.from_numpy(np.concatenate([lab for _, lab in train]))
     test_x = to_images(parts[-1][0])
-    return DatasetSplit(train_x, train_y, test_x, torch.from_numpy(parts[-1][1]),
-                        classes[label_kind], name, norm=(mean, std),
-                        scale=PixelScale(mean, std))
+    return DatasetSplit(
+        train_x,
+        train_y,
+        test_x,
+        torch.from_numpy(parts[-1][1]),
+        classes[label_kind],
+        name,
+        norm=(mean, std),
+        scale=PixelScale(mean, std),
+    )

@@ -40,7 +40,6 @@ DATASETS = ("mnist", "fmnist", "digits", "synthetic", "cifar10", "cifar100", "le
 DATA_SEED = 0
 
 
-
 class DataError(ValueError):
     """Bad data input; the message names the key or file and what would be valid."""
 
@@ -109,10 +108,13 @@ class DatasetSplit:
                     f"{tuple(x.shape)} and {tuple(y.shape)}"
                 )
         g = self.train_groups
-        if g is not None and (g.ndim != 1 or g.shape[0] != self.train_y.shape[0]
-                              or g.dtype.is_floating_point):
-            raise DataError(f"{self.name}: train_groups must be (n_train,) integer ids, got "
-                            f"{g.dtype} of shape {tuple(g.shape)}")
+        if g is not None and (
+            g.ndim != 1 or g.shape[0] != self.train_y.shape[0] or g.dtype.is_floating_point
+        ):
+            raise DataError(
+                f"{self.name}: train_groups must be (n_train,) integer ids, got "
+                f"{g.dtype} of shape {tuple(g.shape)}"
+            )
         for part, x in (("test", self.test_x), ("val", self.val_x)):
             if self.train_x.shape[1:] != x.shape[1:]:
                 raise DataError(
@@ -120,7 +122,8 @@ class DatasetSplit:
                     f"{tuple(self.train_x.shape[1:])} vs {tuple(x.shape[1:])}"
                 )
         if self.scale is not None and any(
-                x.dtype != torch.uint8 for x in (self.train_x, self.val_x, self.test_x)):
+            x.dtype != torch.uint8 for x in (self.train_x, self.val_x, self.test_x)
+        ):
             raise DataError(f"{self.name}: images with a PixelScale must be uint8 pixels")
 
     @property
@@ -134,21 +137,32 @@ class DatasetSplit:
         return len(self.input_shape) == 3
 
     @classmethod
-    def from_tensors(cls, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                     test_y: torch.Tensor, train_groups: torch.Tensor | None = None,
-                     name: str = "tensors", num_classes: int | None = None) -> DatasetSplit:
+    def from_tensors(
+        cls,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+        train_groups: torch.Tensor | None = None,
+        name: str = "tensors",
+        num_classes: int | None = None,
+    ) -> DatasetSplit:
         """Any samples ``(n, *F)`` (floating point, used as given) with integer labels
         ``(n,)``; ``num_classes`` defaults to the largest label + 1. ``train_groups``:
         optional per-sample group ids for ``data.partition=natural``."""
         for key, x in (("train_x", train_x), ("test_x", test_x)):
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-                raise DataError(f"{name}: {key} must be a floating-point tensor (n, *F), got "
-                                f"{getattr(x, 'dtype', type(x).__name__)}")
+                raise DataError(
+                    f"{name}: {key} must be a floating-point tensor (n, *F), got "
+                    f"{getattr(x, 'dtype', type(x).__name__)}"
+                )
         for key, y in (("train_y", train_y), ("test_y", test_y)):
             if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.ndim != 1:
-                raise DataError(f"{name}: {key} must be a 1-d integer tensor of class ids, "
-                                f"got {getattr(y, 'dtype', type(y).__name__)} "
-                                f"{tuple(getattr(y, 'shape', ()))}")
+                raise DataError(
+                    f"{name}: {key} must be a 1-d integer tensor of class ids, "
+                    f"got {getattr(y, 'dtype', type(y).__name__)} "
+                    f"{tuple(getattr(y, 'shape', ()))}"
+                )
             if y.numel() and int(y.min()) < 0:
                 raise DataError(f"{name}: {key} holds a negative class id ({int(y.min())})")
         top = max(int(train_y.max()), int(test_y.max())) + 1
@@ -156,9 +170,15 @@ class DatasetSplit:
         if classes < top:
             raise DataError(f"{name}: num_classes={classes} but a label is {top - 1}")
         groups = None if train_groups is None else train_groups.to(torch.int64)
-        return cls(train_x.to(torch.float32), train_y.to(torch.int64),
-                   test_x.to(torch.float32), test_y.to(torch.int64), classes, name,
-                   train_groups=groups)
+        return cls(
+            train_x.to(torch.float32),
+            train_y.to(torch.int64),
+            test_x.to(torch.float32),
+            test_y.to(torch.int64),
+            classes,
+            name,
+            train_groups=groups,
+        )
 
 
 def load_split(d, seed: int) -> DatasetSplit:
@@ -171,12 +191,15 @@ def load_split(d, seed: int) -> DatasetSplit:
     _check_max("data.max_test", d.max_test)
     split = REGISTERED.get(d.name)(d, seed)
     if not isinstance(split, DatasetSplit):
-        raise DataError(f"data={d.name!r}: its loader returned {type(split).__name__}, "
-                        "not a DatasetSplit (see DatasetSplit.from_tensors)")
+        raise DataError(
+            f"data={d.name!r}: its loader returned {type(split).__name__}, "
+            "not a DatasetSplit (see DatasetSplit.from_tensors)"
+        )
     # Built-in loaders build fresh tensors, so the carve may reuse their memory; a
     # registered loader may hand out tensors it keeps (an in-memory data set).
-    return carve_validation(_truncate(split, d.max_train, d.max_test), d.val_fraction, seed,
-                            in_place=d.name in DATASETS)
+    return carve_validation(
+        _truncate(split, d.max_train, d.max_test), d.val_fraction, seed, in_place=d.name in DATASETS
+    )
 
 
 def _check_max(key: str, value: int | None) -> None:
@@ -209,8 +232,17 @@ def _truncate(split: DatasetSplit, max_train: int | None, max_test: int | None) 
         train_x, train_y = train_x[keep], train_y[keep]
         groups = None if groups is None else groups[keep]
     test_x, test_y = _subset(split.test_x, split.test_y, max_test, f"{split.name}-test")
-    return DatasetSplit(train_x, train_y, test_x, test_y, split.num_classes, split.name,
-                        train_groups=groups, norm=split.norm, scale=split.scale)
+    return DatasetSplit(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        split.num_classes,
+        split.name,
+        train_groups=groups,
+        norm=split.norm,
+        scale=split.scale,
+    )
 
 
 def validation_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -264,9 +296,7 @@ def carve_validation(
     if not bool(val.any()):
         return split
     if bool(val.all()):
-        raise DataError(
-            f"data.val_fraction={fraction} leaves no training samples of {split.name}"
-        )
+        raise DataError(f"data.val_fraction={fraction} leaves no training samples of {split.name}")
     keep = ~val
     groups = None if split.train_groups is None else split.train_groups[keep]
     if in_place:  # the training rows to the front, the validation rows behind them
@@ -279,9 +309,17 @@ def carve_validation(
     else:
         train_x, val_x = split.train_x[keep], split.train_x[val]
     return DatasetSplit(
-        train_x, split.train_y[keep], split.test_x, split.test_y, split.num_classes,
-        split.name, val_x=val_x, val_y=split.train_y[val],
-        train_groups=groups, norm=split.norm, scale=split.scale,
+        train_x,
+        split.train_y[keep],
+        split.test_x,
+        split.test_y,
+        split.num_classes,
+        split.name,
+        val_x=val_x,
+        val_y=split.train_y[val],
+        train_groups=groups,
+        norm=split.norm,
+        scale=split.scale,
     )
 
 
@@ -294,9 +332,9 @@ def _keep_rows_(x: torch.Tensor, keep: torch.Tensor, chunk: int = 4096) -> torch
     """
     index = torch.nonzero(keep).flatten()  # (m,) ascending
     for start in range(0, index.numel(), chunk):
-        part = index[start:start + chunk]
+        part = index[start : start + chunk]
         if int(part[-1]) != start + part.numel() - 1:  # else every row is in place already
-            x[start:start + part.numel()] = x[part]
+            x[start : start + part.numel()] = x[part]
     return x[: index.numel()]
 
 

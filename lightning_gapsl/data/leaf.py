@@ -26,12 +26,15 @@ import torch
 
 from lightning_gapsl.data.datasets import DataError, DatasetSplit, _channel_stats, _normalize_
 
-_HINT = ("set data.root to a LEAF data folder holding train/*.json and test/*.json "
-         "(each with users, num_samples and user_data: {user: {x, y}})")
+_HINT = (
+    "set data.root to a LEAF data folder holding train/*.json and test/*.json "
+    "(each with users, num_samples and user_data: {user: {x, y}})"
+)
 
 
-def read_leaf_file(path: Path, features: int) -> tuple[list[str], np.ndarray, np.ndarray,
-                                                       np.ndarray]:
+def read_leaf_file(
+    path: Path, features: int
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """One LEAF JSON file: users, x (n, features) float32, y (n,) int64, user (n,) int64
     (position of each sample's user in ``users``)."""
     try:
@@ -39,13 +42,17 @@ def read_leaf_file(path: Path, features: int) -> tuple[list[str], np.ndarray, np
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"LEAF file {path} is not readable JSON ({err}); {_HINT}") from None
     if not isinstance(blob, dict) or not all(k in blob for k in ("users", "user_data")):
-        raise DataError(f"LEAF file {path} must be a JSON object with 'users' and "
-                        f"'user_data' (and 'num_samples'); {_HINT}")
+        raise DataError(
+            f"LEAF file {path} must be a JSON object with 'users' and "
+            f"'user_data' (and 'num_samples'); {_HINT}"
+        )
     users, data = blob["users"], blob["user_data"]
     counts = blob.get("num_samples", [None] * len(users))
     if not isinstance(users, list) or not isinstance(data, dict) or len(counts) != len(users):
-        raise DataError(f"LEAF file {path}: 'users' must be a list as long as 'num_samples' "
-                        "and 'user_data' an object keyed by user")
+        raise DataError(
+            f"LEAF file {path}: 'users' must be a list as long as 'num_samples' "
+            "and 'user_data' an object keyed by user"
+        )
     xs, ys, owner = [], [], []
     for k, (user, count) in enumerate(zip(users, counts, strict=False)):
         record = data.get(user)
@@ -53,20 +60,29 @@ def read_leaf_file(path: Path, features: int) -> tuple[list[str], np.ndarray, np
             raise DataError(f"LEAF file {path}: user_data[{user!r}] must hold 'x' and 'y'")
         try:
             rows = record["x"]
-            x = (np.asarray(rows, dtype=np.float32) if len(rows)
-                 else np.zeros((0, features), dtype=np.float32))
+            x = (
+                np.asarray(rows, dtype=np.float32)
+                if len(rows)
+                else np.zeros((0, features), dtype=np.float32)
+            )
             x = x.reshape(x.shape[0], -1)  # (n, features); nested rows are flattened
             y = np.asarray(record["y"])
         except (TypeError, ValueError) as err:
-            raise DataError(f"LEAF file {path}: user {user!r} has x rows of unequal length or "
-                            f"non-numbers ({err})") from None
+            raise DataError(
+                f"LEAF file {path}: user {user!r} has x rows of unequal length or "
+                f"non-numbers ({err})"
+            ) from None
         n = x.shape[0]
         if y.shape != (n,) or (count is not None and count != n):
-            raise DataError(f"LEAF file {path}: user {user!r} has {n} x rows, {y.size} labels "
-                            f"and num_samples {count}; they must agree")
+            raise DataError(
+                f"LEAF file {path}: user {user!r} has {n} x rows, {y.size} labels "
+                f"and num_samples {count}; they must agree"
+            )
         if n and x.shape[1] != features:
-            raise DataError(f"LEAF file {path}: user {user!r} has samples of {x.shape[1]} "
-                            f"values, data.shape needs {features} (set data.shape=[C,H,W])")
+            raise DataError(
+                f"LEAF file {path}: user {user!r} has samples of {x.shape[1]} "
+                f"values, data.shape needs {features} (set data.shape=[C,H,W])"
+            )
         if n and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
             raise DataError(f"LEAF file {path}: user {user!r} labels must be integers >= 0")
         xs.append(x.reshape(n, features))
@@ -109,5 +125,13 @@ def load_leaf(root: str | None, shape: tuple[int, int, int] = (1, 28, 28)) -> Da
     train_x, test_x = train_x.view(-1, *shape), test_x.view(-1, *shape)  # (n, C, H, W)
     mean, std = _channel_stats(train_x)
     classes = int(max(train_y.max(), test_y.max())) + 1
-    return DatasetSplit(_normalize_(train_x, mean, std), train_y, _normalize_(test_x, mean, std),
-                        test_y, max(classes, 2), "leaf", train_groups=groups, norm=(mean, std))
+    return DatasetSplit(
+        _normalize_(train_x, mean, std),
+        train_y,
+        _normalize_(test_x, mean, std),
+        test_y,
+        max(classes, 2),
+        "leaf",
+        train_groups=groups,
+        norm=(mean, std),
+    )

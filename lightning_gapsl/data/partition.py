@@ -63,12 +63,17 @@ def partition(
     if not (quantity_sigma >= 0 and math.isfinite(quantity_sigma)):
         raise DataError(f"data.quantity_sigma must be >= 0 (and finite), got {quantity_sigma}")
     if quantity_sigma > 0 and scheme not in SIZED:
-        raise DataError(f"data.quantity_sigma={quantity_sigma} applies to data.partition="
-                        f"{' or '.join(SIZED)}, not {scheme}; set data.quantity_sigma=0")
+        raise DataError(
+            f"data.quantity_sigma={quantity_sigma} applies to data.partition="
+            f"{' or '.join(SIZED)}, not {scheme}; set data.quantity_sigma=0"
+        )
     if scheme == "dirichlet" and not (alpha > 0 and math.isfinite(alpha)):
         raise DataError(f"data.alpha must be > 0 (and finite), got {alpha}")
-    sizes = (lognormal_sizes(n, num_clients, quantity_sigma, seed, min_size)
-             if quantity_sigma > 0 else None)
+    sizes = (
+        lognormal_sizes(n, num_clients, quantity_sigma, seed, min_size)
+        if quantity_sigma > 0
+        else None
+    )
     if scheme == "iid":
         parts = _iid(n, num_clients, seed) if sizes is None else _iid_sized(sizes, seed)
     elif scheme == "dirichlet":
@@ -78,14 +83,18 @@ def partition(
             parts = _dirichlet_sized(labels, sizes, alpha, seed)
     elif scheme == "natural":
         if groups is None:
-            raise DataError("data.partition=natural needs a per-sample group id (the user or "
-                            "device that produced each sample); this data set has none: use "
-                            "data=leaf (or a data set with groups) or another data.partition")
+            raise DataError(
+                "data.partition=natural needs a per-sample group id (the user or "
+                "device that produced each sample); this data set has none: use "
+                "data=leaf (or a data set with groups) or another data.partition"
+            )
         parts = natural_groups(groups, num_clients, seed)
         small = min(p.numel() for p in parts)
         if small < min_size:  # moving samples would mix users: refuse instead
-            raise DataError(f"data.partition=natural: a client holds {small} samples, under "
-                            f"data.min_client_size={min_size}; lower it or data.num_clients")
+            raise DataError(
+                f"data.partition=natural: a client holds {small} samples, under "
+                f"data.min_client_size={min_size}; lower it or data.num_clients"
+            )
     else:
         if shards_per_client < 1 or num_clients * shards_per_client > n:
             raise DataError(
@@ -96,8 +105,9 @@ def partition(
     return _ensure_min_size(parts, min_size)  # sorts each part; only shards/iid move any
 
 
-def lognormal_sizes(n: int, num_clients: int, sigma: float, seed: int, min_size: int = 1
-                    ) -> torch.Tensor:
+def lognormal_sizes(
+    n: int, num_clients: int, sigma: float, seed: int, min_size: int = 1
+) -> torch.Tensor:
     """Client sizes ``(num_clients,)`` int64 summing to ``n``, log-normally spread.
 
     Each client's share of the ``n - num_clients * min_size`` samples above the minimum
@@ -110,10 +120,16 @@ def lognormal_sizes(n: int, num_clients: int, sigma: float, seed: int, min_size:
     """
     free = n - num_clients * min_size
     if free < 0:
-        raise DataError(f"data.num_clients={num_clients} with data.min_client_size={min_size} "
-                        f"needs at least {num_clients * min_size} samples, have {n}")
-    z = torch.randn(num_clients, generator=generator(seed, "partition", "sizes"),
-                    dtype=torch.float64) * sigma  # (N,) log-weights
+        raise DataError(
+            f"data.num_clients={num_clients} with data.min_client_size={min_size} "
+            f"needs at least {num_clients * min_size} samples, have {n}"
+        )
+    z = (
+        torch.randn(
+            num_clients, generator=generator(seed, "partition", "sizes"), dtype=torch.float64
+        )
+        * sigma
+    )  # (N,) log-weights
     share = torch.softmax(z, dim=0) * free  # (N,) float64, sums to free
     base = share.floor().long()  # (N,)
     extra = free - int(base.sum())  # 0 <= extra < N
@@ -128,8 +144,9 @@ def _iid_sized(sizes: torch.Tensor, seed: int) -> list[torch.Tensor]:
     return list(torch.split(perm, sizes.tolist()))
 
 
-def dirichlet_counts(class_counts: np.ndarray, sizes: np.ndarray, alpha: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def dirichlet_counts(
+    class_counts: np.ndarray, sizes: np.ndarray, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
     """Samples of each class per client, ``(N, C)`` int64, rows summing to ``sizes``.
 
     Client by client (in the order given), a label mix p ~ Dir(alpha) over the C classes
@@ -141,8 +158,9 @@ def dirichlet_counts(class_counts: np.ndarray, sizes: np.ndarray, alpha: float,
     sample by sample and can spin on exhausted classes.)
     """
     if sizes.sum() > class_counts.sum():
-        raise DataError(f"client sizes sum to {sizes.sum()}, more than the "
-                        f"{class_counts.sum()} samples")
+        raise DataError(
+            f"client sizes sum to {sizes.sum()}, more than the {class_counts.sum()} samples"
+        )
     avail = class_counts.astype(np.int64).copy()  # (C,)
     counts = np.zeros((len(sizes), len(avail)), dtype=np.int64)  # (N, C)
     for k, size in enumerate(sizes):
@@ -171,8 +189,9 @@ def _largest_remainder(share: np.ndarray) -> np.ndarray:
     return base
 
 
-def _dirichlet_sized(labels: torch.Tensor, sizes: torch.Tensor, alpha: float, seed: int
-                     ) -> list[torch.Tensor]:
+def _dirichlet_sized(
+    labels: torch.Tensor, sizes: torch.Tensor, alpha: float, seed: int
+) -> list[torch.Tensor]:
     """Quantity skew with label skew: fixed ``sizes``, label mixes ~ Dir(alpha) per client.
 
     Clients are filled in a seeded random order (the last ones filled take what the
@@ -204,15 +223,22 @@ def natural_groups(groups: torch.Tensor, num_clients: int, seed: int) -> list[to
     blocks, so each client is a few whole users; more clients than groups is an error.
     """
     if groups.ndim != 1 or groups.dtype.is_floating_point:
-        raise DataError(f"group ids must be a 1-D integer tensor, got {groups.dtype} "
-                        f"of shape {tuple(groups.shape)}")
+        raise DataError(
+            f"group ids must be a 1-D integer tensor, got {groups.dtype} "
+            f"of shape {tuple(groups.shape)}"
+        )
     ids, owner = torch.unique(groups, return_inverse=True)  # (G,), (n,) in 0..G-1
     g = ids.numel()
     if num_clients > g:
-        raise DataError(f"data.partition=natural: data.num_clients={num_clients} exceeds the "
-                        f"{g} groups (users) in the training data; use data.num_clients <= {g}")
-    order = (torch.arange(g) if num_clients == g
-             else torch.randperm(g, generator=generator(seed, "partition", "natural")))
+        raise DataError(
+            f"data.partition=natural: data.num_clients={num_clients} exceeds the "
+            f"{g} groups (users) in the training data; use data.num_clients <= {g}"
+        )
+    order = (
+        torch.arange(g)
+        if num_clients == g
+        else torch.randperm(g, generator=generator(seed, "partition", "natural"))
+    )
     client_of_group = torch.empty(g, dtype=torch.int64)
     for k, block in enumerate(torch.tensor_split(order, num_clients)):
         client_of_group[block] = k
@@ -289,7 +315,8 @@ def _dirichlet(
         f"over data.num_clients={num_clients} ({len(y)} samples, {len(classes)} classes) all "
         f"left a client under data.min_client_size={min_size} samples (best smallest: "
         f"{smallest}); raise data.alpha, lower data.num_clients or data.min_client_size, or "
-        "use data.quantity_sigma (sizes fixed first)")
+        "use data.quantity_sigma (sizes fixed first)"
+    )
 
 
 def _dirichlet_draw(

@@ -176,7 +176,9 @@ def sequential_turn(
     steps = local_steps(sizes, batch_size)  # (N,)
     order = torch.as_tensor(order).to(torch.int64).flatten()
     if sorted(order.tolist()) != list(range(steps.numel())):
-        raise ValueError(f"order must be a permutation of 0..{steps.numel() - 1}, got {order.tolist()}")
+        raise ValueError(
+            f"order must be a permutation of 0..{steps.numel() - 1}, got {order.tolist()}"
+        )
     total = int(steps.sum())
     if not 0 <= step_in_round < total:
         raise ValueError(f"step_in_round must be in [0, {total}), got {step_in_round}")
@@ -214,8 +216,9 @@ class Turns:
         if round_index not in self._orders:
             if len(self._orders) >= 2:
                 del self._orders[next(iter(self._orders))]  # the oldest round
-            self._orders[round_index] = turn_order(len(self.sizes), self.seed, round_index,
-                                                   self.order)
+            self._orders[round_index] = turn_order(
+                len(self.sizes), self.seed, round_index, self.order
+            )
         return self._orders[round_index]
 
     def at(self, step: int) -> tuple[int, int, int]:

@@ -123,9 +123,12 @@ class ClientBatches(Dataset):
             return torch.empty(shape), torch.empty(0, self.batch_size, dtype=torch.int64), step
         if self.turns is not None:
             r, client, local = self.turns.at(step)
-            idx = torch.stack([  # the turn's client draws its batch; the others pad
-                s.pass_batch(r, local if c == client else 0, self.batch_size)
-                for c, s in zip(self.client_ids, self.streams, strict=True)])
+            idx = torch.stack(
+                [  # the turn's client draws its batch; the others pad
+                    s.pass_batch(r, local if c == client else 0, self.batch_size)
+                    for c, s in zip(self.client_ids, self.streams, strict=True)
+                ]
+            )
         elif self.round_len is None:
             idx = torch.stack([s.batch(step, self.batch_size) for s in self.streams])  # (K, B)
         else:

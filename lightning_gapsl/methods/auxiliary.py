@@ -39,13 +39,21 @@ class AuxConfig(RoundConfig):
 
     def validate(self, run) -> None:
         super().validate(run)
-        check(self.server_interval >= 1,
-              f"algorithm.server_interval={self.server_interval} must be >= 1")
+        check(
+            self.server_interval >= 1,
+            f"algorithm.server_interval={self.server_interval} must be >= 1",
+        )
         choice("algorithm.server_steps", self.server_steps, SERVER_STEPS)
 
 
-def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,
-                 y: torch.Tensor, hooks: Hooks) -> StepOutput:
+def aux_exchange(
+    state: RankState,
+    transport: Transport,
+    step: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hooks: Hooks,
+) -> StepOutput:
     """One step. x (K, B, C, H, W), y (K, B) for the hosted clients; ``hooks``: the
     method's ``local_backward`` (required), ``after_server_step``,
     ``before_client_update``.
@@ -59,8 +67,11 @@ def aux_exchange(state: RankState, transport: Transport, step: int, x: torch.Ten
     if state.clients is not None:
         acts = state.clients(x)  # (K, B, *F)
     if server_step_due(step, state.cfg.algorithm.server_interval):
-        sent = [smashed(state, acts.detach(), state.layout.hosted, step), y] \
-            if acts is not None else []
+        sent = (
+            [smashed(state, acts.detach(), state.layout.hosted, step), y]
+            if acts is not None
+            else []
+        )
         received = transport.gather(step, "activations", sent, active=state.active)
         if state.layout.is_server:
             _server_update(state, *received)

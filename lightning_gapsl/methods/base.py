@@ -63,7 +63,8 @@ def own_modules(own: Any, trained_by: str | None | bool = True) -> dict[str, nn.
     for f in dataclasses.fields(own):
         value = getattr(own, f.name)
         if isinstance(value, nn.Module) and (
-                trained_by is True or f.metadata.get("trained_by") == trained_by):
+            trained_by is True or f.metadata.get("trained_by") == trained_by
+        ):
             out[f.name] = value
     return out
 
@@ -141,8 +142,12 @@ class RankState:
 
     def modules(self) -> dict[str, nn.Module]:
         """Every module on this rank, by a stable name (registered by the LightningModule)."""
-        named = {"clients": self.clients, "server": self.server, "eval_server": self.eval_server,
-                 **own_modules(self.own)}
+        named = {
+            "clients": self.clients,
+            "server": self.server,
+            "eval_server": self.eval_server,
+            **own_modules(self.own),
+        }
         return {k: v for k, v in named.items() if v is not None}
 
 
@@ -164,8 +169,9 @@ class StepCost:
 def parallel_cost(state: RankState, client_flops: float, server_flops: float) -> StepCost:
     """Every client trains its segment on B samples; the server its segment on N * B."""
     b, n = state.data.batch_size, state.data.num_clients
-    return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b,
-                    TRAIN_FLOPS_PER_FORWARD * (server_flops * n) * b)
+    return StepCost(
+        TRAIN_FLOPS_PER_FORWARD * client_flops * b, TRAIN_FLOPS_PER_FORWARD * (server_flops * n) * b
+    )
 
 
 def broadcast_server(state: RankState, transport: Transport, epoch: int) -> None:
@@ -258,9 +264,13 @@ def split_state(cfg: RunConfig, data: FederatedData, layout: Layout) -> RankStat
     name, shape, classes, cut = model_args(cfg, data)
     clients = None
     if layout.hosted:
-        clients = StackedSegments([
-            build_client_segment(name, shape, classes, cut, cfg.seed, init_id(cfg, c))
-            for c in layout.hosted], mode=cfg.model.client_exec)
+        clients = StackedSegments(
+            [
+                build_client_segment(name, shape, classes, cut, cfg.seed, init_id(cfg, c))
+                for c in layout.hosted
+            ],
+            mode=cfg.model.client_exec,
+        )
     server = build_server_segment(name, shape, classes, cut, cfg.seed)
     return RankState(cfg, data, layout, clients, server, server)
 
@@ -308,8 +318,9 @@ def client_step(state: RankState) -> None:
         masked_step_(state.client_opt, active.cpu())
 
 
-def make_optimizer(params, cfg: OptimConfig, lr: float | None = None,
-                   stacked: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    params, cfg: OptimConfig, lr: float | None = None, stacked: bool = False
+) -> torch.optim.Optimizer:
     """One optimizer per party; elementwise rules, so a stacked one is K independent ones
     (``stacked``: parameters (K, ...); Adam then keeps a step count per client)."""
     params, lr = list(params), cfg.lr if lr is None else lr
@@ -320,15 +331,19 @@ def make_optimizer(params, cfg: OptimConfig, lr: float | None = None,
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_optimizers(method: Method, state: RankState,
-                    device: torch.device) -> list[torch.optim.Optimizer]:
+def make_optimizers(
+    method: Method, state: RankState, device: torch.device
+) -> list[torch.optim.Optimizer]:
     """The client optimizer (segments + client-trained extras) and the server's.
 
     Called once the modules sit on ``device`` (Lightning moves them after ``setup``).
     """
     optim = state.cfg.optim
-    weights = (method.loss_weights(state.cfg, state.data) if method.loss_weights
-               else client_loss_weights(state.data.client_sizes))
+    weights = (
+        method.loss_weights(state.cfg, state.data)
+        if method.loss_weights
+        else client_loss_weights(state.data.client_sizes)
+    )
     state.loss_weights = weights.to(device)
     if state.clients is not None:
         params = list(state.clients.parameters())
@@ -338,16 +353,18 @@ def make_optimizers(method: Method, state: RankState,
     server_params = list(state.server.parameters()) if state.server is not None else []
     if state.layout.is_server and server_params:
         lr = method.server_lr(state.cfg, state.data) if method.server_lr else optim.lr
-        state.server_opt = make_optimizer(server_params, optim, lr,
-                                          stacked=isinstance(state.server, StackedSegments))
+        state.server_opt = make_optimizer(
+            server_params, optim, lr, stacked=isinstance(state.server, StackedSegments)
+        )
     return [o for o in (state.client_opt, state.server_opt) if o is not None]
 
 
 # --------------------------------------------------------------------- shared step parts
 
 
-def report_client_losses(state: RankState, transport: Transport, step: int,
-                         hosted_losses: torch.Tensor | None) -> StepOutput:
+def report_client_losses(
+    state: RankState, transport: Transport, step: int, hosted_losses: torch.Tensor | None
+) -> StepOutput:
     """Methods whose clients compute their own loss: per-client losses (K,) go to the
     server as telemetry (not counted as communication), which reports their size-weighted
     sum like every other method."""
@@ -357,8 +374,6 @@ def report_client_losses(state: RankState, transport: Transport, step: int,
         return StepOutput(None, None)
     all_losses = received[0].view(-1)  # (N,)
     return StepOutput(float((all_losses * step_weights(state)).sum()), all_losses)
-
-
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -372,8 +387,7 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def load_method_state(method: Method, state: RankState, saved: dict,
-                      device: torch.device) -> None:
+def load_method_state(method: Method, state: RankState, saved: dict, device: torch.device) -> None:
     """Give the method its checkpointed state on the device its modules sit on:
     checkpoints load to the CPU, and a GPU run's first step would otherwise mix devices
     (GAPSL's leader EMA, FSL-SAGE's activation buffers)."""
@@ -383,8 +397,11 @@ def load_method_state(method: Method, state: RankState, saved: dict,
 
 def with_defaults(method: Method) -> Method:
     """Fill the hooks every split method shares unless it brings its own."""
-    return dataclasses.replace(method, before_eval=method.before_eval or broadcast_server,
-                               cost=method.cost or parallel_cost)
+    return dataclasses.replace(
+        method,
+        before_eval=method.before_eval or broadcast_server,
+        cost=method.cost or parallel_cost,
+    )
 
 
 def step_cost(method: Method, state: RankState) -> StepCost:

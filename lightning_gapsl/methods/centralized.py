@@ -21,8 +21,10 @@ class CentralizedConfig:
     """The method's registry name (``algorithm=``)."""
 
     def validate(self, run) -> None:
-        check(run.trainer.devices == 1,
-              "algorithm=centralized runs in one process; set trainer.devices=1")
+        check(
+            run.trainer.devices == 1,
+            "algorithm=centralized runs in one process; set trainer.devices=1",
+        )
 
 
 def train_step(state, transport, step, x, y):
@@ -40,13 +42,24 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 
 
 # What reaches the server (docs/privacy.md, exposure flags).
-EXPOSURE = {**NO_CUT, "client_weights": "whole model held by the server",
-                          "labels": "all (the server holds the data)"}
+EXPOSURE = {
+    **NO_CUT,
+    "client_weights": "whole model held by the server",
+    "labels": "all (the server holds the data)",
+}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.1_m0 of
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("centralized", CentralizedConfig, full_model_state, train_step, cost=cost,
-                global_model=lambda state, epoch: True, pools_data=True,
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "centralized",
+    CentralizedConfig,
+    full_model_state,
+    train_step,
+    cost=cost,
+    global_model=lambda state, epoch: True,
+    pools_data=True,
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+)

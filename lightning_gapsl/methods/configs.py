@@ -42,15 +42,21 @@ class RoundConfig:
 
     def validate(self, run: RunConfig) -> None:
         choice("algorithm.rounds", self.rounds, ROUND_MODES)
-        check(self.round_steps is None or self.round_steps >= 1,
-              f"algorithm.round_steps={self.round_steps} must be >= 1 or null")
+        check(
+            self.round_steps is None or self.round_steps >= 1,
+            f"algorithm.round_steps={self.round_steps} must be >= 1 or null",
+        )
         if self.rounds == "local_pass":
-            check(self.round_steps is None,
-                  "algorithm.round_steps is for algorithm.rounds=lockstep; a local-pass "
-                  "round is one pass over every client's data (set rounds=lockstep)")
-            check(run.data.steps_per_epoch is None,
-                  "data.steps_per_epoch is for algorithm.rounds=lockstep; a local-pass epoch "
-                  "is one pass over every client's data (set algorithm.rounds=lockstep)")
+            check(
+                self.round_steps is None,
+                "algorithm.round_steps is for algorithm.rounds=lockstep; a local-pass "
+                "round is one pass over every client's data (set rounds=lockstep)",
+            )
+            check(
+                run.data.steps_per_epoch is None,
+                "data.steps_per_epoch is for algorithm.rounds=lockstep; a local-pass epoch "
+                "is one pass over every client's data (set algorithm.rounds=lockstep)",
+            )
 
 
 def local_pass_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
@@ -66,10 +72,12 @@ def local_pass_epoch(cfg: RunConfig, sizes, batch_size: int) -> int | None:
 def check_round_steps(cfg: RunConfig, data) -> None:
     """`Method.check_data` of the averaging methods: lockstep rounds divide the epoch."""
     rounds = cfg.algorithm.round_steps
-    check(rounds is None or data.steps_per_epoch % rounds == 0,
-          f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "
-          "epoch (set data.steps_per_epoch or pick a divisor), so every evaluation sees "
-          "averaged models")
+    check(
+        rounds is None or data.steps_per_epoch % rounds == 0,
+        f"algorithm.round_steps={rounds} must divide the {data.steps_per_epoch} steps per "
+        "epoch (set data.steps_per_epoch or pick a divisor), so every evaluation sees "
+        "averaged models",
+    )
 
 
 TURN_MODES = ("epoch", "batch")
@@ -93,9 +101,11 @@ class TurnConfig:
         choice("algorithm.turns", self.turns, TURN_MODES)
         choice("algorithm.turn_order", self.turn_order, TURN_ORDERS)
         if self.turns == "epoch":
-            check(run.data.steps_per_epoch is None,
-                  "data.steps_per_epoch is for algorithm.turns=batch; with whole-epoch turns "
-                  "an epoch is one pass over every client's data (set algorithm.turns=batch)")
+            check(
+                run.data.steps_per_epoch is None,
+                "data.steps_per_epoch is for algorithm.turns=batch; with whole-epoch turns "
+                "an epoch is one pass over every client's data (set algorithm.turns=batch)",
+            )
 
 
 def turn_schedule(cfg: RunConfig, sizes, batch_size: int):

@@ -51,8 +51,9 @@ def build(cfg, data, layout):
     act, classes = cut_shape(cfg, data), data.dataset.num_classes
     heads = None
     if layout.hosted:  # the heads are averaged: one shared initialisation
-        heads = StackedSegments([seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0)
-                                 for _ in layout.hosted])
+        heads = StackedSegments(
+            [seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0) for _ in layout.hosted]
+        )
     head_shapes = shapes_of(seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", 0))
     state.own = CseFslState(segment_shapes(cfg, data), head_shapes, heads)
     return state
@@ -83,7 +84,16 @@ EXPOSURE = AUXILIARY
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("cse_fsl", CseFslConfig, build, train_step, after_step=after_step,
-                global_model=every_round_global,
-                epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)
+METHOD = Method(
+    "cse_fsl",
+    CseFslConfig,
+    build,
+    train_step,
+    after_step=after_step,
+    global_model=every_round_global,
+    epoch_steps=local_pass_epoch,
+    participation="round",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_round_steps,
+)

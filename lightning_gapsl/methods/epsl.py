@@ -56,8 +56,9 @@ def aggregated_positions(phi: float, batch_size: int) -> int:
     return math.ceil(round(phi * batch_size, 9))
 
 
-def aggregate_positions(cut_grads: torch.Tensor, m: int, active: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def aggregate_positions(
+    cut_grads: torch.Tensor, m: int, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, B, *F) -> the client-mean of positions [0, m) (m, *F) and the rest (N, B-m, *F).
 
     ``active`` (N,) bool (partial participation): the mean over those clients only; an
@@ -72,8 +73,9 @@ def aggregate_positions(cut_grads: torch.Tensor, m: int, active: torch.Tensor | 
 def _downlink(state, transport, step, cut_grads):
     """The aggregated positions as one broadcast, the others per client."""
     m = aggregated_positions(state.cfg.algorithm.phi, state.data.batch_size)
-    shared, own = (aggregate_positions(cut_grads, m, state.active) if cut_grads is not None
-                   else (None, None))
+    shared, own = (
+        aggregate_positions(cut_grads, m, state.active) if cut_grads is not None else (None, None)
+    )
     if shared is None:  # a client rank: the buffer the server's copy overwrites
         shape = (m, *state.own.cut_shape)
         shared = torch.zeros(shape, device=transport.device)
@@ -81,8 +83,9 @@ def _downlink(state, transport, step, cut_grads):
     # the clients' buffer is float32, and a broadcast of unequal dtypes hangs NCCL.
     shared = shared.float()
     transport.broadcast_(shared, count=True)
-    mine = transport.scatter(step, "cut_grads", [own] if state.layout.is_server else None,
-                             active=state.active)
+    mine = transport.scatter(
+        step, "cut_grads", [own] if state.layout.is_server else None, active=state.active
+    )
     if state.clients is None:
         return []
     k = len(state.layout.hosted)
@@ -124,5 +127,13 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over c
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("epsl", EpslConfig, build, train_step, cost=cost, participation="step",
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "epsl",
+    EpslConfig,
+    build,
+    train_step,
+    cost=cost,
+    participation="step",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+)

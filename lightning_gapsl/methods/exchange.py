@@ -27,8 +27,7 @@ from lightning_gapsl.privacy.defense import add_activation_noise, nopeek_losses
 from lightning_gapsl.transport import Transport
 
 # (state, acts (N, B, *F) leaf, labels (N, B), logits, step) -> an extra server loss.
-ExtraServerLoss = Callable[[RankState, torch.Tensor, torch.Tensor, torch.Tensor, int],
-                           torch.Tensor]
+ExtraServerLoss = Callable[[RankState, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 # (state, cut_grads (N, B, *F), step) -> what each client receives (N, B, *F).
 Transform = Callable[[RankState, torch.Tensor, int], torch.Tensor]
 # (state, acts (K, B, *F), received grads (K, B, *F), x (K, B, ...)) -> backward done.
@@ -39,8 +38,9 @@ AfterBackward = Callable[[RankState, Transport, int], None]
 # clients' gradients (K, B, *F) (an empty list on a dedicated server rank).
 Downlink = Callable[[RankState, Transport, int, torch.Tensor | None], list[torch.Tensor]]
 # (state, acts (N, B, *F), labels (N, B), step) -> (loss, client losses (N,), cut grads).
-ServerPass = Callable[[RankState, torch.Tensor, torch.Tensor, int],
-                      tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+ServerPass = Callable[
+    [RankState, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
 # (state, acts (K, B, *F), y (K, B)) -> per-client local losses (K,), after the backward.
 LocalBackward = Callable[[RankState, torch.Tensor, torch.Tensor], torch.Tensor]
 # (state, acts (N, B, *F), labels (N, B)) -> after the server's step (FSL-SAGE buffers).
@@ -67,8 +67,14 @@ class Hooks:
     before_client_update: BeforeClientUpdate | None = None  # FSL-SAGE: align at round start
 
 
-def split_exchange(state: RankState, transport: Transport, step: int, x: torch.Tensor,
-                   y: torch.Tensor, hooks: Hooks) -> StepOutput:
+def split_exchange(
+    state: RankState,
+    transport: Transport,
+    step: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hooks: Hooks,
+) -> StepOutput:
     """One step. x (K, B, C, H, W), y (K, B) for this rank's hosted clients."""
     layout, has_clients = state.layout, state.clients is not None
     out = StepOutput(None, None)
@@ -76,8 +82,9 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     # 1-2. clients: forward their segments and send activations + labels up.
     acts = client_forward(state, x) if has_clients else None  # (K, B, *F)
     sent = smashed(state, acts, layout.hosted, step) if has_clients else None
-    received = transport.gather(step, "activations", [sent, y] if has_clients else [],
-                                active=state.active)
+    received = transport.gather(
+        step, "activations", [sent, y] if has_clients else [], active=state.active
+    )
 
     # 3-4. server: one forward/backward on every client's activations, then transform.
     cut_grads = None
@@ -106,16 +113,17 @@ def split_exchange(state: RankState, transport: Transport, step: int, x: torch.T
     return out
 
 
-def smashed(state: RankState, acts: torch.Tensor, client_ids: list[int], step: int
-            ) -> torch.Tensor:
+def smashed(state: RankState, acts: torch.Tensor, client_ids: list[int], step: int) -> torch.Tensor:
     """What the clients send: their activations (K, B, *F), plus Gaussian noise under
     ``defense.activation_noise`` (the same tensor when the defense is off)."""
-    return add_activation_noise(acts, state.cfg.defense.activation_noise, state.seed,
-                                client_ids, step)
+    return add_activation_noise(
+        acts, state.cfg.defense.activation_noise, state.seed, client_ids, step
+    )
 
 
-def nopeek_backward(state: RankState, x: torch.Tensor, acts: torch.Tensor,
-                    active: torch.Tensor | None = None) -> None:
+def nopeek_backward(
+    state: RankState, x: torch.Tensor, acts: torch.Tensor, active: torch.Tensor | None = None
+) -> None:
     """``defense.nopeek`` > 0: back-propagate weight x each client's distance correlation
     between its batch x (K, B, ...) and its activations (K, B, *F), keeping the graph for
     the cut-gradient backward that follows. Nothing when the defense is off. ``active``
@@ -128,16 +136,22 @@ def nopeek_backward(state: RankState, x: torch.Tensor, acts: torch.Tensor,
         (weight * nopeek_losses(x, acts).sum()).backward(retain_graph=True)
 
 
-def scatter_down(state: RankState, transport: Transport, step: int,
-                 cut_grads: torch.Tensor | None) -> list[torch.Tensor]:
+def scatter_down(
+    state: RankState, transport: Transport, step: int, cut_grads: torch.Tensor | None
+) -> list[torch.Tensor]:
     """Each client receives its own rows of the server's (N, B, *F) gradients."""
-    return transport.scatter(step, "cut_grads", [cut_grads] if state.layout.is_server else None,
-                             active=state.active)
+    return transport.scatter(
+        step, "cut_grads", [cut_grads] if state.layout.is_server else None, active=state.active
+    )
 
 
-def batched_server_pass(state: RankState, acts: torch.Tensor, labels: torch.Tensor, step: int,
-                        extra_loss: ExtraServerLoss | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batched_server_pass(
+    state: RankState,
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    extra_loss: ExtraServerLoss | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The server segment on all clients at once; returns loss, per-client losses, cut grads.
 
     Server loss: size-weighted sum of per-client mean losses. With ``client_grad=own``
@@ -167,6 +181,7 @@ def batched_server_pass(state: RankState, acts: torch.Tensor, labels: torch.Tens
 def _with_extra_loss(extra: ExtraServerLoss) -> ServerPass:
     def server_pass(state, acts, labels, step):
         return batched_server_pass(state, acts, labels, step, extra_loss=extra)
+
     return server_pass
 
 
@@ -175,9 +190,17 @@ def reported_loss(state: RankState, client_losses: torch.Tensor) -> torch.Tensor
     return (client_losses * step_weights(state).to(client_losses.dtype)).sum()
 
 
-def one_client_exchange(state: RankState, transport: Transport, step: int, client: int,
-                        x: torch.Tensor, y: torch.Tensor, slot: int,
-                        step_client: Callable[[], None], tag: str) -> torch.Tensor | None:
+def one_client_exchange(
+    state: RankState,
+    transport: Transport,
+    step: int,
+    client: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    slot: int,
+    step_client: Callable[[], None],
+    tag: str,
+) -> torch.Tensor | None:
     """One client's turn of a sequential method (SL, SplitFed V2 with whole-epoch turns):
     its batch through its segment (row ``slot`` of this rank's stack), the server's
     forward, backward and step on those activations alone, the gradient back, the
@@ -187,8 +210,9 @@ def one_client_exchange(state: RankState, transport: Transport, step: int, clien
     mine = client in hosted
     acts = state.clients.forward_one(slot, x[hosted.index(client)]) if mine else None  # (B, *F)
     sent = smashed(state, acts[None], [client], step)[0] if mine else None
-    got = transport.to_server(step, f"{tag}_acts/{client}", client,
-                              [sent, y[hosted.index(client)]] if mine else None)
+    got = transport.to_server(
+        step, f"{tag}_acts/{client}", client, [sent, y[hosted.index(client)]] if mine else None
+    )
     grads, loss = None, None
     if state.layout.is_server:
         z = got[0].detach().requires_grad_(True)  # (B, *F)

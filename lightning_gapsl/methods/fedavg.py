@@ -42,8 +42,9 @@ def full_model_state(cfg, data, layout) -> RankState:
     args = model_args(cfg, data)
     clients = None
     if layout.hosted:
-        clients = StackedSegments([build_full_model(*args, cfg.seed) for _ in layout.hosted],
-                                  mode=cfg.model.client_exec)
+        clients = StackedSegments(
+            [build_full_model(*args, cfg.seed) for _ in layout.hosted], mode=cfg.model.client_exec
+        )
     state = RankState(cfg, data, layout, clients, None, nn.Identity())
     state.own = Averaged(shapes_of(build_full_model(*args, cfg.seed)))
     return state
@@ -65,8 +66,10 @@ def local_train_step(state, transport, step, x, y):
 def cost(state, client_flops: float, server_flops: float) -> StepCost:
     """The whole model on every client; nothing on a server."""
     b = state.data.batch_size
-    return StepCost(TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b,
-                    TRAIN_FLOPS_PER_FORWARD * 0.0 * b)
+    return StepCost(
+        TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b,
+        TRAIN_FLOPS_PER_FORWARD * 0.0 * b,
+    )
 
 
 # What reaches the server (docs/privacy.md, exposure flags).
@@ -78,7 +81,17 @@ EXPOSURE = {**NO_CUT, "client_weights": "full model every round"}
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
-METHOD = Method("fedavg", FedAvgConfig, full_model_state, local_train_step,
-                after_step=fedavg_after_round, cost=cost, global_model=every_round_global,
-                epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)
+METHOD = Method(
+    "fedavg",
+    FedAvgConfig,
+    full_model_state,
+    local_train_step,
+    after_step=fedavg_after_round,
+    cost=cost,
+    global_model=every_round_global,
+    epoch_steps=local_pass_epoch,
+    participation="round",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_round_steps,
+)

@@ -36,5 +36,6 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own"}
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.003, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("psl", PslConfig, build, train_step, participation="step",
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "psl", PslConfig, build, train_step, participation="step", optim=TUNED_OPTIM, exposure=EXPOSURE
+)

@@ -41,8 +41,12 @@ def segment_shapes(cfg, data) -> dict[str, torch.Size]:
     return shapes_of(build_client_segment(*model_args(cfg, data), cfg.seed, 0))
 
 
-def fedavg_clients_(state: RankState, stacked: StackedSegments | None,
-                    shapes: dict[str, torch.Size], transport: Transport) -> None:
+def fedavg_clients_(
+    state: RankState,
+    stacked: StackedSegments | None,
+    shapes: dict[str, torch.Size],
+    transport: Transport,
+) -> None:
     """Set every hosted client's copy of ``stacked`` to the size-weighted average over the
     clients that delivered this round (all of them without partial participation; a round
     nobody delivered in leaves every copy as it is). ``shapes``: per-client parameter
@@ -55,9 +59,13 @@ def fedavg_clients_(state: RankState, stacked: StackedSegments | None,
     fedavg_stacked_(stacked, hosted, shapes, transport, senders)
 
 
-def fedavg_stacked_(stacked: StackedSegments | None, weights: torch.Tensor | None,
-                    shapes: dict[str, torch.Size], transport: Transport,
-                    senders: int | None = None) -> None:
+def fedavg_stacked_(
+    stacked: StackedSegments | None,
+    weights: torch.Tensor | None,
+    shapes: dict[str, torch.Size],
+    transport: Transport,
+    senders: int | None = None,
+) -> None:
     """`fedavg_clients_` with the hosted clients' weights (K,) given (data sizes);
     ``senders``: clients counted as uploading and downloading (None: all N)."""
     per_client_bytes = 4 * sum(s.numel() for s in shapes.values())  # float32 parameters
@@ -75,8 +83,9 @@ def average_copies(stacked: StackedSegments, weights: torch.Tensor, assign: bool
     it. Returns it flat (D,), in the copies' dtype."""
     params = stacked.stacked_params()
     first = next(iter(params.values()))
-    return fedavg_(params, weights, {n: p.shape[1:] for n, p in params.items()},
-                   assign=assign).to(first.dtype)
+    return fedavg_(params, weights, {n: p.shape[1:] for n, p in params.items()}, assign=assign).to(
+        first.dtype
+    )
 
 
 def fedavg_after_round(state: RankState, transport: Transport, step: int) -> None:

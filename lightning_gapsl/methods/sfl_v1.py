@@ -43,10 +43,18 @@ class SflV1Config(RoundConfig):
 def build(cfg, data, layout) -> RankState:
     state = split_state(cfg, data, layout)
     if layout.is_server:
-        name, shape, classes, cut = cfg.model, data.dataset.input_shape, \
-            data.dataset.num_classes, cfg.model.cut_layer
-        state.server = StackedSegments([build_server_segment(name, shape, classes, cut, cfg.seed)
-                                        for _ in range(data.num_clients)])  # a copy per client
+        name, shape, classes, cut = (
+            cfg.model,
+            data.dataset.input_shape,
+            data.dataset.num_classes,
+            cfg.model.cut_layer,
+        )
+        state.server = StackedSegments(
+            [
+                build_server_segment(name, shape, classes, cut, cfg.seed)
+                for _ in range(data.num_clients)
+            ]
+        )  # a copy per client
     state.own = Averaged(segment_shapes(cfg, data))
     return state
 
@@ -57,7 +65,8 @@ def _per_copy_server_pass(state, acts, labels, step):
     ones = torch.ones_like(state.loss_weights)  # each copy: its own client's loss
     active = state.active
     loss, client_losses = weighted_client_loss(
-        logits, labels, ones if active is None else active.to(ones))
+        logits, labels, ones if active is None else active.to(ones)
+    )
     state.server_opt.zero_grad(set_to_none=True)
     loss.backward()
     if active is None:
@@ -83,11 +92,13 @@ def after_step(state, transport, step) -> None:
 def before_eval(state, transport, epoch) -> None:
     """Client ranks evaluate with the copies' average (equal to every copy after a round)."""
     if state.layout.is_server:
-        flat = average_copies(state.server, state.data.client_sizes.to(transport.device),
-                              assign=False)
+        flat = average_copies(
+            state.server, state.data.client_sizes.to(transport.device), assign=False
+        )
     else:
-        flat = torch.zeros(sum(p.numel() for p in state.eval_server.parameters()),
-                           device=transport.device)
+        flat = torch.zeros(
+            sum(p.numel() for p in state.eval_server.parameters()), device=transport.device
+        )
     transport.broadcast_(flat)
     load_flat_(state.eval_server.parameters(), flat)
 
@@ -101,7 +112,17 @@ EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
-METHOD = Method("sfl_v1", SflV1Config, build, train_step, after_step=after_step,
-                before_eval=before_eval, global_model=every_round_global,
-                epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)
+METHOD = Method(
+    "sfl_v1",
+    SflV1Config,
+    build,
+    train_step,
+    after_step=after_step,
+    before_eval=before_eval,
+    global_model=every_round_global,
+    epoch_steps=local_pass_epoch,
+    participation="round",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_round_steps,
+)

@@ -49,10 +49,12 @@ class SflV2Config(RoundConfig, TurnConfig):
         if self.turns == "batch":
             super().validate(run)
             return
-        check(self.rounds == "local_pass" and self.round_steps is None,
-              f"algorithm.rounds={self.rounds} / round_steps={self.round_steps} are for "
-              "algorithm.turns=batch: with whole-epoch turns a round is every client's turn "
-              "(set algorithm.turns=batch)")
+        check(
+            self.rounds == "local_pass" and self.round_steps is None,
+            f"algorithm.rounds={self.rounds} / round_steps={self.round_steps} are for "
+            "algorithm.turns=batch: with whole-epoch turns a round is every client's turn "
+            "(set algorithm.turns=batch)",
+        )
 
 
 def _sequential_server_pass(state, acts, labels, step):
@@ -82,12 +84,14 @@ def build(cfg, data, layout):
 
 def train_step(state, transport, step, x, y):
     if state.turns is None:
-        return split_exchange(state, transport, step, x, y,
-                              Hooks(server_pass=_sequential_server_pass))
+        return split_exchange(
+            state, transport, step, x, y, Hooks(server_pass=_sequential_server_pass)
+        )
     client = state.turns.at(step)[1]  # only this client computes: the others are idle
     slot = state.layout.hosted.index(client) if client in state.layout.hosted else -1
-    loss = one_client_exchange(state, transport, step, client, x, y, slot,
-                               lambda: client_step(state), "sfl_v2")
+    loss = one_client_exchange(
+        state, transport, step, client, x, y, slot, lambda: client_step(state), "sfl_v2"
+    )
     if loss is None:
         return StepOutput(None, None)
     losses = torch.zeros(state.layout.num_clients)
@@ -108,7 +112,15 @@ EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("adam", lr=0.0003, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("sfl_v2", SflV2Config, build, train_step, after_step=fedavg_after_round,
-                global_model=every_round_global,
-                epoch_steps=_epoch_steps,
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)
+METHOD = Method(
+    "sfl_v2",
+    SflV2Config,
+    build,
+    train_step,
+    after_step=fedavg_after_round,
+    global_model=every_round_global,
+    epoch_steps=_epoch_steps,
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_round_steps,
+)

@@ -47,8 +47,10 @@ class SlConfig(TurnConfig):
 
     def validate(self, run) -> None:
         self.validate_turns(run)
-        check(run.optim.name == "sgd",
-              "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd")
+        check(
+            run.optim.name == "sgd",
+            "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd",
+        )
 
 
 @dataclass
@@ -72,15 +74,20 @@ def _state_vector(state) -> torch.Tensor:
     params = list(state.clients.parameters())
     opt_state = state.client_opt.state
     moments = [opt_state.get(p, {}).get("momentum_buffer") for p in params]
-    return flatten(params + [m if m is not None else torch.zeros_like(p)
-                             for m, p in zip(moments, params, strict=False)])
+    return flatten(
+        params
+        + [
+            m if m is not None else torch.zeros_like(p)
+            for m, p in zip(moments, params, strict=False)
+        ]
+    )
 
 
 def _load_state_vector(state, flat: torch.Tensor) -> None:
     params = list(state.clients.parameters())
     offset = load_flat_(params, flat)
     for p in params:
-        buf = flat[offset: offset + p.numel()].view_as(p).clone()
+        buf = flat[offset : offset + p.numel()].view_as(p).clone()
         state.client_opt.state.setdefault(p, {})["momentum_buffer"] = buf
         offset += p.numel()
 
@@ -90,8 +97,9 @@ def _hand_off(state, transport, step: int, giver: int, taker: int) -> None:
     layout = state.layout
     giver_rank, taker_rank = layout.rank_of(giver), layout.rank_of(taker)
     rows = [_state_vector(state)] if layout.rank == giver_rank else None
-    got = transport.client_to_client(step, "sl_handoff", giver, taker, rows,
-                                     counted_bytes=4 * state.own.segment_numel)
+    got = transport.client_to_client(
+        step, "sl_handoff", giver, taker, rows, counted_bytes=4 * state.own.segment_numel
+    )
     if giver_rank != taker_rank and layout.rank == taker_rank:
         _load_state_vector(state, got[0])
 
@@ -103,8 +111,9 @@ def train_step(state, transport, step, x, y):
     losses = torch.zeros(n) if state.layout.is_server else None
 
     def turn(client: int) -> None:
-        loss = one_client_exchange(state, transport, step, client, x, y, 0,
-                                   lambda: state.client_opt.step(), "sl")
+        loss = one_client_exchange(
+            state, transport, step, client, x, y, 0, lambda: state.client_opt.step(), "sl"
+        )
         if loss is not None:
             losses[client] = loss
 
@@ -149,13 +158,19 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     """Turns, not parallel: per turn one client's batch on both segments (a step is
     every client's turn with one-batch turns, one client's with whole-epoch turns)."""
     b = state.data.batch_size
-    return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b,
-                    TRAIN_FLOPS_PER_FORWARD * server_flops * b, sequential=True)
+    return StepCost(
+        TRAIN_FLOPS_PER_FORWARD * client_flops * b,
+        TRAIN_FLOPS_PER_FORWARD * server_flops * b,
+        sequential=True,
+    )
 
 
 # What reaches the server (docs/privacy.md, exposure flags).
-EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own",
-            "client_weights": "handed on between clients (not through the server)"}
+EXPOSURE = {
+    **PSL_FAMILY,
+    "cut_gradient": "own",
+    "client_weights": "handed on between clients (not through the server)",
+}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.1_m0 of
 # results/tune_mnist20_dir01/chosen.yaml.
@@ -163,6 +178,15 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own",
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("sl", SlConfig, build, train_step, before_eval=before_eval, cost=cost,
-                global_model=lambda state, epoch: True, epoch_steps=turn_epoch,
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "sl",
+    SlConfig,
+    build,
+    train_step,
+    before_eval=before_eval,
+    cost=cost,
+    global_model=lambda state, epoch: True,
+    epoch_steps=turn_epoch,
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+)

@@ -41,8 +41,10 @@ _BLOCK_FACTORIES = {"lenet": lenet_block_factories, "resnet18": resnet18_block_f
 
 def _image_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise ModelError(f"model={name} takes images (C, H, W), but the data's samples are "
-                         f"{shape}; use model=module model.target=pkg.module.fn for other data")
+        raise ModelError(
+            f"model={name} takes images (C, H, W), but the data's samples are "
+            f"{shape}; use model=module model.target=pkg.module.fn for other data"
+        )
     return shape  # type: ignore[return-value]
 
 
@@ -52,8 +54,10 @@ def import_target(target: str) -> Callable:
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ModelError(f"model.target={target!r} cannot be imported ({err}); give "
-                         "pkg.module.fn with its folder on PYTHONPATH") from None
+        raise ModelError(
+            f"model.target={target!r} cannot be imported ({err}); give "
+            "pkg.module.fn with its folder on PYTHONPATH"
+        ) from None
     if not callable(fn):
         raise ModelError(f"model.target={target!r} is not callable")
     return fn
@@ -82,13 +86,16 @@ def children_of(module: nn.Module, label: str) -> list[nn.Module]:
         raise ModelError(f"model {label} returned {type(module).__name__}, not an nn.Module")
     blocks = list(module.children())
     if len(blocks) < 2:
-        raise ModelError(f"model {label} has {len(blocks)} children; a cut needs at least two "
-                         "(return an nn.Sequential of the layers in order)")
+        raise ModelError(
+            f"model {label} has {len(blocks)} children; a cut needs at least two "
+            "(return an nn.Sequential of the layers in order)"
+        )
     return blocks
 
 
-def _module_factories(label: str, build: Callable, shape: tuple[int, ...],
-                      num_classes: int) -> list[BlockFactory]:
+def _module_factories(
+    label: str, build: Callable, shape: tuple[int, ...], num_classes: int
+) -> list[BlockFactory]:
     """Factories of a whole-module model: the first one called builds the model (under the
     caller's RNG state) and each returns its child, so a segment is a slice of one model
     built from that segment's seed."""
@@ -108,13 +115,13 @@ def _build_checked(label: str, build: Callable, shape: tuple[int, ...], num_clas
         try:
             return build(shape, num_classes)
         except (ValueError, TypeError, RuntimeError) as err:
-            raise ModelError(f"model {label}: building it for inputs {shape} and "
-                             f"{num_classes} classes failed: {err}") from err
+            raise ModelError(
+                f"model {label}: building it for inputs {shape} and "
+                f"{num_classes} classes failed: {err}"
+            ) from err
 
 
-def block_factories(
-    model, input_shape: tuple[int, ...], num_classes: int
-) -> list[BlockFactory]:
+def block_factories(model, input_shape: tuple[int, ...], num_classes: int) -> list[BlockFactory]:
     """Zero-argument constructors of the model's blocks, in order (``model``: a name or a
     `ModelConfig`).
 
@@ -152,8 +159,10 @@ def cut_position(names: list[str], cut: str, label: str) -> int:
         return names.index(cut) + 1
     if cut.isdigit() and int(cut) < len(names):
         return int(cut) + 1
-    raise ModelError(f"model.cut={cut!r} is not a child of model {label}; choose a name or "
-                     f"index of: {', '.join(names)}")
+    raise ModelError(
+        f"model.cut={cut!r} is not a child of model {label}; choose a name or "
+        f"index of: {', '.join(names)}"
+    )
 
 
 def build_blocks(name, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:

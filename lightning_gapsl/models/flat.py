@@ -20,6 +20,6 @@ def load_flat_(tensors: Iterable[Tensor], flat: Tensor) -> int:
     stacked parameter's slice ``p[k]`` included); returns the number of values used."""
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
     return offset

@@ -85,15 +85,25 @@ def _linear(p: dict[str, Tensor], x: Tensor) -> Tensor:
 def _children(p: dict[str, Tensor], name: str) -> dict[str, Tensor]:
     """The tensors of submodule ``name``, with the prefix removed."""
     prefix = name + "."
-    return {n[len(prefix):]: t for n, t in p.items() if n.startswith(prefix)}
+    return {n[len(prefix) :]: t for n, t in p.items() if n.startswith(prefix)}
 
 
 def _basic_block(block: BasicBlock, p: dict[str, Tensor], x: Tensor, k: int) -> Tensor:
     """`BasicBlock.forward` in the grouped layout."""
-    out = torch.relu(grouped_forward(block.norm1, _children(p, "norm1"),
-                                     grouped_forward(block.conv1, _children(p, "conv1"), x, k), k))
-    out = grouped_forward(block.norm2, _children(p, "norm2"),
-                          grouped_forward(block.conv2, _children(p, "conv2"), out, k), k)
+    out = torch.relu(
+        grouped_forward(
+            block.norm1,
+            _children(p, "norm1"),
+            grouped_forward(block.conv1, _children(p, "conv1"), x, k),
+            k,
+        )
+    )
+    out = grouped_forward(
+        block.norm2,
+        _children(p, "norm2"),
+        grouped_forward(block.conv2, _children(p, "conv2"), out, k),
+        k,
+    )
     return torch.relu(out + grouped_forward(block.shortcut, _children(p, "shortcut"), x, k))
 
 
@@ -117,8 +127,11 @@ def grouped_forward(module: nn.Module, p: dict[str, Tensor], x: Tensor, k: int) 
     if isinstance(module, BasicBlock):
         return _basic_block(module, p, x, k)
     if isinstance(module, _ELEMENTWISE):
-        return module(x) if x.dim() == 4 or isinstance(module, (nn.ReLU, nn.Identity)) \
+        return (
+            module(x)
+            if x.dim() == 4 or isinstance(module, (nn.ReLU, nn.Identity))
             else _per_client(module, x)
+        )
     raise TypeError(f"no grouped translation for {type(module).__name__}")
 
 

@@ -78,8 +78,9 @@ class StackedSegments(nn.Module):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self._grouped_ok = grouped_supported(segments[0])
         if mode == "grouped" and not self._grouped_ok:
-            raise ValueError("mode='grouped' has no translation for a layer of this segment; "
-                             "use loop or vmap")
+            raise ValueError(
+                "mode='grouped' has no translation for a layer of this segment; use loop or vmap"
+            )
         self.mode = mode
         self.num_segments = len(segments)
 
@@ -258,7 +259,9 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
         active: ``(K,)`` bool; all True is a plain ``optimizer.step()``.
     """
     if active.dtype != torch.bool or active.dim() != 1:
-        raise ValueError(f"active must be a bool (K,) tensor, got {active.dtype} {tuple(active.shape)}")
+        raise ValueError(
+            f"active must be a bool (K,) tensor, got {active.dtype} {tuple(active.shape)}"
+        )
     if isinstance(optimizer, StackedAdam):
         optimizer.step(active=active)
         return
@@ -273,8 +276,11 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
         if p.dim() == 0 or p.shape[0] != k:
             raise ValueError(f"every parameter must be stacked (K={k}, ...), got {tuple(p.shape)}")
         idle_p = idle.to(p.device)
-        state = {name: v[idle_p].clone() for name, v in optimizer.state.get(p, {}).items()
-                 if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k}
+        state = {
+            name: v[idle_p].clone()
+            for name, v in optimizer.state.get(p, {}).items()
+            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k
+        }
         saved.append((p, idle_p, p.detach()[idle_p].clone(), state))
     optimizer.step()
     with torch.no_grad():
@@ -283,8 +289,9 @@ def masked_step_(optimizer: torch.optim.Optimizer, active: Tensor) -> None:
             for name, v in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == k:
                     old = state.get(name)
-                    v.index_copy_(0, idle_p, old if old is not None else torch.zeros_like(v[idle_p]))
-
+                    v.index_copy_(
+                        0, idle_p, old if old is not None else torch.zeros_like(v[idle_p])
+                    )
 
 
 def resolve_mode(device: torch.device, grouped_ok: bool) -> str:

@@ -27,10 +27,17 @@ class StackedAdam(torch.optim.Optimizer):
     moves only the clients with ``active[k]`` (all of them by default) and advances
     only their step counts; idle clients' parameters and moments are untouched."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "weight_decay": weight_decay})
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() == 0:
@@ -75,16 +82,17 @@ class StackedAdam(torch.optim.Optimizer):
             state["exp_avg_sq"].index_copy_(0, idx, v)
 
 
-def _adam_rows(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int,
-               group: dict) -> None:
+def _adam_rows(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, group: dict
+) -> None:
     """torch's single-tensor Adam update of ``param`` in place at step count ``step``."""
     beta1, beta2 = group["betas"]
     if group["weight_decay"] != 0:
         grad = grad.add(param, alpha=group["weight_decay"])
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
     step_size = group["lr"] / bias_correction1
-    denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(group["eps"])
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(group["eps"])
     param.addcdiv_(exp_avg, denom, value=-step_size)

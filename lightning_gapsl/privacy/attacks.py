@@ -84,8 +84,9 @@ def _clip(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0).reshape(-1, *like.shape[1:])
 
 
-def ridge_attack(a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor
-                 ) -> tuple[torch.Tensor, float]:
+def ridge_attack(
+    a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor
+) -> tuple[torch.Tensor, float]:
     """Reconstruct pixels from activations; returns (images like x_aux (m, C, H, W), lambda).
 
     a_aux (n, ...) activations of the auxiliary images x_aux (n, C, H, W) in [0, 1];
@@ -95,8 +96,10 @@ def ridge_attack(a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor
     x = x_aux.reshape(x_aux.shape[0], -1).double()  # (n, p)
     cut = a.shape[0] - max(1, int(round(HOLDOUT * a.shape[0])))
     predict = _ridge_predictor(a[:cut], x[:cut])
-    errors = [float((_clip(predict(a[cut:], lam), x_aux) - _clip(x[cut:], x_aux)).pow(2).mean())
-              for lam in RIDGE_LAMBDAS]
+    errors = [
+        float((_clip(predict(a[cut:], lam), x_aux) - _clip(x[cut:], x_aux)).pow(2).mean())
+        for lam in RIDGE_LAMBDAS
+    ]
     lam = RIDGE_LAMBDAS[min(range(len(errors)), key=errors.__getitem__)]
     refit = _ridge_refit(a, x, lam)
     return _clip(refit(a_eval.reshape(a_eval.shape[0], -1).double()), x_aux).float(), lam
@@ -107,8 +110,9 @@ class ConvDecoder(nn.Module):
     activations' resolution, a bilinear upsample to the image size, a 3x3 convolution and
     a sigmoid. Flat activations (B, F) first go through a linear layer to a 7x7 map."""
 
-    def __init__(self, act_shape: tuple[int, ...], image_shape: tuple[int, int, int],
-                 width: int = 16):
+    def __init__(
+        self, act_shape: tuple[int, ...], image_shape: tuple[int, int, int], width: int = 16
+    ):
         super().__init__()
         channels, height, width_px = image_shape
         if len(act_shape) == 3:
@@ -116,23 +120,37 @@ class ConvDecoder(nn.Module):
             in_ch = act_shape[0]
         else:
             side = 7
-            stem = [nn.Flatten(), nn.Linear(int(torch.tensor(act_shape).prod()), width * side * side),
-                    nn.ReLU(), nn.Unflatten(1, (width, side, side))]
+            stem = [
+                nn.Flatten(),
+                nn.Linear(int(torch.tensor(act_shape).prod()), width * side * side),
+                nn.ReLU(),
+                nn.Unflatten(1, (width, side, side)),
+            ]
             in_ch = width
         self.net = nn.Sequential(
             *stem,
-            nn.Conv2d(in_ch, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_ch, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
             nn.Upsample(size=(height, width_px), mode="bilinear", align_corners=False),
-            nn.Conv2d(width, channels, 3, padding=1), nn.Sigmoid(),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Sigmoid(),
         )
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return self.net(a)
 
 
-def conv_attack(a_aux: torch.Tensor, x_aux: torch.Tensor, a_eval: torch.Tensor, seed: int,
-                epochs: int = 10, batch_size: int = 128, lr: float = 1e-3) -> torch.Tensor:
+def conv_attack(
+    a_aux: torch.Tensor,
+    x_aux: torch.Tensor,
+    a_eval: torch.Tensor,
+    seed: int,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+) -> torch.Tensor:
     """Train a `ConvDecoder` on (a_aux (n, *F), x_aux (n, C, H, W)) with MSE and Adam;
     return its reconstructions of a_eval (m, *F) -> (m, C, H, W).
 

@@ -54,23 +54,31 @@ def validate_privacy(cfg) -> None:
     choice("privacy", p.mode, PRIVACY_MODES)
     flags = METHODS.get(method).exposure
     if flags is None:  # a method that does not say what reaches the server
-        check(p.mode == "off" and d.activation_noise == 0 and d.nopeek == 0,
-              f"algorithm={method} declares no exposure flags (Method.exposure, see "
-              "lightning_gapsl/privacy/exposure.py), which privacy and defense.* need; "
-              "set privacy=off, defense.activation_noise=0, defense.nopeek=0")
+        check(
+            p.mode == "off" and d.activation_noise == 0 and d.nopeek == 0,
+            f"algorithm={method} declares no exposure flags (Method.exposure, see "
+            "lightning_gapsl/privacy/exposure.py), which privacy and defense.* need; "
+            "set privacy=off, defense.activation_noise=0, defense.nopeek=0",
+        )
         return
     check(p.aux_size >= 20, f"privacy.aux_size={p.aux_size} must be >= 20")
     check(p.pool_size >= 8, f"privacy.pool_size={p.pool_size} must be >= 8")
     check(p.conv_epochs >= 1, f"privacy.conv_epochs={p.conv_epochs} must be >= 1")
-    check(d.activation_noise >= 0,
-          f"defense.activation_noise={d.activation_noise} must be >= 0 (sigma in units of "
-          "the activations' std; 0 = off)")
+    check(
+        d.activation_noise >= 0,
+        f"defense.activation_noise={d.activation_noise} must be >= 0 (sigma in units of "
+        "the activations' std; 0 = off)",
+    )
     check(d.nopeek >= 0, f"defense.nopeek={d.nopeek} must be >= 0 (0 = off)")
     if d.activation_noise > 0:
-        check(flags["defenses"] != "none",
-              f"defense.activation_noise is for methods that send smashed data; "
-              f"algorithm={method} sends none")
+        check(
+            flags["defenses"] != "none",
+            f"defense.activation_noise is for methods that send smashed data; "
+            f"algorithm={method} sends none",
+        )
     if d.nopeek > 0:
-        check(flags["defenses"] == "noise+nopeek",
-              f"defense.nopeek is implemented for algorithm="
-              f"{'|'.join(methods_with('noise+nopeek'))}, not for algorithm={method}")
+        check(
+            flags["defenses"] == "noise+nopeek",
+            f"defense.nopeek is implemented for algorithm="
+            f"{'|'.join(methods_with('noise+nopeek'))}, not for algorithm={method}",
+        )

@@ -17,17 +17,21 @@ from lightning_gapsl.privacy.metrics import distance_correlation
 from lightning_gapsl.seeding import generator
 
 
-def add_activation_noise(acts: torch.Tensor, sigma: float, seed: int, client_ids: list[int],
-                         step: int | str) -> torch.Tensor:
+def add_activation_noise(
+    acts: torch.Tensor, sigma: float, seed: int, client_ids: list[int], step: int | str
+) -> torch.Tensor:
     """acts (K, B, *F) of clients ``client_ids`` (K) -> acts + noise (K, B, *F).
 
     ``sigma`` <= 0 returns ``acts`` itself (the defaults compute exactly what they did).
     """
     if sigma <= 0:
         return acts
-    noise = torch.stack([
-        torch.randn(acts.shape[1:], generator=generator(seed, "activation_noise", c, step))
-        for c in client_ids]).to(acts)  # (K, B, *F)
+    noise = torch.stack(
+        [
+            torch.randn(acts.shape[1:], generator=generator(seed, "activation_noise", c, step))
+            for c in client_ids
+        ]
+    ).to(acts)  # (K, B, *F)
     scale = acts.detach().flatten(1).std(1).view(-1, *([1] * (acts.dim() - 1)))  # (K, 1, ...)
     return acts + sigma * scale * noise
 

@@ -13,19 +13,43 @@ in every method with a server, so label-leakage attacks on gradients do not appl
 from __future__ import annotations
 
 EVERY_STEP = "every step"
-PSL_FAMILY = {"smashed_data": EVERY_STEP, "labels": EVERY_STEP, "client_weights": "never",
-              "auxiliary_models": "none", "threat": "bound", "virtual_cut": False,
-              "defenses": "noise+nopeek"}
+PSL_FAMILY = {
+    "smashed_data": EVERY_STEP,
+    "labels": EVERY_STEP,
+    "client_weights": "never",
+    "auxiliary_models": "none",
+    "threat": "bound",
+    "virtual_cut": False,
+    "defenses": "noise+nopeek",
+}
 WEIGHTS_EVERY_ROUND = {**PSL_FAMILY, "client_weights": "every round", "threat": "realistic"}
-AUXILIARY = {**WEIGHTS_EVERY_ROUND, "smashed_data": "every q-th step",
-             "cut_gradient": "none (auxiliary model)", "auxiliary_models": "auxiliary models",
-             "defenses": "noise"}
-NO_CUT = {"smashed_data": "none", "labels": "none", "cut_gradient": "none",
-          "auxiliary_models": "none", "threat": "realistic", "virtual_cut": True,
-          "defenses": "none"}
+AUXILIARY = {
+    **WEIGHTS_EVERY_ROUND,
+    "smashed_data": "every q-th step",
+    "cut_gradient": "none (auxiliary model)",
+    "auxiliary_models": "auxiliary models",
+    "defenses": "noise",
+}
+NO_CUT = {
+    "smashed_data": "none",
+    "labels": "none",
+    "cut_gradient": "none",
+    "auxiliary_models": "none",
+    "threat": "realistic",
+    "virtual_cut": True,
+    "defenses": "none",
+}
 
-FLAG_KEYS = ("smashed_data", "labels", "cut_gradient", "client_weights", "auxiliary_models",
-             "threat", "virtual_cut", "defenses")
+FLAG_KEYS = (
+    "smashed_data",
+    "labels",
+    "cut_gradient",
+    "client_weights",
+    "auxiliary_models",
+    "threat",
+    "virtual_cut",
+    "defenses",
+)
 
 
 def exposure(method: str) -> dict:
@@ -35,8 +59,10 @@ def exposure(method: str) -> dict:
 
     flags = METHODS.get(method).exposure
     if flags is None:
-        raise KeyError(f"method {method!r} declares no exposure flags; give its Method "
-                       "exposure={...} (lightning_gapsl/privacy/exposure.py lists the keys)")
+        raise KeyError(
+            f"method {method!r} declares no exposure flags; give its Method "
+            "exposure={...} (lightning_gapsl/privacy/exposure.py lists the keys)"
+        )
     return flags
 
 
@@ -44,5 +70,8 @@ def methods_with(defenses: str) -> list[str]:
     """The methods whose step applies these defenses (for error messages)."""
     from lightning_gapsl.registry import METHODS
 
-    return [name for name in METHODS.names()
-            if (METHODS.get(name).exposure or {}).get("defenses") == defenses]
+    return [
+        name
+        for name in METHODS.names()
+        if (METHODS.get(name).exposure or {}).get("defenses") == defenses
+    ]

@@ -82,8 +82,9 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (|value| ~ 1/n) for independent samples.
     """
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y need the same number of samples, got {x.shape[0]} and "
-                         f"{y.shape[0]}")
+        raise ValueError(
+            f"x and y need the same number of samples, got {x.shape[0]} and {y.shape[0]}"
+        )
     return distance_correlation_u(u_centred_distances(x), u_centred_distances(y))
 
 
@@ -109,7 +110,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if kernel < 3:
         raise ValueError(f"SSIM needs images of at least 4 x 4 pixels, got {tuple(pred.shape)}")
     return structural_similarity_index_measure(
-        pred.float(), target.float(), data_range=1.0, kernel_size=kernel, reduction="none").double()
+        pred.float(), target.float(), data_range=1.0, kernel_size=kernel, reduction="none"
+    ).double()
 
 
 def leakage_index(psnr_client: float, psnr_constant: float, psnr_identity: float) -> float:

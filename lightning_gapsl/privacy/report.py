@@ -29,7 +29,8 @@ THREAT_NOTE = (
     "image), 1 = the identity client (a = x), same attacker; the stronger attacker per "
     "client; mean over evaluated clients, and the worst client. The PSNR index is compressed "
     "by the identity client's very high PSNR (about 74 dB for the ridge attacker on MNIST); "
-    "the same index on SSIM (*leak. SSIM*) reads closer to what the pictures show.")
+    "the same index on SSIM (*leak. SSIM*) reads closer to what the pictures show."
+)
 
 
 def privacy_columns(summary: dict) -> dict:
@@ -57,13 +58,20 @@ def _fmt(values: list, digits: int = 3) -> str:
 
 def privacy_markdown(summaries: list[dict], labels: list[str], title: str) -> str:
     """Mean ± std over seeds per label, the exposure flags, then the two reference rows."""
-    lines = [f"### {title}: leakage", "", THREAT_NOTE, "",
-             "| variant | runs | test acc | MB up+down | leakage (mean) | leakage (worst) | "
-             "ridge | conv | leak. SSIM | SSIM | PSNR dB | dcor | threat | smashed data "
-             "| cut gradient | client weights | other |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}: leakage",
+        "",
+        THREAT_NOTE,
+        "",
+        "| variant | runs | test acc | MB up+down | leakage (mean) | leakage (worst) | "
+        "ridge | conv | leak. SSIM | SSIM | PSNR dB | dcor | threat | smashed data "
+        "| cut gradient | client weights | other |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label in dict.fromkeys(labels):
-        runs = [s for s, v in zip(summaries, labels, strict=False) if v == label and s.get("privacy")]
+        runs = [
+            s for s, v in zip(summaries, labels, strict=False) if v == label and s.get("privacy")
+        ]
         if not runs:
             continue
         cols = [privacy_columns(s) for s in runs]
@@ -78,15 +86,18 @@ def privacy_markdown(summaries: list[dict], labels: list[str], title: str) -> st
             f"| {_fmt([c['leakage_ssim'] for c in cols])} | {_fmt([c['ssim'] for c in cols])} "
             f"| {_fmt([c['psnr'] for c in cols], 1)} | {_fmt([c['dcor'] for c in cols])} "
             f"| {flags['threat']} | {flags['smashed_data']} | {flags['cut_gradient']} "
-            f"| {flags['client_weights']} | {flags['auxiliary_models']} |")
+            f"| {flags['client_weights']} | {flags['auxiliary_models']} |"
+        )
     refs = next((s["privacy"]["reference"] for s in summaries if s.get("privacy")), None)
     if refs:
         for name, leak in (("constant", 0.0), ("identity_ridge", 1.0), ("identity_conv", 1.0)):
             if name in refs:
                 r = refs[name]
-                lines.append(f"| *reference: {name.replace('_', ' (')}{')' if '_' in name else ''}*"
-                             f" | | | | {leak:.3f} | | | | {leak:.3f} | {r['ssim']:.3f} "
-                             f"| {r['psnr']:.1f} | {r['dcor']:.3f} | | | | | |")
+                lines.append(
+                    f"| *reference: {name.replace('_', ' (')}{')' if '_' in name else ''}*"
+                    f" | | | | {leak:.3f} | | | | {leak:.3f} | {r['ssim']:.3f} "
+                    f"| {r['psnr']:.1f} | {r['dcor']:.3f} | | | | | |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -109,9 +120,17 @@ def plot_accuracy_vs_leakage(summaries: list[dict], labels: list[str], path: Pat
         if not s.get("privacy"):
             continue
         colour, marker = _style(order.index(label))
-        ax.scatter(s["privacy"]["leakage"], 100 * s["test_acc_mean"], s=20 + 400 * b / biggest,
-                   color=colour, marker=marker, alpha=0.7,
-                   label=None if label in seen else label, edgecolors="k", linewidths=0.5)
+        ax.scatter(
+            s["privacy"]["leakage"],
+            100 * s["test_acc_mean"],
+            s=20 + 400 * b / biggest,
+            color=colour,
+            marker=marker,
+            alpha=0.7,
+            label=None if label in seen else label,
+            edgecolors="k",
+            linewidths=0.5,
+        )
         seen.add(label)
     ax.set_xlabel("leakage index (0 = constant client, 1 = identity)")
     ax.set_ylabel("mean client test accuracy (%)")
@@ -158,8 +177,9 @@ def plot_reconstructions(recons: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def write_privacy(summaries: list[dict], labels: list[str], run_dirs: list[Path],
-                  out_dir: Path, title: str) -> list[Path]:
+def write_privacy(
+    summaries: list[dict], labels: list[str], run_dirs: list[Path], out_dir: Path, title: str
+) -> list[Path]:
     """privacy.md, the accuracy-leakage plot and the reconstruction picture (first run
     of each label) in ``out_dir``; nothing when no run has a privacy block."""
     if not any(s.get("privacy") for s in summaries):
@@ -167,7 +187,10 @@ def write_privacy(summaries: list[dict], labels: list[str], run_dirs: list[Path]
     out_dir = Path(out_dir)
     md = out_dir / "privacy.md"
     md.write_text(privacy_markdown(summaries, labels, title))
-    paths = [md, plot_accuracy_vs_leakage(summaries, labels, out_dir / "privacy_acc_vs_leakage.png")]
+    paths = [
+        md,
+        plot_accuracy_vs_leakage(summaries, labels, out_dir / "privacy_acc_vs_leakage.png"),
+    ]
     recons = {}
     for label, run_dir in zip(labels, run_dirs, strict=False):
         file = Path(run_dir) / "privacy_recon.pt"
@@ -181,8 +204,10 @@ def write_privacy(summaries: list[dict], labels: list[str], run_dirs: list[Path]
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[-5], file=sys.stderr)
-        print("usage: python -m lightning_gapsl.privacy.report OUT_DIR RUN_DIR [RUN_DIR ...]",
-              file=sys.stderr)
+        print(
+            "usage: python -m lightning_gapsl.privacy.report OUT_DIR RUN_DIR [RUN_DIR ...]",
+            file=sys.stderr,
+        )
         return 2
     out_dir, runs = Path(argv[0]), [Path(r) for r in argv[1:]]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,10 @@ def run_ranks(world_size: int, fn, timeout: float = 60.0) -> dict[int, tuple[str
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, queue))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, queue))
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results = {}

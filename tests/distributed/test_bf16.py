@@ -13,10 +13,22 @@ from tests.conftest import load_summary
 
 pytestmark = pytest.mark.slow
 
-TINY = ["trainer.max_epochs=1", "data.steps_per_epoch=4", "data.num_clients=4",
-        "trainer.threads=1", "trainer.precision=bf16-mixed", "data.val_fraction=0"]
-MLP = ["plugins=[tests.plugin.example_plugin]", "data=blobs64", "model=module",
-       "model.target=tests.plugin.example_plugin.mlp", "model.cut=fc1", "data.partition=iid"]
+TINY = [
+    "trainer.max_epochs=1",
+    "data.steps_per_epoch=4",
+    "data.num_clients=4",
+    "trainer.threads=1",
+    "trainer.precision=bf16-mixed",
+    "data.val_fraction=0",
+]
+MLP = [
+    "plugins=[tests.plugin.example_plugin]",
+    "data=blobs64",
+    "model=module",
+    "model.target=tests.plugin.example_plugin.mlp",
+    "model.cut=fc1",
+    "data.partition=iid",
+]
 
 
 @pytest.mark.parametrize("method, model", [("epsl", []), ("epsl", MLP), ("psl", MLP)])

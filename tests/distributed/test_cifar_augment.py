@@ -21,9 +21,19 @@ from tests.golden.record import exact_fields
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["optim=sgd", "logger=none", "trainer.progress_bar=false", "trainer.timeout_s=60",
-          "model=lenet", "algorithm=psl", "data.num_clients=5", "data.batch_size=8",
-          "data.steps_per_epoch=4", "trainer.max_epochs=2", "trainer.threads=1"]
+COMMON = [
+    "optim=sgd",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.timeout_s=60",
+    "model=lenet",
+    "algorithm=psl",
+    "data.num_clients=5",
+    "data.batch_size=8",
+    "data.steps_per_epoch=4",
+    "trainer.max_epochs=2",
+    "trainer.threads=1",
+]
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> dict:
@@ -40,8 +50,14 @@ def test_cifar_augmentation_is_layout_invariant_and_replays(tmp_path):
     off = _run(tmp_path, "off", *cifar, "trainer.devices=1", "data.augment=false")
     assert off["history"][0]["train_loss"] != one["history"][0]["train_loss"]
     saved = tmp_path / "one" / "partition.json"
-    replay = _run(tmp_path, "replay", *cifar, "trainer.devices=3", "data.partition=iid",
-                  f"data.partition_file={saved}")
+    replay = _run(
+        tmp_path,
+        "replay",
+        *cifar,
+        "trainer.devices=3",
+        "data.partition=iid",
+        f"data.partition_file={saved}",
+    )
     assert (tmp_path / "replay" / "partition.json").read_text() == saved.read_text()
     assert exact_fields(replay) == exact_fields(one)
     record = json.loads(saved.read_text())

@@ -28,8 +28,11 @@ def _summary(compose_cfg, name: str, *overrides: str) -> dict:
 
 def _client_rows(compose_cfg, name: str) -> torch.Tensor:
     """(N, P) every client's segment parameters after the run, from its checkpoint."""
-    ckpt = torch.load(compose_cfg(name=name).output_dir + "/checkpoints/last.ckpt",
-                      weights_only=False, map_location="cpu")
+    ckpt = torch.load(
+        compose_cfg(name=name).output_dir + "/checkpoints/last.ckpt",
+        weights_only=False,
+        map_location="cpu",
+    )
     rows = [v.flatten(1) for k, v in ckpt["state_dict"].items() if k.startswith("models.clients.")]
     return torch.cat(rows, dim=1)
 
@@ -51,10 +54,18 @@ def test_only_the_drawn_clients_move_and_send(compose_cfg) -> None:
 
 @pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg", "epsl", "sglr"])
 def test_one_process_equals_three_with_partial_participation(compose_cfg, method) -> None:
-    extra = ["data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=2"] \
-        if method == "fedavg" else ["data.steps_per_epoch=6"]
-    common = [f"algorithm={method}", "trainer.max_epochs=2", *extra,
-              "participation.fraction=0.6", "participation.dropout=0.25"]
+    extra = (
+        ["data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=2"]
+        if method == "fedavg"
+        else ["data.steps_per_epoch=6"]
+    )
+    common = [
+        f"algorithm={method}",
+        "trainer.max_epochs=2",
+        *extra,
+        "participation.fraction=0.6",
+        "participation.dropout=0.25",
+    ]
     one = _summary(compose_cfg, "one", *common, "trainer.devices=1")
     three = _summary(compose_cfg, "three", *common, "trainer.devices=3")
     assert three["devices"] == 3
@@ -66,14 +77,21 @@ def test_one_process_equals_three_with_partial_participation(compose_cfg, method
     # 3 of 5 per draw; fedavg draws once per 2-step round, the PSL family every step.
     draws = 12 if method != "fedavg" else 6
     assert sum(h["participants"] for h in one["history"]) == 3 * draws
-    expected = sum(int(dropouts(3, i, sample_participants(3, i, 5, 3), 0.25).sum())
-                   for i in range(draws))
+    expected = sum(
+        int(dropouts(3, i, sample_participants(3, i, 5, 3), 0.25).sum()) for i in range(draws)
+    )
     assert sum(h["dropped_dropout"] for h in one["history"]) == expected
 
 
 def test_fedavg_counts_only_the_participants_uploads(compose_cfg) -> None:
-    base = ["algorithm=fedavg", "algorithm.rounds=lockstep", "algorithm.round_steps=2",
-            "data.steps_per_epoch=2", "trainer.max_epochs=1", "trainer.devices=1"]
+    base = [
+        "algorithm=fedavg",
+        "algorithm.rounds=lockstep",
+        "algorithm.round_steps=2",
+        "data.steps_per_epoch=2",
+        "trainer.max_epochs=1",
+        "trainer.devices=1",
+    ]
     full = _summary(compose_cfg, "full", *base)
     two = _summary(compose_cfg, "two", *base, "participation.clients=2")
     assert two["bytes_up"] * 5 == full["bytes_up"] * 2 > 0  # k x P parameters up

@@ -108,8 +108,9 @@ def _fedavg(rank: int, world_size: int) -> dict:
     from lightning_gapsl.models.stacked import StackedSegments
 
     layout = Layout(rank, world_size, NUM_CLIENTS)
-    transport = (DistTransport(layout, torch.device("cpu"), 20) if world_size > 1
-                 else LocalTransport(layout))
+    transport = (
+        DistTransport(layout, torch.device("cpu"), 20) if world_size > 1 else LocalTransport(layout)
+    )
     # Client c's segment: a 2x3 linear layer whose weights are all c, bias all 10 c.
     segments = []
     for c in layout.hosted:

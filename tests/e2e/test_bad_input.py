@@ -61,58 +61,90 @@ CASES = [
     (["latency.server_flops=-1e9"], "latency.server_flops=-1000000000.0 must be > 0"),
     (["latency.client_hetero=-0.5"], "latency.client_hetero=-0.5 must be >= 0"),
     (["model.cut_layer=7"], "model.cut_layer"),
-    (["algorithm=fsl_sage", "algorithm.aux_model=next_stage", "model.cut_layer=3",
-      "data.steps_per_epoch=null"],
-     "algorithm.aux_model=next_stage copies the server's next block, but model.cut_layer=3"),
-    (["algorithm=sl", "algorithm.turns=half"],
-     "algorithm.turns='half' is not valid; choose one of: epoch, batch"),
-    (["algorithm=sfl_v2", "algorithm.turn_order=size", "data.steps_per_epoch=null"],
-     "algorithm.turn_order='size' is not valid; choose one of: id, random"),
+    (
+        [
+            "algorithm=fsl_sage",
+            "algorithm.aux_model=next_stage",
+            "model.cut_layer=3",
+            "data.steps_per_epoch=null",
+        ],
+        "algorithm.aux_model=next_stage copies the server's next block, but model.cut_layer=3",
+    ),
+    (
+        ["algorithm=sl", "algorithm.turns=half"],
+        "algorithm.turns='half' is not valid; choose one of: epoch, batch",
+    ),
+    (
+        ["algorithm=sfl_v2", "algorithm.turn_order=size", "data.steps_per_epoch=null"],
+        "algorithm.turn_order='size' is not valid; choose one of: id, random",
+    ),
     (["algorithm=sl"], "data.steps_per_epoch is for algorithm.turns=batch"),
-    (["algorithm=sfl_v2", "data.steps_per_epoch=null", "algorithm.rounds=lockstep"],
-     "algorithm.rounds=lockstep / round_steps=None are for algorithm.turns=batch"),
+    (
+        ["algorithm=sfl_v2", "data.steps_per_epoch=null", "algorithm.rounds=lockstep"],
+        "algorithm.rounds=lockstep / round_steps=None are for algorithm.turns=batch",
+    ),
     (["seed=abc"], "seed='abc' is not a valid int"),
     (["logger=wandb", "logger.mode=sometimes"], "logger.mode='sometimes' is not valid"),
     (["data.alpha=["], "cannot parse override 'data.alpha=['"),
     (["algorithm=centralized", "trainer.devices=3"], "algorithm=centralized runs in one process"),
     (["ckpt_path={missing}"], "ckpt_path='{missing}': no such file"),
     (["data=cifar10", "data.root={missing}"], "{missing}"),
-    (["data=cifar10", "data.root={cifar_partial}"],
-     "data.root={cifar_partial} lacks data_batch_4; set data.root=/path/to/cifar-10-batches-py"),
+    (
+        ["data=cifar10", "data.root={cifar_partial}"],
+        "data.root={cifar_partial} lacks data_batch_4; set data.root=/path/to/cifar-10-batches-py",
+    ),
     (["data=cifar100", "data.root={cifar_partial}"], "lacks train, test; set data.root="),
     (["data=cifar10", "data.label_kind=coarse"], "data.label_kind=coarse is for data=cifar100"),
     (["data.label_kind=medium"], "data.label_kind='medium' is not valid; choose one of: fine"),
-    (["data=leaf", "data.root={leaf_bad}", "data.num_clients=2"],
-     "LEAF file {leaf_bad}/train/b.json: user 'u1' has 2 x rows, 1 labels and num_samples 2"),
+    (
+        ["data=leaf", "data.root={leaf_bad}", "data.num_clients=2"],
+        "LEAF file {leaf_bad}/train/b.json: user 'u1' has 2 x rows, 1 labels and num_samples 2",
+    ),
     (["data=leaf", "data.root={missing}"], "data.root={missing} lacks the folder train/"),
     (["data.partition=natural"], "data.partition=natural needs a per-sample group id"),
-    (["data.partition=shards", "data.quantity_sigma=1"],
-     "data.quantity_sigma=1.0 applies to data.partition=iid or dirichlet, not shards"),
+    (
+        ["data.partition=shards", "data.quantity_sigma=1"],
+        "data.quantity_sigma=1.0 applies to data.partition=iid or dirichlet, not shards",
+    ),
     (["data.quantity_sigma=-1"], "data.quantity_sigma=-1.0 must be >= 0"),
-    (["data.alpha=0.01", "data.min_client_size=300"],
-     "data.partition=dirichlet: 10 seeded draws with data.alpha=0.01"),
+    (
+        ["data.alpha=0.01", "data.min_client_size=300"],
+        "data.partition=dirichlet: 10 seeded draws with data.alpha=0.01",
+    ),
     (["data.partition_file={missing}"], "data.partition_file='{missing}': no such file"),
-    (["data.partition_file={bad_partition}"],
-     "data.partition_file={bad_partition} is not a partition file"),
-    (["data.partition_file={partition}", "data.num_clients=3"],
-     "data.partition_file={partition} holds 4 clients but data.num_clients=3"),
-    (["data.partition_file={partition}", "data.val_fraction=0.2"],
-     "data.partition_file={partition} was written for other training data"),
+    (
+        ["data.partition_file={bad_partition}"],
+        "data.partition_file={bad_partition} is not a partition file",
+    ),
+    (
+        ["data.partition_file={partition}", "data.num_clients=3"],
+        "data.partition_file={partition} holds 4 clients but data.num_clients=3",
+    ),
+    (
+        ["data.partition_file={partition}", "data.val_fraction=0.2"],
+        "data.partition_file={partition} was written for other training data",
+    ),
     (["participation.fraction=0"], "participation.fraction=0.0 must be in (0, 1]"),
     (["participation.fraction=1.5"], "participation.fraction=1.5 must be in (0, 1]"),
     (["participation.clients=5"], "participation.clients=5 must be in [1, data.num_clients=4]"),
     (["participation.dropout=-0.1"], "participation.dropout=-0.1 must be in [0, 1)"),
     (["participation.deadline_s=0"], "participation.deadline_s=0.0 must be > 0 or null"),
-    (["algorithm=sl", "data.steps_per_epoch=null", "participation.fraction=0.5"],
-     "algorithm=sl does not support partial participation yet"),
-    (["data=fmnist", "data.root={missing}"],
-     "Fashion-MNIST file {missing}/train-images-idx3-ubyte.gz (or {missing}/train-images-idx3-"
-     "ubyte) is missing; install it with `apt-get install dataset-fashion-mnist`"),
+    (
+        ["algorithm=sl", "data.steps_per_epoch=null", "participation.fraction=0.5"],
+        "algorithm=sl does not support partial participation yet",
+    ),
+    (
+        ["data=fmnist", "data.root={missing}"],
+        "Fashion-MNIST file {missing}/train-images-idx3-ubyte.gz (or {missing}/train-images-idx3-"
+        "ubyte) is missing; install it with `apt-get install dataset-fashion-mnist`",
+    ),
     (["output_dir={unwritable}"], "output_dir='{unwritable}' is not writable"),
     (["ckpt_path={trunc}"], "checkpoint {trunc} is corrupt or truncated"),
     (["ckpt_path={foreign}"], "checkpoint {foreign} was not written by lightning_gapsl"),
-    (["data.num_clients=5", "ckpt_path={ckpt}"],
-     "checkpoint {ckpt} is from a different configuration: data was"),
+    (
+        ["data.num_clients=5", "ckpt_path={ckpt}"],
+        "checkpoint {ckpt} is from a different configuration: data was",
+    ),
     (["trainer.devices=3", "ckpt_path={ckpt}"], "trainer.devices was 1, this run has 3"),
     (["privacy=bogus"], "privacy='bogus' is not valid; choose one of: fast, full, off"),
     (["privacy=fast", "privacy.pool_size=2"], "privacy.pool_size=2 must be >= 8"),
@@ -120,10 +152,14 @@ CASES = [
     (["defense.activation_noise=-1"], "defense.activation_noise=-1.0 must be >= 0"),
     (["defense.activation_noise=nan"], "defense.activation_noise=nan is not a valid finite"),
     (["defense.nopeek=-0.5"], "defense.nopeek=-0.5 must be >= 0"),
-    (["algorithm=fedavg", "defense.activation_noise=1", "data.steps_per_epoch=null"],
-     "defense.activation_noise is for methods that send smashed data; algorithm=fedavg"),
-    (["algorithm=fsl_sage", "defense.nopeek=1", "data.steps_per_epoch=null"],
-     "defense.nopeek is implemented for algorithm=psl|gapsl"),
+    (
+        ["algorithm=fedavg", "defense.activation_noise=1", "data.steps_per_epoch=null"],
+        "defense.activation_noise is for methods that send smashed data; algorithm=fedavg",
+    ),
+    (
+        ["algorithm=fsl_sage", "defense.nopeek=1", "data.steps_per_epoch=null"],
+        "defense.nopeek is implemented for algorithm=psl|gapsl",
+    ),
 ]
 
 
@@ -135,8 +171,9 @@ class Foreign:
 def files(tmp_path_factory):
     """A real checkpoint (1 process, 1 epoch) and broken or foreign files beside it."""
     root = tmp_path_factory.mktemp("bad_input")
-    cfg = train.compose([*DIGITS, *FAST, "trainer.devices=1", "trainer.max_epochs=1"],
-                        str(root / "first"))
+    cfg = train.compose(
+        [*DIGITS, *FAST, "trainer.devices=1", "trainer.max_epochs=1"], str(root / "first")
+    )
     train.run(cfg)
     ckpt = root / "first" / "checkpoints" / "last.ckpt"
     (root / "trunc.ckpt").write_bytes(ckpt.read_bytes()[:2000])
@@ -144,15 +181,28 @@ def files(tmp_path_factory):
     cifar_partial = write_cifar10(root / "cifar")
     (cifar_partial / "data_batch_4").unlink()
     write_leaf(root / "leaf", users=2, files=1)
-    (root / "leaf" / "train" / "b.json").write_text(json.dumps(
-        {"users": ["u1"], "num_samples": [2], "user_data": {"u1": {"x": [[0.0] * 784] * 2,
-                                                                   "y": [3]}}}))
+    (root / "leaf" / "train" / "b.json").write_text(
+        json.dumps(
+            {
+                "users": ["u1"],
+                "num_samples": [2],
+                "user_data": {"u1": {"x": [[0.0] * 784] * 2, "y": [3]}},
+            }
+        )
+    )
     (root / "bad_partition.json").write_text('{"clients": [[0]]}')
-    return {"ckpt": ckpt, "trunc": root / "trunc.ckpt", "foreign": root / "foreign.ckpt",
-            "missing": root / "does-not-exist", "unwritable": "/proc/version/run",
-            "root": root, "cifar_partial": cifar_partial, "leaf_bad": root / "leaf",
-            "partition": root / "first" / "partition.json",
-            "bad_partition": root / "bad_partition.json"}
+    return {
+        "ckpt": ckpt,
+        "trunc": root / "trunc.ckpt",
+        "foreign": root / "foreign.ckpt",
+        "missing": root / "does-not-exist",
+        "unwritable": "/proc/version/run",
+        "root": root,
+        "cifar_partial": cifar_partial,
+        "leaf_bad": root / "leaf",
+        "partition": root / "first" / "partition.json",
+        "bad_partition": root / "bad_partition.json",
+    }
 
 
 def _snapshot(folder: Path) -> list:
@@ -169,8 +219,11 @@ def test_bad_command_line(overrides, expected, files, tmp_path, monkeypatch, cap
     if not any(arg.startswith("output_dir=") for arg in args):
         args.append(f"output_dir={existing}")
     monkeypatch.chdir(tmp_path)  # Hydra's own run folder, if it gets that far, goes here
-    monkeypatch.setattr(sys, "argv", ["lgapsl-train", "data=digits", "logger=none",
-                                      "trainer.progress_bar=false", *FAST, *args])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lgapsl-train", "data=digits", "logger=none", "trainer.progress_bar=false", *FAST, *args],
+    )
     with pytest.raises(SystemExit) as exited:
         train.main()
     err = capfd.readouterr().err
@@ -189,8 +242,18 @@ def test_slurm_task_count_mismatch(files, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "lgapsl")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["lgapsl-train", "data=digits", "logger=none", *FAST,
-                                      "trainer.devices=3", f"output_dir={tmp_path / 'out'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "lgapsl-train",
+            "data=digits",
+            "logger=none",
+            *FAST,
+            "trainer.devices=3",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+    )
     with pytest.raises(SystemExit) as exited:
         train.main()
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]

@@ -14,9 +14,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_grouped_run_matches_loop_run(compose_cfg):
-    common = ["algorithm=gapsl", "algorithm.reading=cut", "trainer.devices=1",
-              "data.num_clients=4", "trainer.max_epochs=1", "data.steps_per_epoch=8",
-              "trainer.threads=1"]
+    common = [
+        "algorithm=gapsl",
+        "algorithm.reading=cut",
+        "trainer.devices=1",
+        "data.num_clients=4",
+        "trainer.max_epochs=1",
+        "data.steps_per_epoch=8",
+        "trainer.threads=1",
+    ]
     loop = load_summary(run(compose_cfg(*common, "model.client_exec=loop", name="loop")))
     grouped = load_summary(run(compose_cfg(*common, "model.client_exec=grouped", name="grp")))
     auto = load_summary(run(compose_cfg(*common, "model.client_exec=auto", name="auto")))

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 def _compare(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lightning_gapsl.compare", "experiment=tune_digits_smoke",
-           f"out_dir={out}", "jobs=2", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.compare",
+        "experiment=tune_digits_smoke",
+        f"out_dir={out}",
+        "jobs=2",
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -37,8 +44,7 @@ def test_tune_then_final_on_digits_and_resume(tmp_path):
     assert "psl:\n- algorithm=psl\n" in chosen and "sglr:\n- algorithm=sglr\n" in chosen
     meta = json.loads(next(out.glob("*/seed1/run.json")).read_text())
     assert meta["returncode"] == 0 and meta["host"]["torch"] == version("torch")  # provenance
-    for name in ("tuning.csv", "results.csv", "runs.csv", "acc_vs_bytes.png",
-                 "acc_vs_latency.png"):
+    for name in ("tuning.csv", "results.csv", "runs.csv", "acc_vs_bytes.png", "acc_vs_latency.png"):
         assert (out / name).is_file(), name
 
     logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/train.log")}

@@ -12,19 +12,29 @@ from tests.conftest import load_summary
 
 @pytest.fixture
 def torch_flags_restored():
-    before = (torch.are_deterministic_algorithms_enabled(),
-              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
     yield
     torch.use_deterministic_algorithms(before[0])
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-     torch.backends.cudnn.benchmark) = before[1:]
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) = before[1:]
 
 
-def test_deterministic_sets_its_flags_and_keeps_the_cpu_numbers(compose_cfg,
-                                                               torch_flags_restored):
-    tiny = ["algorithm=psl", "trainer.devices=1", "trainer.max_epochs=1",
-            "data.steps_per_epoch=4", "trainer.threads=1"]
+def test_deterministic_sets_its_flags_and_keeps_the_cpu_numbers(compose_cfg, torch_flags_restored):
+    tiny = [
+        "algorithm=psl",
+        "trainer.devices=1",
+        "trainer.max_epochs=1",
+        "data.steps_per_epoch=4",
+        "trainer.threads=1",
+    ]
     torch.use_deterministic_algorithms(False)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     plain = load_summary(run(compose_cfg(*tiny, name="plain")))

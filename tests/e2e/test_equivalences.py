@@ -37,7 +37,12 @@ def _record(cfg) -> Recorder:
 
 
 def test_single_client_psl_is_centralized(compose_cfg):
-    common = ["trainer.devices=1", "trainer.max_epochs=2", "data.num_clients=1", "trainer.threads=1"]
+    common = [
+        "trainer.devices=1",
+        "trainer.max_epochs=2",
+        "data.num_clients=1",
+        "trainer.threads=1",
+    ]
     central = _record(compose_cfg("algorithm=centralized", *common, name="central"))
     psl = _record(compose_cfg("algorithm=psl", *common, name="psl"))
     assert len(central.losses) == len(psl.losses) > 50
@@ -50,15 +55,29 @@ def test_single_client_psl_is_centralized(compose_cfg):
 def test_gapsl_lambda_zero_is_psl_bit_for_bit(compose_cfg, reading):
     common = ["trainer.devices=1", "trainer.max_epochs=1", "data.num_clients=4"]
     psl = _record(compose_cfg("algorithm=psl", *common, name="psl"))
-    gapsl = _record(compose_cfg("algorithm=gapsl", f"algorithm.reading={reading}",
-                                "algorithm.lam=0", *common, name="gapsl"))
+    gapsl = _record(
+        compose_cfg(
+            "algorithm=gapsl",
+            f"algorithm.reading={reading}",
+            "algorithm.lam=0",
+            *common,
+            name="gapsl",
+        )
+    )
     assert psl.losses == gapsl.losses
     assert psl.state.keys() == gapsl.state.keys() and len(psl.state) > 0
     for key in psl.state:
         assert torch.equal(psl.state[key], gapsl.state[key]), key
     # ... and lambda > 0 does change training (the test can fail).
-    moved = _record(compose_cfg("algorithm=gapsl", f"algorithm.reading={reading}",
-                                "algorithm.lam=0.5", *common, name="moved"))
+    moved = _record(
+        compose_cfg(
+            "algorithm=gapsl",
+            f"algorithm.reading={reading}",
+            "algorithm.lam=0.5",
+            *common,
+            name="moved",
+        )
+    )
     assert moved.losses != psl.losses
 
 
@@ -70,9 +89,15 @@ class LrProbe(L.Callback):
 
 def test_sglr_server_learning_rate_scales_with_clients(compose_cfg):
     probe = LrProbe()
-    cfg = compose_cfg("algorithm=sglr", "algorithm.lr_exponent=1.5", "optim.lr=0.01",
-                      "data.num_clients=4", "trainer.devices=1", "trainer.max_epochs=1",
-                      "data.steps_per_epoch=2")
+    cfg = compose_cfg(
+        "algorithm=sglr",
+        "algorithm.lr_exponent=1.5",
+        "optim.lr=0.01",
+        "data.num_clients=4",
+        "trainer.devices=1",
+        "trainer.max_epochs=1",
+        "data.steps_per_epoch=2",
+    )
     run(cfg, extra_callbacks=[probe])
     assert probe.client_lr == pytest.approx(0.01)
     assert probe.server_lr == pytest.approx(0.01 * 4**1.5)  # SplitLr: N ** a
@@ -81,9 +106,15 @@ def test_sglr_server_learning_rate_scales_with_clients(compose_cfg):
 def test_splitfed_v1_is_fedavg(compose_cfg):
     """SplitFed V1 (per-client server copies, both halves averaged each round) computes
     exactly what FedAvg of the full model computes: the same losses and accuracies."""
-    common = ["trainer.devices=1", "trainer.max_epochs=2", "data.num_clients=4",
-              "trainer.threads=1", "algorithm.rounds=lockstep", "algorithm.round_steps=5",
-              "data.steps_per_epoch=20"]
+    common = [
+        "trainer.devices=1",
+        "trainer.max_epochs=2",
+        "data.num_clients=4",
+        "trainer.threads=1",
+        "algorithm.rounds=lockstep",
+        "algorithm.round_steps=5",
+        "data.steps_per_epoch=20",
+    ]
     sfl = load_summary(run(compose_cfg("algorithm=sfl_v1", *common, name="sfl")))
     fed = load_summary(run(compose_cfg("algorithm=fedavg", *common, name="fed")))
     for h1, h2 in zip(sfl["history"], fed["history"], strict=False):
@@ -107,12 +138,19 @@ def test_cse_fsl_and_fsl_sage_bytes_by_hand(compose_cfg):
     """Activations go up only every q=5 steps and no gradient comes down; CSE-FSL
     averages segment + head each round, FSL-SAGE averages the segment and sends fitted
     estimators down every l=2 rounds. 6 clients (digits default), B=16, 40 steps."""
-    common = ["trainer.devices=1", "trainer.max_epochs=2", "data.steps_per_epoch=20",
-              "algorithm.rounds=lockstep", "algorithm.round_steps=5",
-              "algorithm.server_interval=5", "algorithm.server_steps=averaged"]
+    common = [
+        "trainer.devices=1",
+        "trainer.max_epochs=2",
+        "data.steps_per_epoch=20",
+        "algorithm.rounds=lockstep",
+        "algorithm.round_steps=5",
+        "algorithm.server_interval=5",
+        "algorithm.server_steps=averaged",
+    ]
     cse = load_summary(run(compose_cfg("algorithm=cse_fsl", *common, name="cse")))
-    sage = load_summary(run(compose_cfg("algorithm=fsl_sage", "algorithm.align_interval=2",
-                                        *common, name="sage")))
+    sage = load_summary(
+        run(compose_cfg("algorithm=fsl_sage", "algorithm.align_interval=2", *common, name="sage"))
+    )
     n, b, act, segment, head = 6, 16, 8 * 4 * 4, 224, 128 * 10 + 10
     uploads = 8 * n * b * (act * 4 + 8)  # steps 0, 5, ..., 35: activations + labels
     rounds = 8  # 40 steps / 5
@@ -130,10 +168,19 @@ def test_sequential_sl_passes_one_segment_bytes_by_hand(compose_cfg):
     activations + labels up and the gradient down, and every hand-off but the very first
     moves the segment's 224 parameters (counted leaving and arriving). B=16, 2 epochs x
     10 steps."""
-    sl = load_summary(run(compose_cfg("algorithm=sl", "algorithm.turns=batch",
-                                      "data.num_clients=5", "trainer.devices=1",
-                                      "trainer.max_epochs=2", "data.steps_per_epoch=10",
-                                      name="sl")))
+    sl = load_summary(
+        run(
+            compose_cfg(
+                "algorithm=sl",
+                "algorithm.turns=batch",
+                "data.num_clients=5",
+                "trainer.devices=1",
+                "trainer.max_epochs=2",
+                "data.steps_per_epoch=10",
+                name="sl",
+            )
+        )
+    )
     turns, handoffs, act = 20 * 5, 20 * 5 - 1, 8 * 4 * 4
     assert sl["bytes_up"] == turns * 16 * (act * 4 + 8) + handoffs * 224 * 4
     assert sl["bytes_down"] == turns * 16 * act * 4 + handoffs * 224 * 4

@@ -19,8 +19,9 @@ FAST = ["trainer.devices=1", "data.num_clients=4", "data.steps_per_epoch=4", "tr
 
 
 def test_eval_every_any_number_and_the_last_epoch_always(compose_cfg):
-    summary = load_summary(run(compose_cfg("algorithm=psl", "trainer.max_epochs=3",
-                                           "trainer.eval_every=2", *FAST)))
+    summary = load_summary(
+        run(compose_cfg("algorithm=psl", "trainer.max_epochs=3", "trainer.eval_every=2", *FAST))
+    )
     evaluated = [h["test_acc_mean"] is not None for h in summary["history"]]
     assert evaluated == [False, True, True]  # epoch 2 (every 2nd) and epoch 3 (the last)
     last = summary["history"][-1]
@@ -39,8 +40,13 @@ def test_eval_every_any_number_and_the_last_epoch_always(compose_cfg):
 def test_identical_clients_are_evaluated_once_with_the_same_numbers(compose_cfg):
     """After a FedAvg round every client holds the same model: one evaluation serves all,
     so every client's accuracy and loss are equal and the global accuracy is theirs."""
-    summary = load_summary(run(compose_cfg("algorithm=fedavg", "trainer.max_epochs=1",
-                                           "algorithm.rounds=lockstep", *FAST)))
+    summary = load_summary(
+        run(
+            compose_cfg(
+                "algorithm=fedavg", "trainer.max_epochs=1", "algorithm.rounds=lockstep", *FAST
+            )
+        )
+    )
     last = summary["history"][-1]
     assert len(set(last["client_acc"])) == 1 and len(set(last["client_test_loss"])) == 1
     assert math.isclose(summary["test_acc_global"], last["client_acc"][0], abs_tol=1e-6)

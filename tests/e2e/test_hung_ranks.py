@@ -30,10 +30,20 @@ TIMEOUT_S = 4
 # Heartbeat check (1.5 s, or 2.5 s when the store's host is the one stopped), the
 # launcher's grace before it kills the stopped rank (2 x 1.5 s), process exit.
 SLACK_S = 8
-CMD = [sys.executable, "-m", "lightning_gapsl.train", "data=digits", "logger=none",
-       "trainer.progress_bar=false", "data.steps_per_epoch=6", "data.num_clients=4",
-       "trainer.threads=1", "trainer.devices=3", "trainer.max_epochs=400",
-       f"trainer.timeout_s={TIMEOUT_S}"]
+CMD = [
+    sys.executable,
+    "-m",
+    "lightning_gapsl.train",
+    "data=digits",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "data.steps_per_epoch=6",
+    "data.num_clients=4",
+    "trainer.threads=1",
+    "trainer.devices=3",
+    "trainer.max_epochs=400",
+    f"trainer.timeout_s={TIMEOUT_S}",
+]
 
 
 def _free_port() -> int:
@@ -49,10 +59,16 @@ def _start(out: Path, srun: bool) -> tuple[list[subprocess.Popen], list[int]]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return [proc], _rank_pids(proc.pid, 3)
     port = str(_free_port())
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **task_env(rank), "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": port})
-             for rank in range(3)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **task_env(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+        )
+        for rank in range(3)
+    ]
     return procs, [p.pid for p in procs]
 
 
@@ -88,16 +104,20 @@ def test_stopped_rank_is_named_and_everyone_leaves(tmp_path, srun, stopped):
             _, stderr = proc.communicate(timeout=TIMEOUT_S + 60)
             took = time.time() - start
             lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-            print(f"stopped rank {stopped} ({'srun' if srun else 'forked'}): a rank left after "
-                  f"{took:.1f} s: {lines}")
+            print(
+                f"stopped rank {stopped} ({'srun' if srun else 'forked'}): a rank left after "
+                f"{took:.1f} s: {lines}"
+            )
             assert proc.returncode != 0
             assert took < TIMEOUT_S + SLACK_S, took
             assert len(lines) == 1, stderr[-3000:]
             assert lines[0].startswith(f"error: rank {stopped} stopped answering"), lines
             assert "Traceback" not in stderr
         if not srun:  # the launching process also removed the stopped rank
-            assert not Path(f"/proc/{pids[stopped]}").exists() or \
-                Path(f"/proc/{pids[stopped]}/stat").read_text().split()[2] == "Z"
+            assert (
+                not Path(f"/proc/{pids[stopped]}").exists()
+                or Path(f"/proc/{pids[stopped]}/stat").read_text().split()[2] == "Z"
+            )
     finally:
         for pid in pids:
             try:

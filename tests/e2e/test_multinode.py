@@ -23,8 +23,14 @@ from tests.distributed.launch import _free_port
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["algorithm=gapsl", "algorithm.reading=client", "data.num_clients=5",
-          "trainer.max_epochs=2", "data.steps_per_epoch=6", "trainer.threads=1"]
+COMMON = [
+    "algorithm=gapsl",
+    "algorithm.reading=client",
+    "data.num_clients=5",
+    "trainer.max_epochs=2",
+    "data.steps_per_epoch=6",
+    "trainer.threads=1",
+]
 
 
 def _torchrun_two_nodes(out: Path) -> list[subprocess.CompletedProcess]:
@@ -33,12 +39,29 @@ def _torchrun_two_nodes(out: Path) -> list[subprocess.CompletedProcess]:
     overrides = [*DIGITS, *COMMON, "trainer.devices=3", f"output_dir={out}"]
     agents = []
     for node_rank, nproc in ((0, 2), (1, 1)):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
-               f"--node_rank={node_rank}", f"--nproc_per_node={nproc}", "--rdzv_backend=static",
-               "--master_addr=127.0.0.1", f"--master_port={port}",
-               "-m", "lightning_gapsl.train", *overrides]
-        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={node_rank}",
+            f"--nproc_per_node={nproc}",
+            "--rdzv_backend=static",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "lightning_gapsl.train",
+            *overrides,
+        ]
+        agents.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
     done = []
     for agent in agents:
         stdout, stderr = agent.communicate(timeout=240)

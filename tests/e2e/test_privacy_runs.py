@@ -16,10 +16,29 @@ pytestmark = pytest.mark.slow
 
 # An epoch is each method's own (local-pass rounds and whole-epoch turns fix it): one
 # pass over 640 training images.
-TINY = ["data.num_clients=4", "trainer.max_epochs=1", "data.steps_per_epoch=null",
-        "data.max_train=640", "trainer.threads=1", "data.val_fraction=0", "privacy=fast"]
-HEADLINE = ("leakage", "leakage_worst", "psnr", "ssim", "dcor", "threat", "exposure",
-            "reference", "clients", "mean", "worst", "eval_s")
+TINY = [
+    "data.num_clients=4",
+    "trainer.max_epochs=1",
+    "data.steps_per_epoch=null",
+    "data.max_train=640",
+    "trainer.threads=1",
+    "data.val_fraction=0",
+    "privacy=fast",
+]
+HEADLINE = (
+    "leakage",
+    "leakage_worst",
+    "psnr",
+    "ssim",
+    "dcor",
+    "threat",
+    "exposure",
+    "reference",
+    "clients",
+    "mean",
+    "worst",
+    "eval_s",
+)
 
 
 def test_every_registered_method_has_exposure_flags():

@@ -40,8 +40,9 @@ def test_resume_equals_uninterrupted(compose_cfg, devices):
     if devices == 3:  # one file per rank
         assert ckpt.with_name("last.ckpt.rank1").is_file()
         assert ckpt.with_name("last.ckpt.rank2").is_file()
-    resumed = load_summary(run(compose_cfg(*common, "trainer.max_epochs=4", f"ckpt_path={ckpt}",
-                                           name="resumed")))
+    resumed = load_summary(
+        run(compose_cfg(*common, "trainer.max_epochs=4", f"ckpt_path={ckpt}", name="resumed"))
+    )
     _assert_same_history(full, resumed)
     assert resumed["steps"] == full["steps"] == 24
 
@@ -50,21 +51,37 @@ def test_checkpoint_from_other_config_or_corrupt(compose_cfg, tmp_path):
     first = compose_cfg(*FAST, "trainer.devices=1", "trainer.max_epochs=1", name="first")
     run(first)
     ckpt = Path(first.output_dir) / "checkpoints" / "last.ckpt"
-    other = compose_cfg(*FAST[:-1], "data.num_clients=5", "trainer.devices=1",
-                        "trainer.max_epochs=2", f"ckpt_path={ckpt}", name="other")
+    other = compose_cfg(
+        *FAST[:-1],
+        "data.num_clients=5",
+        "trainer.devices=1",
+        "trainer.max_epochs=2",
+        f"ckpt_path={ckpt}",
+        name="other",
+    )
     with pytest.raises(CheckpointError, match="different configuration: data"):
         run(other)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
-    bad = compose_cfg(*FAST, "trainer.devices=1", "trainer.max_epochs=2",
-                      f"ckpt_path={truncated}", name="bad")
+    bad = compose_cfg(
+        *FAST, "trainer.devices=1", "trainer.max_epochs=2", f"ckpt_path={truncated}", name="bad"
+    )
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         run(bad)
 
 
 def _cli(out: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lightning_gapsl.train", "data=digits", "logger=none",
-           "trainer.progress_bar=false", *FAST, f"output_dir={out}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.train",
+        "data=digits",
+        "logger=none",
+        "trainer.progress_bar=false",
+        *FAST,
+        f"output_dir={out}",
+        *overrides,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -73,7 +90,9 @@ def _rank_pids(parent: int, count: int, timeout: float = 60) -> list[int]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         path = f"/proc/{parent}/task/{parent}/children"
-        pids = sorted(int(p) for p in Path(path).read_text().split()) if os.path.exists(path) else []
+        pids = (
+            sorted(int(p) for p in Path(path).read_text().split()) if os.path.exists(path) else []
+        )
         if len(pids) >= count:
             return pids[:count]
         time.sleep(0.2)
@@ -105,9 +124,13 @@ def test_sigusr1_to_server_checkpoints_and_resumes(tmp_path):
     # a checkpoint's identity: a shorter run resumes as well and costs seconds, not 400
     # epochs).
     epochs = stopped_at // 6 + 2
-    resumed = _cli(tmp_path / "resumed", "trainer.devices=3", f"trainer.max_epochs={epochs}",
-                   f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-                   f"trainer.eval_every={epochs}")
+    resumed = _cli(
+        tmp_path / "resumed",
+        "trainer.devices=3",
+        f"trainer.max_epochs={epochs}",
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        f"trainer.eval_every={epochs}",
+    )
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     summary = load_summary(tmp_path / "resumed" / "summary.json")

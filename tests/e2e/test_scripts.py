@@ -10,9 +10,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_probe_server_prints_one_line_per_step():
     out = subprocess.run(
-        [sys.executable, "scripts/probe_server.py", "3", "data=digits", "optim=sgd",
-         "data.num_clients=4", "algorithm=fsl_sage", "trainer.progress_bar=false"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "scripts/probe_server.py",
+            "3",
+            "data=digits",
+            "optim=sgd",
+            "data.num_clients=4",
+            "algorithm=fsl_sage",
+            "trainer.progress_bar=false",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("step")]
     assert [int(line.split()[1]) for line in lines] == [0, 1, 2]
@@ -28,7 +41,12 @@ def test_probe_server_prints_one_line_per_step():
 
 
 def test_probe_server_refuses_methods_without_one_server():
-    out = subprocess.run([sys.executable, "scripts/probe_server.py", "3", "data=digits",
-                          "algorithm=sfl_v1"], check=False, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "scripts/probe_server.py", "3", "data=digits", "algorithm=sfl_v1"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "needs one server segment" in out.stderr

@@ -17,10 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_serial_loop_equals_project_sfl_v1(compose_cfg):
-    cfg = compose_cfg("algorithm=sfl_v1", "trainer.devices=1", "data.num_clients=4",
-                      "data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=3",
-                      "trainer.max_epochs=2",
-                      "trainer.threads=1")
+    cfg = compose_cfg(
+        "algorithm=sfl_v1",
+        "trainer.devices=1",
+        "data.num_clients=4",
+        "data.steps_per_epoch=6",
+        "algorithm.rounds=lockstep",
+        "algorithm.round_steps=3",
+        "trainer.max_epochs=2",
+        "trainer.threads=1",
+    )
     project = load_summary(run(cfg))["history"]
     loop = serial_splitfed_v1(cfg, evaluate_every_round=True)["history"]
     assert len(project) == len(loop) == 2

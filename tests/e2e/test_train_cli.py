@@ -21,19 +21,40 @@ from tests.wandb_reader import history, kinds
 pytestmark = pytest.mark.slow
 
 REQUIRED = {
-    "algorithm", "num_clients", "devices", "epochs", "steps", "seed", "test_acc_mean",
-    "test_acc_min", "test_acc_global", "train_loss_final", "bytes_up", "bytes_down",
-    "sim_latency_s", "wall_s", "samples_per_s", "history",
+    "algorithm",
+    "num_clients",
+    "devices",
+    "epochs",
+    "steps",
+    "seed",
+    "test_acc_mean",
+    "test_acc_min",
+    "test_acc_global",
+    "train_loss_final",
+    "bytes_up",
+    "bytes_down",
+    "sim_latency_s",
+    "wall_s",
+    "samples_per_s",
+    "history",
 }
 
 
 def _train(tmp_path: Path, *overrides: str, env: dict | None = None):
-    cmd = [sys.executable, "-m", "lightning_gapsl.train", "data=digits",
-           "trainer.progress_bar=false", "trainer.timeout_s=60",
-           f"output_dir={tmp_path / 'out'}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.train",
+        "data=digits",
+        "trainer.progress_bar=false",
+        "trainer.timeout_s=60",
+        f"output_dir={tmp_path / 'out'}",
+        *overrides,
+    ]
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env,
-                          check=False)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=full_env, check=False
+    )
 
 
 def test_train_three_processes_csv(tmp_path):
@@ -55,11 +76,25 @@ def test_train_three_processes_csv(tmp_path):
         rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
     documented = {  # the keys the README and callbacks/logging.py promise
-        "train_loss", "train_loss_epoch", "test_acc_mean", "test_acc_min", "test_acc_max",
-        "test_acc_std", "client_acc/0", "client_acc/5", "client_test_loss/0", "bytes_up",
-        "bytes_down", "bytes_up_epoch", "bytes_down_epoch", "sim_latency_s", "samples_per_s",
-        "gapsl/leaders", "gapsl/cos_before",
-        "gapsl/cos_after", "gapsl/leader_freq/0",
+        "train_loss",
+        "train_loss_epoch",
+        "test_acc_mean",
+        "test_acc_min",
+        "test_acc_max",
+        "test_acc_std",
+        "client_acc/0",
+        "client_acc/5",
+        "client_test_loss/0",
+        "bytes_up",
+        "bytes_down",
+        "bytes_up_epoch",
+        "bytes_down_epoch",
+        "sim_latency_s",
+        "samples_per_s",
+        "gapsl/leaders",
+        "gapsl/cos_before",
+        "gapsl/cos_after",
+        "gapsl/leader_freq/0",
     }
     assert documented <= logged, documented - logged
     with open(tmp_path / "out" / "label_histograms.csv") as f:
@@ -70,8 +105,9 @@ def test_train_three_processes_csv(tmp_path):
 
 
 def test_train_wandb_offline_one_run_folder(tmp_path):
-    proc = _train(tmp_path, "trainer.devices=3", "trainer.max_epochs=1", "logger=wandb",
-                  "algorithm=psl")
+    proc = _train(
+        tmp_path, "trainer.devices=3", "trainer.max_epochs=1", "logger=wandb", "algorithm=psl"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # created on the server rank only

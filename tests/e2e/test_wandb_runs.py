@@ -25,13 +25,28 @@ from tests.wandb_reader import history, kinds, records
 pytestmark = pytest.mark.slow
 
 CLIENTS = 4
-FAST = ["logger=wandb", "data.steps_per_epoch=6", "trainer.threads=1",
-        f"data.num_clients={CLIENTS}"]
+FAST = [
+    "logger=wandb",
+    "data.steps_per_epoch=6",
+    "trainer.threads=1",
+    f"data.num_clients={CLIENTS}",
+]
 PER_CLIENT = ("client_acc", "client_test_loss", "gapsl/leader_freq")
 DOCUMENTED = (
-    "train_loss_epoch", "test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_std",
-    "bytes_up", "bytes_down", "bytes_up_epoch", "bytes_down_epoch", "sim_latency_s",
-    "samples_per_s", "gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after",
+    "train_loss_epoch",
+    "test_acc_mean",
+    "test_acc_min",
+    "test_acc_max",
+    "test_acc_std",
+    "bytes_up",
+    "bytes_down",
+    "bytes_up_epoch",
+    "bytes_down_epoch",
+    "sim_latency_s",
+    "samples_per_s",
+    "gapsl/leaders",
+    "gapsl/cos_before",
+    "gapsl/cos_after",
     *[f"{name}/{c}" for name in PER_CLIENT for c in range(CLIENTS)],
 )
 
@@ -80,8 +95,10 @@ class PreemptAt(L.Callback):
         self.epoch, self.batch = epoch, batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_rank == 0 and (trainer.current_epoch, batch_idx) == (self.epoch,
-                                                                                 self.batch):
+        if trainer.global_rank == 0 and (trainer.current_epoch, batch_idx) == (
+            self.epoch,
+            self.batch,
+        ):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -105,8 +122,9 @@ def test_three_processes_error_still_finishes_the_run(compose_cfg):
     there with exit code 1, holding what was logged before."""
     from torch.multiprocessing import ProcessRaisedException
 
-    cfg = compose_cfg(*FAST, "trainer.devices=3", "trainer.max_epochs=3", "optim.lr=1e12",
-                      name="diverged")
+    cfg = compose_cfg(
+        *FAST, "trainer.devices=3", "trainer.max_epochs=3", "optim.lr=1e12", name="diverged"
+    )
     with pytest.raises(ProcessRaisedException, match="training loss became"):
         run(cfg)
     (path,) = run_files(Path(cfg.output_dir))

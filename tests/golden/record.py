@@ -23,9 +23,21 @@ from pathlib import Path
 GOLDEN = Path(__file__).with_name("methods_digits.json")
 
 # Per-epoch keys compared to the last bit (timing keys are left out: they vary).
-EXACT_KEYS = ("train_loss", "test_acc_mean", "test_acc_min", "test_acc_global", "bytes_up",
-              "bytes_down", "sim_latency_s", "client_acc", "client_test_loss", "gapsl/leader_freq",
-              "gapsl/leaders", "gapsl/cos_before", "gapsl/cos_after")
+EXACT_KEYS = (
+    "train_loss",
+    "test_acc_mean",
+    "test_acc_min",
+    "test_acc_global",
+    "bytes_up",
+    "bytes_down",
+    "sim_latency_s",
+    "client_acc",
+    "client_test_loss",
+    "gapsl/leader_freq",
+    "gapsl/leaders",
+    "gapsl/cos_before",
+    "gapsl/cos_after",
+)
 
 # Every method, with settings that exercise its round and schedule logic in 2 epochs.
 # The options pinned here keep the conventions in force when the numbers were recorded
@@ -34,35 +46,79 @@ INDEPENDENT = "model.client_init=independent"
 LOCKSTEP = "algorithm.rounds=lockstep"
 CASES = {
     "psl": ["algorithm=psl", INDEPENDENT],
-    "gapsl_cut": ["algorithm=gapsl", "algorithm.reading=cut", "algorithm.align_mode=norm",
-                  INDEPENDENT],
-    "gapsl_client": ["algorithm=gapsl", "algorithm.reading=client", "algorithm.align_mode=norm",
-                     INDEPENDENT],
-    "sglr": ["algorithm=sglr", "algorithm.avg_phase=0.5", INDEPENDENT,
-             "algorithm.avg_phase_where=first", "algorithm.server_loss=weighted"],
+    "gapsl_cut": [
+        "algorithm=gapsl",
+        "algorithm.reading=cut",
+        "algorithm.align_mode=norm",
+        INDEPENDENT,
+    ],
+    "gapsl_client": [
+        "algorithm=gapsl",
+        "algorithm.reading=client",
+        "algorithm.align_mode=norm",
+        INDEPENDENT,
+    ],
+    "sglr": [
+        "algorithm=sglr",
+        "algorithm.avg_phase=0.5",
+        INDEPENDENT,
+        "algorithm.avg_phase_where=first",
+        "algorithm.server_loss=weighted",
+    ],
     "sfl_v1": ["algorithm=sfl_v1", LOCKSTEP, "algorithm.round_steps=5"],
     "sfl_v2": ["algorithm=sfl_v2", "algorithm.turns=batch", LOCKSTEP, "algorithm.round_steps=5"],
     "fedavg": ["algorithm=fedavg", LOCKSTEP, "algorithm.round_steps=5"],
-    "locfedmix": ["algorithm=locfedmix", LOCKSTEP, "algorithm.round_steps=5", "algorithm.fedavg_interval=2",
-                  "algorithm.rec_weight=0.1", "algorithm.mix_alpha=2.0",
-                  "algorithm.average_decoders=false"],
-    "cse_fsl": ["algorithm=cse_fsl", LOCKSTEP, "algorithm.round_steps=5", "algorithm.server_interval=3",
-                "algorithm.server_steps=averaged"],
-    "fsl_sage": ["algorithm=fsl_sage", LOCKSTEP, "algorithm.round_steps=5",
-                 "algorithm.server_interval=5", "algorithm.align_interval=2",
-                 "algorithm.server_steps=averaged", "algorithm.align_when=end",
-                 "algorithm.align_epochs=5", "algorithm.align_batch=128",
-                 "algorithm.align_optimizer=fresh"],
+    "locfedmix": [
+        "algorithm=locfedmix",
+        LOCKSTEP,
+        "algorithm.round_steps=5",
+        "algorithm.fedavg_interval=2",
+        "algorithm.rec_weight=0.1",
+        "algorithm.mix_alpha=2.0",
+        "algorithm.average_decoders=false",
+    ],
+    "cse_fsl": [
+        "algorithm=cse_fsl",
+        LOCKSTEP,
+        "algorithm.round_steps=5",
+        "algorithm.server_interval=3",
+        "algorithm.server_steps=averaged",
+    ],
+    "fsl_sage": [
+        "algorithm=fsl_sage",
+        LOCKSTEP,
+        "algorithm.round_steps=5",
+        "algorithm.server_interval=5",
+        "algorithm.align_interval=2",
+        "algorithm.server_steps=averaged",
+        "algorithm.align_when=end",
+        "algorithm.align_epochs=5",
+        "algorithm.align_batch=128",
+        "algorithm.align_optimizer=fresh",
+    ],
     "sl": ["algorithm=sl", "algorithm.turns=batch"],
     # Whole-epoch turns (recorded when they were added): an epoch is every client's pass.
     "sl_epoch_turns": ["algorithm=sl", "data.steps_per_epoch=null"],
-    "sfl_v2_epoch_turns": ["algorithm=sfl_v2", "data.steps_per_epoch=null", "optim=adam",
-                           "optim.lr=0.001"],
+    "sfl_v2_epoch_turns": [
+        "algorithm=sfl_v2",
+        "data.steps_per_epoch=null",
+        "optim=adam",
+        "optim.lr=0.001",
+    ],
 }
 # Small and fast; equal threads per process so 1 and 3 processes agree bitwise.
-COMMON = ["data=digits", "optim=sgd", "logger=none", "trainer.progress_bar=false",
-          "trainer.timeout_s=60", "data.num_clients=5", "trainer.max_epochs=2", "trainer.threads=1",
-          "data.steps_per_epoch=15", "data.val_fraction=0"]
+COMMON = [
+    "data=digits",
+    "optim=sgd",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.timeout_s=60",
+    "data.num_clients=5",
+    "trainer.max_epochs=2",
+    "trainer.threads=1",
+    "data.steps_per_epoch=15",
+    "data.val_fraction=0",
+]
 LAYOUTS = {"one": ["trainer.devices=1"], "three": ["trainer.devices=3"]}
 
 
@@ -92,8 +148,11 @@ def exact_fields(summary: dict) -> list[dict]:
 
 def _close(key: str, got, want, chaotic: bool = False) -> bool:
     if isinstance(want, list):
-        return (isinstance(got, list) and len(got) == len(want)
-                and all(_close(key, g, w, chaotic) for g, w in zip(got, want, strict=False)))
+        return (
+            isinstance(got, list)
+            and len(got) == len(want)
+            and all(_close(key, g, w, chaotic) for g, w in zip(got, want, strict=False))
+        )
     if want is None or got is None or key in DISCRETE_KEYS:
         return got == want
     if chaotic and key == "train_loss":
@@ -112,9 +171,12 @@ def golden_mismatches(got: list[dict], want: list[dict], case: str = "") -> list
     def keys(g: dict, w: dict) -> list[str]:
         return sorted((set(g) | set(w)) & CHAOTIC_KEYS if chaotic else set(g) | set(w))
 
-    return [f"epoch {e} {key}: {g.get(key)} != {w.get(key)}"
-            for e, (g, w) in enumerate(zip(got, want, strict=False)) for key in keys(g, w)
-            if key not in g or key not in w or not _close(key, g[key], w[key], chaotic)]
+    return [
+        f"epoch {e} {key}: {g.get(key)} != {w.get(key)}"
+        for e, (g, w) in enumerate(zip(got, want, strict=False))
+        for key in keys(g, w)
+        if key not in g or key not in w or not _close(key, g[key], w[key], chaotic)
+    ]
 
 
 def record(cases: list[str]) -> dict:

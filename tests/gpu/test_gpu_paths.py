@@ -30,15 +30,26 @@ GPU = ["trainer.accelerator=gpu", "trainer.max_epochs=1", "data.steps_per_epoch=
 # Lockstep rounds that divide the 4 steps of an epoch (a local-pass round or a whole-epoch
 # turn is a full pass over the data, too long for this check).
 ROUNDS = ["algorithm.rounds=lockstep", "algorithm.round_steps=2"]
-EXTRA = {"sfl_v1": ROUNDS, "sfl_v2": [*ROUNDS, "algorithm.turns=batch"], "fedavg": ROUNDS,
-         "locfedmix": ROUNDS, "cse_fsl": ROUNDS, "fsl_sage": ROUNDS,
-         "sl": ["algorithm.turns=batch"]}
+EXTRA = {
+    "sfl_v1": ROUNDS,
+    "sfl_v2": [*ROUNDS, "algorithm.turns=batch"],
+    "fedavg": ROUNDS,
+    "locfedmix": ROUNDS,
+    "cse_fsl": ROUNDS,
+    "fsl_sage": ROUNDS,
+    "sl": ["algorithm.turns=batch"],
+}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_method_runs_in_process_on_gpu(compose_cfg, algorithm):
-    cfg = compose_cfg(f"algorithm={algorithm}", "trainer.devices=1", "data.num_clients=4",
-                      *GPU, *EXTRA.get(algorithm, []))
+    cfg = compose_cfg(
+        f"algorithm={algorithm}",
+        "trainer.devices=1",
+        "data.num_clients=4",
+        *GPU,
+        *EXTRA.get(algorithm, []),
+    )
     summary = load_summary(run(cfg))
     assert math.isfinite(summary["train_loss_final"])
     assert 0.0 <= summary["test_acc_mean"] <= 1.0
@@ -46,10 +57,20 @@ def test_every_method_runs_in_process_on_gpu(compose_cfg, algorithm):
 
 @pytest.mark.parametrize("client_exec", ["loop", "grouped", "vmap"])
 def test_thousand_lenet_clients_in_one_process(compose_cfg, client_exec):
-    cfg = compose_cfg("algorithm=psl", "data=synthetic", "data.shape=[1,28,28]",
-                      "data.num_train=64000", "data.num_clients=1000", "data.partition=iid",
-                      "trainer.devices=1", "trainer.eval_every=0", f"model.client_exec={client_exec}",
-                      "trainer.accelerator=gpu", "trainer.max_epochs=1", "data.steps_per_epoch=2")
+    cfg = compose_cfg(
+        "algorithm=psl",
+        "data=synthetic",
+        "data.shape=[1,28,28]",
+        "data.num_train=64000",
+        "data.num_clients=1000",
+        "data.partition=iid",
+        "trainer.devices=1",
+        "trainer.eval_every=0",
+        f"model.client_exec={client_exec}",
+        "trainer.accelerator=gpu",
+        "trainer.max_epochs=1",
+        "data.steps_per_epoch=2",
+    )
     summary = load_summary(run(cfg))
     assert summary["num_clients"] == 1000 and math.isfinite(summary["train_loss_final"])
 
@@ -82,9 +103,16 @@ def test_nccl_three_processes_equal_one(tmp_path):
 
 def test_more_processes_than_gpus_is_a_start_up_error(tmp_path):
     gpus = torch.cuda.device_count()
-    cmd = [sys.executable, "-m", "lightning_gapsl.train", *DIGITS, "trainer.accelerator=gpu",
-           f"trainer.devices={gpus + 1}", f"data.num_clients={gpus + 1}",
-           f"output_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.train",
+        *DIGITS,
+        "trainer.accelerator=gpu",
+        f"trainer.devices={gpus + 1}",
+        f"data.num_clients={gpus + 1}",
+        f"output_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2
     assert f"this node has {gpus}" in proc.stderr

@@ -1,7 +1,7 @@
-'''A user's plugin, as a researcher would write it outside this repository: a PSL
+"""A user's plugin, as a researcher would write it outside this repository: a PSL
 variant, a data set of (n, 64) features, an MLP cut by a child's name, and a metric.
 `tests/plugin/test_plugins.py` copies this file into a temporary folder (not importable
-from the repository) and runs it with ``plugins=[my_plugin]``.'''
+from the repository) and runs it with ``plugins=[my_plugin]``."""
 
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,16 +28,22 @@ def _half(state, grads, step):
     return grads * state.cfg.algorithm.scale
 
 
-register_method(Method(
-    "half_psl", HalfPslConfig, split_state,
-    lambda state, transport, step, x, y: split_exchange(state, transport, step, x, y,
-                                                        Hooks(transform=_half)),
-    participation="step"))
+register_method(
+    Method(
+        "half_psl",
+        HalfPslConfig,
+        split_state,
+        lambda state, transport, step, x, y: split_exchange(
+            state, transport, step, x, y, Hooks(transform=_half)
+        ),
+        participation="step",
+    )
+)
 
 
 @register_dataset("blobs64")
 def load_blobs(data_cfg, seed):
-    '''Four gaussian blobs in 64 dimensions, from the run seed.'''
+    """Four gaussian blobs in 64 dimensions, from the run seed."""
     gen = torch.Generator().manual_seed(1000 + seed)
     centers = 2 * torch.randn(CLASSES, FEATURES, generator=gen)
 
@@ -52,8 +58,9 @@ def load_blobs(data_cfg, seed):
 
 def mlp(input_shape, num_classes):
     (features,) = input_shape
-    return nn.Sequential(OrderedDict(fc1=nn.Linear(features, 32), act=nn.ReLU(),
-                                     fc2=nn.Linear(32, num_classes)))
+    return nn.Sequential(
+        OrderedDict(fc1=nn.Linear(features, 32), act=nn.ReLU(), fc2=nn.Linear(32, num_classes))
+    )
 
 
 def _top2_batch(logits, labels):
@@ -61,5 +68,11 @@ def _top2_batch(logits, labels):
     return torch.stack([hit.sum(), torch.tensor(labels.numel())]).double()
 
 
-register_metric(Metric("top2", width=lambda num_classes: 2, batch=_top2_batch,
-                       finish=lambda sums: sums[:, 0] / sums[:, 1]))
+register_metric(
+    Metric(
+        "top2",
+        width=lambda num_classes: 2,
+        batch=_top2_batch,
+        finish=lambda sums: sums[:, 0] / sums[:, 1],
+    )
+)

@@ -19,8 +19,9 @@ def crop(x, dy, dx, flip=False, pad=1, fill=None):
 
 def test_centre_crop_is_the_identity_and_flip_mirrors_columns() -> None:
     assert torch.equal(crop(grid(), 1, 1), grid()[0, 0])
-    assert torch.equal(crop(grid(), 1, 1, flip=True),
-                       torch.tensor([[3.0, 2, 1], [6, 5, 4], [9, 8, 7]]))
+    assert torch.equal(
+        crop(grid(), 1, 1, flip=True), torch.tensor([[3.0, 2, 1], [6, 5, 4], [9, 8, 7]])
+    )
 
 
 def test_corner_crops_shift_in_the_padding() -> None:
@@ -29,14 +30,14 @@ def test_corner_crops_shift_in_the_padding() -> None:
     # offset (2, 2): one pixel down and right
     assert torch.equal(crop(grid(), 2, 2), torch.tensor([[5.0, 6, 0], [8, 9, 0], [0, 0, 0]]))
     # flip after the crop: the (2, 0) window [[0,4,5],[0,7,8],[0,0,0]] mirrored
-    assert torch.equal(crop(grid(), 2, 0, flip=True),
-                       torch.tensor([[5.0, 4, 0], [8, 7, 0], [0, 0, 0]]))
+    assert torch.equal(
+        crop(grid(), 2, 0, flip=True), torch.tensor([[5.0, 4, 0], [8, 7, 0], [0, 0, 0]])
+    )
 
 
 def test_padding_takes_each_channels_fill() -> None:
     x = torch.stack([grid()[0, 0], -grid()[0, 0]]).unsqueeze(0)  # (1, 2, 3, 3)
-    out = crop_flip(x, torch.tensor([[0, 0]]), torch.tensor([False]), 1,
-                    torch.tensor([7.0, -7.0]))
+    out = crop_flip(x, torch.tensor([[0, 0]]), torch.tensor([False]), 1, torch.tensor([7.0, -7.0]))
     assert torch.equal(out[0, 0, 0], torch.tensor([7.0, 7, 7]))
     assert torch.equal(out[0, 1, :, 0], torch.tensor([-7.0, -7, -7]))
     assert torch.equal(out[0, 1, 1:, 1:], -torch.tensor([[1.0, 2], [4, 5]]))
@@ -74,7 +75,7 @@ def test_stacked_clients_equal_each_client_alone() -> None:
     together = augment_clients(x, [2, 5, 6], step=11, seed=0, fill=fill)
     assert together.shape == x.shape
     for row, client in enumerate([2, 5, 6]):
-        alone = augment_clients(x[row:row + 1], [client], step=11, seed=0, fill=fill)
+        alone = augment_clients(x[row : row + 1], [client], step=11, seed=0, fill=fill)
         assert torch.equal(together[row], alone[0])
     assert not torch.equal(together, augment_clients(x, [2, 5, 6], step=12, seed=0, fill=fill))
     assert not torch.equal(together, x)

@@ -12,9 +12,11 @@ def _row(n: int, rss: dict[str, float]) -> dict:
 
 
 def test_memory_line_through_the_ends_and_the_middle_error():
-    rows = [_row(10, {"centralized": 110, "psl": 120, "gapsl": 120}),
-            _row(100, {"centralized": 200, "psl": 260, "gapsl": 230}),
-            _row(1000, {"centralized": 1100, "psl": 2100, "gapsl": 2100})]
+    rows = [
+        _row(10, {"centralized": 110, "psl": 120, "gapsl": 120}),
+        _row(100, {"centralized": 200, "psl": 260, "gapsl": 230}),
+        _row(1000, {"centralized": 1100, "psl": 2100, "gapsl": 2100}),
+    ]
     fit = memory_fit(rows)
     assert fit["centralized"]["mib_per_client"] == pytest.approx(1.0)
     assert fit["centralized"]["intercept_mib"] == pytest.approx(100.0)

@@ -32,14 +32,17 @@ def test_cifar100_fine_and_coarse_labels(tmp_path: Path) -> None:
     assert fine.prepare(fine.train_x)[4, c, i, j].item() == pytest.approx(expected, abs=1e-5)
 
 
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_pixels_scaled_per_batch_equal_the_whole_set_normalized_once(
-        tmp_path: Path, name: str) -> None:
+    tmp_path: Path, name: str
+) -> None:
     # Stored as uint8 and normalized per drawn batch (as MNIST): the floats must be bitwise
     # those of normalizing the whole set once at load time (x / 255, - mean, / std).
-    folder = write_cifar10(tmp_path, rows=40) if name == "cifar10" else write_cifar100(
-        tmp_path, train=400)  # enough samples per class for a validation split
+    folder = (
+        write_cifar10(tmp_path, rows=40)
+        if name == "cifar10"
+        else write_cifar100(tmp_path, train=400)
+    )  # enough samples per class for a validation split
     d = load_dataset(name, root=str(folder), val_fraction=0.2, seed=3)
     assert d.val_x.shape[0] > 0
     assert d.train_x.dtype == d.val_x.dtype == d.test_x.dtype == torch.uint8
@@ -49,6 +52,7 @@ def test_cifar_pixels_scaled_per_batch_equal_the_whole_set_normalized_once(
         assert torch.equal(d.prepare(x), once)
         idx = torch.tensor([[0, x.shape[0] - 1], [1, 1]])  # (K, B) as ClientBatches gathers
         assert torch.equal(d.prepare(x[idx]), once[idx])
+
 
 def test_cifar_errors_name_the_file_or_key(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path)
@@ -61,8 +65,9 @@ def test_cifar_errors_name_the_file_or_key(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"CIFAR-100 file .*test is not a readable pickle"):
         load_dataset("cifar100", root=str(folder))
     with (folder / "test").open("wb") as f:
-        pickle.dump({b"data": torch.zeros(2, 3072, dtype=torch.uint8).numpy(),
-                     b"fine_labels": [0, 100]}, f)
+        pickle.dump(
+            {b"data": torch.zeros(2, 3072, dtype=torch.uint8).numpy(), b"fine_labels": [0, 100]}, f
+        )
     with pytest.raises(DataError, match=r"b'fine_labels' must be in 0..99"):
         load_dataset("cifar100", root=str(folder))
 
@@ -84,21 +89,47 @@ def test_leaf_reads_users_as_groups(tmp_path: Path) -> None:
     assert carved.train_groups.numel() + carved.val_y.numel() == n
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{oops", "is not readable JSON"),
-    ('{"users": ["a"]}', "must be a JSON object with 'users' and 'user_data'"),
-    (json.dumps({"users": ["a"], "num_samples": [1], "user_data": {}}),
-     "user_data['a'] must hold 'x' and 'y'"),
-    (json.dumps({"users": ["a"], "num_samples": [2],
-                 "user_data": {"a": {"x": [[0.0] * 784], "y": [1]}}}),
-     "has 1 x rows, 1 labels and num_samples 2"),
-    (json.dumps({"users": ["a"], "num_samples": [1],
-                 "user_data": {"a": {"x": [[0.0] * 10], "y": [1]}}}),
-     "samples of 10 values, data.shape needs 784"),
-    (json.dumps({"users": ["a"], "num_samples": [1],
-                 "user_data": {"a": {"x": [[0.0] * 784], "y": [0.5]}}}),
-     "labels must be integers"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{oops", "is not readable JSON"),
+        ('{"users": ["a"]}', "must be a JSON object with 'users' and 'user_data'"),
+        (
+            json.dumps({"users": ["a"], "num_samples": [1], "user_data": {}}),
+            "user_data['a'] must hold 'x' and 'y'",
+        ),
+        (
+            json.dumps(
+                {
+                    "users": ["a"],
+                    "num_samples": [2],
+                    "user_data": {"a": {"x": [[0.0] * 784], "y": [1]}},
+                }
+            ),
+            "has 1 x rows, 1 labels and num_samples 2",
+        ),
+        (
+            json.dumps(
+                {
+                    "users": ["a"],
+                    "num_samples": [1],
+                    "user_data": {"a": {"x": [[0.0] * 10], "y": [1]}},
+                }
+            ),
+            "samples of 10 values, data.shape needs 784",
+        ),
+        (
+            json.dumps(
+                {
+                    "users": ["a"],
+                    "num_samples": [1],
+                    "user_data": {"a": {"x": [[0.0] * 784], "y": [0.5]}},
+                }
+            ),
+            "labels must be integers",
+        ),
+    ],
+)
 def test_malformed_leaf_file_names_it(tmp_path: Path, content: str, message: str) -> None:
     write_leaf(tmp_path, users=2, files=1)
     bad = tmp_path / "train" / "zz_bad.json"

@@ -20,8 +20,13 @@ from lightning_gapsl.models.stacked import StackedSegments, resolve_mode
 
 # (model, input shape, cut): every LeNet cut on 8x8 inputs, ResNet's stem + stage 1
 # (cut 2, the GPU target's cut) and stage 2 (cut 3: strided convs, 1x1 shortcut).
-CASES = [("lenet", (1, 8, 8), 1), ("lenet", (1, 8, 8), 2), ("lenet", (1, 8, 8), 3),
-         ("resnet18", (3, 8, 8), 2), ("resnet18", (3, 8, 8), 3)]
+CASES = [
+    ("lenet", (1, 8, 8), 1),
+    ("lenet", (1, 8, 8), 2),
+    ("lenet", (1, 8, 8), 3),
+    ("resnet18", (3, 8, 8), 2),
+    ("resnet18", (3, 8, 8), 3),
+]
 
 
 def _run(segments: list[nn.Module], mode: str, x: torch.Tensor, seed: int = 1):
@@ -45,8 +50,10 @@ def _mismatches(device: torch.device, atol: float) -> set[tuple]:
             assert out.shape == ref_out.shape, (name, cut, mode)
             # Gradients are sums over B*H*W terms: rounding scales with their size.
             scale = float(ref_grads.abs().max())
-            if not (torch.allclose(out, ref_out, rtol=1e-5, atol=atol)
-                    and torch.allclose(grads, ref_grads, rtol=1e-4, atol=atol * scale / 10)):
+            if not (
+                torch.allclose(out, ref_out, rtol=1e-5, atol=atol)
+                and torch.allclose(grads, ref_grads, rtol=1e-4, atol=atol * scale / 10)
+            ):
                 bad.add((name, cut, mode))
     return bad
 
@@ -63,9 +70,11 @@ def test_grouped_and_vmap_equal_loop_on_cpu() -> None:
     assert not with_onednn & without, sorted(with_onednn & without)
     assert not {c for c in with_onednn if c[0] == "lenet"}, with_onednn  # the CPU bench model
     if with_onednn | without:
-        warnings.warn(f"this processor's CPU kernels disagree for {sorted(with_onednn)} "
-                      f"(oneDNN) and {sorted(without)} (native); the other set agrees",
-                      stacklevel=1)
+        warnings.warn(
+            f"this processor's CPU kernels disagree for {sorted(with_onednn)} "
+            f"(oneDNN) and {sorted(without)} (native); the other set agrees",
+            stacklevel=1,
+        )
 
 
 def test_grouped_gives_each_client_its_own_weights() -> None:
@@ -85,8 +94,12 @@ def test_full_lenet_runs_grouped() -> None:
     """FedAvg's clients hold the whole model: conv blocks, Flatten, Linear, logits."""
     segments = [build_full_model("lenet", (1, 8, 8), 10, 1, seed=c) for c in range(2)]
     x = torch.randn(2, 5, 1, 8, 8)
-    torch.testing.assert_close(StackedSegments(segments, mode="grouped")(x),
-                               StackedSegments(segments, mode="loop")(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        StackedSegments(segments, mode="grouped")(x),
+        StackedSegments(segments, mode="loop")(x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_auto_keeps_the_loop_on_cpu_and_groups_on_cuda() -> None:

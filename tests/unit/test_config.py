@@ -104,8 +104,10 @@ def test_a_method_optimizer_is_not_an_algorithm_key():
     """The method's optimizer lives in its Method record, not in the algorithm section."""
     from lightning_gapsl.config import build_config
 
-    with pytest.raises(ConfigError, match="unknown key algorithm.optim; valid keys under "
-                                          "algorithm: client_grad, name"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown key algorithm.optim; valid keys under algorithm: client_grad, name",
+    ):
         build_config({"algorithm": {"name": "psl", "optim": {"name": "adam"}}})
 
 
@@ -120,10 +122,12 @@ def test_every_method_names_its_optimizer_and_python_configs_agree_with_the_cli(
         assert tuned is not None, f"{name} has no Method.optim"
         composed = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1")
         assert composed.optim == tuned, name
-        in_python = RunConfig(algorithm=get_method(name).config(), output_dir=str(tmp_path),
-                              trainer=TrainerConfig(devices=1))
-        assert in_python == compose([f"algorithm={name}", "trainer.devices=1"],
-                                    str(tmp_path)), name
+        in_python = RunConfig(
+            algorithm=get_method(name).config(),
+            output_dir=str(tmp_path),
+            trainer=TrainerConfig(devices=1),
+        )
+        assert in_python == compose([f"algorithm={name}", "trainer.devices=1"], str(tmp_path)), name
         lr = _cfg(tmp_path, f"algorithm={name}", "trainer.devices=1", "optim.lr=0.123").optim.lr
         assert lr == 0.123, name
 

@@ -9,8 +9,13 @@ from lightning_gapsl.bench import gpu_processes
 from lightning_gapsl.config import ConfigError
 
 
-@pytest.mark.parametrize(("override", "key"), [("model.client_exec=batched", "model.client_exec"),
-                                               ("trainer.precision=fp8", "trainer.precision")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.client_exec=batched", "model.client_exec"),
+        ("trainer.precision=fp8", "trainer.precision"),
+    ],
+)
 def test_bad_values_name_the_key(compose_cfg, override, key):
     with pytest.raises(ConfigError, match=key):
         compose_cfg(override)

@@ -7,8 +7,9 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("config_reference",
-                                              ROOT / "scripts" / "config_reference.py")
+spec = importlib.util.spec_from_file_location(
+    "config_reference", ROOT / "scripts" / "config_reference.py"
+)
 config_reference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(config_reference)
 

@@ -50,8 +50,9 @@ def test_pixels_scaled_per_batch_equal_the_whole_set_scaled_once(mnist: DatasetS
     whole = mnist.prepare(mnist.test_x)  # (10000, 1, 28, 28)
     idx = torch.tensor([[3, 9999, 0], [17, 17, 5000]])  # (K, B) as ClientBatches gathers
     assert torch.equal(mnist.prepare(mnist.test_x[idx]), whole[idx])
-    assert torch.equal(torch.cat([mnist.prepare(mnist.test_x[i:i + 999])
-                                  for i in range(0, 10000, 999)]), whole)
+    assert torch.equal(
+        torch.cat([mnist.prepare(mnist.test_x[i : i + 999]) for i in range(0, 10000, 999)]), whole
+    )
 
 
 def test_in_place_carve_equals_the_copying_carve() -> None:
@@ -188,9 +189,7 @@ def test_cifar10_loads_fake_batches(tmp_path: Path) -> None:
     # Row layout is channel-major: pixel (c, i, j) is column c*1024 + i*32 + j.
     raw = written["data_batch_2"][0][1]
     for c, i, j in [(0, 0, 0), (1, 5, 7), (2, 31, 31)]:
-        expected = (
-            raw[c * 1024 + i * 32 + j] / 255.0 - CIFAR10_MEAN[c]
-        ) / CIFAR10_STD[c]
+        expected = (raw[c * 1024 + i * 32 + j] / 255.0 - CIFAR10_MEAN[c]) / CIFAR10_STD[c]
         assert d.prepare(d.train_x)[5, c, i, j].item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -274,8 +273,7 @@ def test_validation_split_on_every_loader(tmp_path: Path) -> None:
 
 def test_validation_rows_never_appear_in_training() -> None:
     # Synthetic rows are continuous noise, so equal rows would mean the same sample.
-    d = load_dataset("synthetic", seed=2, synthetic_train=200, synthetic_test=10,
-                     val_fraction=0.25)
+    d = load_dataset("synthetic", seed=2, synthetic_train=200, synthetic_test=10, val_fraction=0.25)
     assert d.val_y.shape[0] == 50 and d.train_y.shape[0] == 150
     assert torch.cdist(d.val_x.flatten(1), d.train_x.flatten(1)).min() > 1.0
 

@@ -21,14 +21,19 @@ from lightning_gapsl.models.stacked import StackedSegments
 
 def weighted_average(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The average `fedavg_` computes for one stacked tensor, without writing it back."""
-    return fedavg_({"x": stacked}, weights, {"x": stacked.shape[1:]}, dtype=stacked.dtype,
-                   assign=False).view(stacked.shape[1:])
+    return fedavg_(
+        {"x": stacked}, weights, {"x": stacked.shape[1:]}, dtype=stacked.dtype, assign=False
+    ).view(stacked.shape[1:])
 
 
 def fedavg_stacked_(params: dict, weights: torch.Tensor) -> None:
     """`fedavg_` in place on one rank, accumulating in the parameters' dtype."""
-    fedavg_(params, weights, {n: p.shape[1:] for n, p in params.items()},
-            dtype=next(iter(params.values())).dtype)
+    fedavg_(
+        params,
+        weights,
+        {n: p.shape[1:] for n, p in params.items()},
+        dtype=next(iter(params.values())).dtype,
+    )
 
 
 def test_weighted_average_hand_example() -> None:

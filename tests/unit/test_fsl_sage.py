@@ -254,7 +254,6 @@ def test_schedules() -> None:
         alignment_due(0, 0)
 
 
-
 def test_alignment_at_the_start_of_rounds_0_l_2l() -> None:
     assert [r for r in range(7) if alignment_due(r, 3, when="start")] == [0, 3, 6]
     assert [r for r in range(7) if alignment_due(r, 3, when="end")] == [2, 5]
@@ -327,8 +326,10 @@ def test_next_stage_aux_for_resnet_cut_after_the_second_stage() -> None:
     assert torch.equal(copied.state_dict()[conv], server.state_dict()["0.0.conv1.weight"])
     assert not torch.equal(fresh.state_dict()[conv], copied.state_dict()[conv])
     again = next_stage_aux(server, act, 10, init="fresh", seed=4)  # shared start: one seed
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
-                                                 again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     with torch.no_grad():
         copied[0][0].conv1.weight.add_(1.0)
     assert not torch.equal(copied.state_dict()[conv], server.state_dict()["0.0.conv1.weight"])

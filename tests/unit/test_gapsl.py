@@ -29,8 +29,7 @@ LAM_MODES = ("norm", "norm_exact", "linear")  # the modes that use lam
 
 # Hand-checkable hyper-parameters for the pure step (the method's defaults live in
 # lightning_gapsl/methods/gapsl.py).
-HAND = {"rho": 0.5, "tau": None, "normalize_leader": False, "beta": 0.9, "lam": 0.5,
-        "mode": "norm"}
+HAND = {"rho": 0.5, "tau": None, "normalize_leader": False, "beta": 0.9, "lam": 0.5, "mode": "norm"}
 
 
 def five_clients() -> torch.Tensor:

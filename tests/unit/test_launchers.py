@@ -21,14 +21,20 @@ from lightning_gapsl.cluster import (
 from lightning_gapsl.config import ConfigError
 
 
-def torchrun_env(rank: int, local_rank: int, local_world: int, world: int, nodes: int,
-                 node_rank: int) -> dict[str, str]:
+def torchrun_env(
+    rank: int, local_rank: int, local_world: int, world: int, nodes: int, node_rank: int
+) -> dict[str, str]:
     """What torchrun (static rendezvous) sets for one worker."""
     return {
-        "TORCHELASTIC_RUN_ID": "none", "RANK": str(rank), "LOCAL_RANK": str(local_rank),
-        "LOCAL_WORLD_SIZE": str(local_world), "WORLD_SIZE": str(world),
-        "GROUP_RANK": str(node_rank), "GROUP_WORLD_SIZE": str(nodes),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": "none",
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(local_world),
+        "WORLD_SIZE": str(world),
+        "GROUP_RANK": str(node_rank),
+        "GROUP_WORLD_SIZE": str(nodes),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
     }
 
 
@@ -36,10 +42,15 @@ def slurm_env(procid: int, nodes: int, per_node: int) -> dict[str, str]:
     """What srun sets for task ``procid`` of ``--nodes=nodes --ntasks-per-node=per_node``."""
     ntasks = nodes * per_node
     return {
-        "SLURM_JOB_ID": "4813456", "SLURM_JOB_NAME": "lgapsl", "SLURM_NTASKS": str(ntasks),
-        "SLURM_NTASKS_PER_NODE": str(per_node), "SLURM_NNODES": str(nodes),
-        "SLURM_NODELIST": f"node[001-{nodes:03d}]", "SLURM_PROCID": str(procid),
-        "SLURM_LOCALID": str(procid % per_node), "SLURM_NODEID": str(procid // per_node),
+        "SLURM_JOB_ID": "4813456",
+        "SLURM_JOB_NAME": "lgapsl",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(per_node),
+        "SLURM_NNODES": str(nodes),
+        "SLURM_NODELIST": f"node[001-{nodes:03d}]",
+        "SLURM_PROCID": str(procid),
+        "SLURM_LOCALID": str(procid % per_node),
+        "SLURM_NODEID": str(procid // per_node),
     }
 
 
@@ -48,8 +59,16 @@ def environ(monkeypatch):
     """environ(mapping) replaces this process's launcher variables with ``mapping``."""
     for var in list(os.environ):
         if var.startswith(("SLURM", "TORCHELASTIC")) or var in (
-                "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-                "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "GROUP_RANK",
+            "GROUP_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "NODE_RANK",
+        ):
             monkeypatch.delenv(var)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else Lightning sets torch threads globally
     for var in ("MASTER_ADDR", "MASTER_PORT"):  # Lightning writes them; teardown removes them
@@ -70,9 +89,15 @@ def _trainer(devices: int, num_nodes: int):
 
     from lightning_gapsl.strategy import SplitStrategy
 
-    return L.Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes,
-                     strategy=SplitStrategy(start_method="popen"), logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=SplitStrategy(start_method="popen"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
 
 
 # (global rank, local rank, node rank) of the 2 + 1 job of the issue.
@@ -148,8 +173,13 @@ def test_more_gpu_processes_than_gpus_fail_at_start(accelerator, devices, env, g
 
 @pytest.mark.parametrize(
     ("accelerator", "devices", "env", "gpus"),
-    [("gpu", 1, {}, 1), ("gpu", 4, {}, 4), ("cpu", 8, {}, 0), ("auto", 3, {}, 0),
-     ("gpu", 3, torchrun_env(2, 0, 1, 3, 2, 1), 1)],  # one process on a one-GPU node
+    [
+        ("gpu", 1, {}, 1),
+        ("gpu", 4, {}, 4),
+        ("cpu", 8, {}, 0),
+        ("auto", 3, {}, 0),
+        ("gpu", 3, torchrun_env(2, 0, 1, 3, 2, 1), 1),
+    ],  # one process on a one-GPU node
 )
 def test_gpu_process_counts_that_fit(accelerator, devices, env, gpus):
     check_gpu_processes(accelerator, devices, env, gpus)

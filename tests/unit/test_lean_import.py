@@ -11,8 +11,9 @@ UNUSED = ("wandb", "matplotlib", "scipy")
 
 def _imported_after(code: str) -> dict[str, bool]:
     probe = f"import sys; {code}; import json; print(json.dumps({{m: m in sys.modules for m in {UNUSED!r}}}))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

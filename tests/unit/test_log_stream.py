@@ -41,8 +41,17 @@ def test_a_second_in_process_run_logs_to_the_current_stdout(tmp_path, monkeypatc
     monkeypatch.setenv("SLURM_NTASKS", "2")  # stops in our code, after Hydra set up logging
     monkeypatch.setenv("SLURM_JOB_NAME", "lgapsl")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["lgapsl-train", "data=digits", "logger=none",
-                                      "trainer.devices=3", f"output_dir={tmp_path / 'out'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "lgapsl-train",
+            "data=digits",
+            "logger=none",
+            "trainer.devices=3",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+    )
     during = io.StringIO()
     monkeypatch.setattr(sys, "stdout", during)
     monkeypatch.setattr(sys, "stderr", io.StringIO())

@@ -25,8 +25,17 @@ def test_activation_elements_count_every_leaf_output():
 def test_step_memory_by_hand():
     client = nn.Linear(4, 3)  # 15 parameters, 3 activations per sample
     server = nn.Linear(3, 2)  # 8 parameters, 2 activations per sample
-    sgd = step_memory(client, server, (4,), (3,), hosted=5, num_clients=10, batch_size=8,
-                      is_server=True, optimizer="sgd")
+    sgd = step_memory(
+        client,
+        server,
+        (4,),
+        (3,),
+        hosted=5,
+        num_clients=10,
+        batch_size=8,
+        is_server=True,
+        optimizer="sgd",
+    )
     # weights + gradients + momentum: 3 copies of 5 x 15 + 8 parameters, float32
     assert sgd.parameters == 3 * (5 * 15 + 8) * 4
     # 5 clients x 8 samples x 3 through the client, 10 x 8 x 2 through the server
@@ -37,8 +46,11 @@ def test_step_memory_by_hand():
 
 def test_a_run_that_cannot_fit_is_refused_naming_the_keys():
     check_fits(StepMemory(GIB, GIB), 3 * GIB, rank=0)  # fits: nothing raised
-    with pytest.raises(ConfigError, match=r"rank 2 needs at least 2\.0 GiB .* but 1\.0 GiB "
-                                          r"are free; lower data\.batch_size"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rank 2 needs at least 2\.0 GiB .* but 1\.0 GiB "
+        r"are free; lower data\.batch_size",
+    ):
         check_fits(StepMemory(GIB, GIB), GIB, rank=2)
 
 

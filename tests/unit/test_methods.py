@@ -31,8 +31,13 @@ N, B = 3, 4
 
 
 def _state(compose_cfg, *overrides):
-    cfg = compose_cfg(*overrides, f"data.num_clients={N}", f"data.batch_size={B}",
-                      "trainer.devices=1", "optim.momentum=0")
+    cfg = compose_cfg(
+        *overrides,
+        f"data.num_clients={N}",
+        f"data.batch_size={B}",
+        "trainer.devices=1",
+        "optim.momentum=0",
+    )
     data = build_federated_data(cfg)
     method = get_method(cfg.algorithm.name)
     state = method.build(cfg, data, Layout(0, 1, N))
@@ -83,8 +88,9 @@ def test_locfedmix_mixup_moves_server_not_client_gradients(compose_cfg):
 
 
 def test_locfedmix_reconstruction_changes_only_the_client_side(compose_cfg):
-    method, a = _state(compose_cfg, "algorithm=locfedmix", "algorithm.num_partners=0",
-                       "algorithm.rec_weight=1.0")
+    method, a = _state(
+        compose_cfg, "algorithm=locfedmix", "algorithm.num_partners=0", "algorithm.rec_weight=1.0"
+    )
     b = _with(method, a, rec_weight=0.0)
     _step(method, a), _step(method, b)
     assert _same(a.server, b.server)
@@ -96,8 +102,10 @@ def test_epsl_phi_zero_is_psl_bit_for_bit(compose_cfg):
     epsl, b = _state(compose_cfg, "algorithm=epsl", "algorithm.phi=0")
     for step in range(3):
         ta, tb = _step(psl, a, step), _step(epsl, b, step)
-        assert (ta.counter.bytes_up, ta.counter.bytes_down) == \
-            (tb.counter.bytes_up, tb.counter.bytes_down)
+        assert (ta.counter.bytes_up, ta.counter.bytes_down) == (
+            tb.counter.bytes_up,
+            tb.counter.bytes_down,
+        )
     assert _same(a.clients, b.clients) and _same(a.server, b.server)
 
 
@@ -148,16 +156,24 @@ def test_every_method_is_registered_and_names_stay_in_the_registry():
     for name in method_names():
         assert get_method(name).name == name
         assert (root / "conf" / "algorithm" / f"{name}.yaml").is_file()
-        assert ((methods_dir / f"{name}.py").is_file()
-                or (methods_dir / name / "__init__.py").is_file())
+        assert (methods_dir / f"{name}.py").is_file() or (
+            methods_dir / name / "__init__.py"
+        ).is_file()
     # No algorithm-name comparison outside the registry, the config entry and the methods.
     names = "|".join(method_names())
     pattern = rf"""(algorithm|algo)\.name *(==|!=|in)|(==|!=) *["']({names})["']"""
-    found = subprocess.run(["grep", "-rnE", pattern, "lightning_gapsl", "callbacks"],
-                           check=False, cwd=root, capture_output=True,
-                           text=True).stdout.splitlines()
-    outside = [line for line in found if "lightning_gapsl/methods/" not in line
-               and "lightning_gapsl/config.py" not in line]
+    found = subprocess.run(
+        ["grep", "-rnE", pattern, "lightning_gapsl", "callbacks"],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    outside = [
+        line
+        for line in found
+        if "lightning_gapsl/methods/" not in line and "lightning_gapsl/config.py" not in line
+    ]
     assert outside == []
 
 
@@ -166,13 +182,25 @@ def test_unknown_algorithm_names_the_valid_ones():
         get_method("gapls")
 
 
-SPLIT_METHODS = ("psl", "gapsl", "epsl", "sglr", "sfl_v1", "sfl_v2", "locfedmix", "cse_fsl",
-                 "fsl_sage")
+SPLIT_METHODS = (
+    "psl",
+    "gapsl",
+    "epsl",
+    "sglr",
+    "sfl_v1",
+    "sfl_v2",
+    "locfedmix",
+    "cse_fsl",
+    "fsl_sage",
+)
 
 
 def _slices_equal(stacked) -> bool:
-    return all(torch.equal(p[0], p[k]) for p in stacked.stacked_params().values()
-               for k in range(p.shape[0]))
+    return all(
+        torch.equal(p[0], p[k])
+        for p in stacked.stacked_params().values()
+        for k in range(p.shape[0])
+    )
 
 
 @pytest.mark.parametrize("name", SPLIT_METHODS)
@@ -191,24 +219,35 @@ def test_shared_init_every_client_starts_equal_in_any_layout(compose_cfg, name):
                 assert _slices_equal(extra)
     reference = one.clients.segment_state(0)
     for state in ranks:
-        assert all(torch.equal(v, state.clients.segment_state(0)[k])
-                   for k, v in reference.items())
+        assert all(torch.equal(v, state.clients.segment_state(0)[k]) for k, v in reference.items())
 
 
 def test_independent_init_keeps_clients_apart(compose_cfg):
-    cfg = compose_cfg("algorithm=psl", "model.client_init=independent", "data.num_clients=3",
-                      "trainer.devices=1")
+    cfg = compose_cfg(
+        "algorithm=psl", "model.client_init=independent", "data.num_clients=3", "trainer.devices=1"
+    )
     state = get_method("psl").build(cfg, build_federated_data(cfg), Layout(0, 1, 3))
     assert not _slices_equal(state.clients)
 
 
-@pytest.mark.parametrize(("name", "mode", "expected"), [
-    ("cse_fsl", "per_client", N), ("cse_fsl", "averaged", 1),
-    ("fsl_sage", "per_client", N), ("fsl_sage", "averaged", 1)])
+@pytest.mark.parametrize(
+    ("name", "mode", "expected"),
+    [
+        ("cse_fsl", "per_client", N),
+        ("cse_fsl", "averaged", 1),
+        ("fsl_sage", "per_client", N),
+        ("fsl_sage", "averaged", 1),
+    ],
+)
 def test_upload_step_makes_one_server_step_per_client(compose_cfg, name, mode, expected):
     fast = ["algorithm.align_epochs=1"] if name == "fsl_sage" else []
-    method, state = _state(compose_cfg, f"algorithm={name}", f"algorithm.server_steps={mode}",
-                           "algorithm.server_interval=5", *fast)
+    method, state = _state(
+        compose_cfg,
+        f"algorithm={name}",
+        f"algorithm.server_steps={mode}",
+        "algorithm.server_interval=5",
+        *fast,
+    )
     steps = []
     state.server_opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     _step(method, state, step=0)  # step 0 uploads (every q-th step, step 0 included)
@@ -228,8 +267,10 @@ def test_fsl_sage_aligns_before_the_first_client_update_of_round_zero(compose_cf
     estimators = start.own.estimators
     assert not _same(estimators, before)  # fitted in round 0 ...
     for k in range(N):  # ... and each client holds its server-side fit
-        assert all(torch.equal(estimators.stacked_params()[n][k], p)
-                   for n, p in fitted[k].named_parameters())
+        assert all(
+            torch.equal(estimators.stacked_params()[n][k], p)
+            for n, p in fitted[k].named_parameters()
+        )
     assert _same(end.own.estimators, before)  # 'end': not yet
     assert not _same(start.clients, end.clients)  # the first client update used the fit
 
@@ -240,8 +281,14 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
     momentum) untouched, and only active clients' rows are counted as traffic."""
     from lightning_gapsl.data.rounds import active_clients, local_steps
 
-    method, state = _state(compose_cfg, "algorithm=sfl_v1", "data.partition=dirichlet",
-                           "data.alpha=0.5", "optim.momentum=0.9", "data.max_train=60")
+    method, state = _state(
+        compose_cfg,
+        "algorithm=sfl_v1",
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        "optim.momentum=0.9",
+        "data.max_train=60",
+    )
     sizes, b = state.data.client_sizes, state.data.batch_size
     expected = local_steps(sizes.long(), b)  # (N,)
     assert state.round_len == state.data.steps_per_epoch == int(expected.max())
@@ -257,10 +304,13 @@ def test_local_pass_round_gives_each_client_ceil_n_over_b_active_steps(compose_c
         method.train_step(state, transport, t, x, y)
         assert transport.counter.bytes_up - up0 == int(state.active.sum()) * B * row
         after = list(state.clients.stacked_params().values())
-        moved += torch.tensor([any(not torch.equal(p0[k], p1[k]) for p0, p1 in
-                                   zip(before, after, strict=False)) for k in range(N)])
+        moved += torch.tensor(
+            [
+                any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after, strict=False))
+                for k in range(N)
+            ]
+        )
     assert torch.equal(moved, expected), (moved, expected, sizes)
-
 
 
 @pytest.mark.parametrize("name", ["sfl_v2", "sl"])
@@ -271,8 +321,14 @@ def test_epoch_turns_give_each_client_one_pass_in_one_turn(compose_cfg, name):
     consecutive steps and every client has exactly one turn per round."""
     from lightning_gapsl.data.rounds import local_steps
 
-    method, state = _state(compose_cfg, f"algorithm={name}", "data.partition=dirichlet",
-                           "data.alpha=0.5", "optim.momentum=0.9", "data.max_train=60")
+    method, state = _state(
+        compose_cfg,
+        f"algorithm={name}",
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        "optim.momentum=0.9",
+        "data.max_train=60",
+    )
     sizes, b = state.data.client_sizes.long(), state.data.batch_size
     expected = local_steps(sizes, b)  # (N,)
     assert state.round_len is None
@@ -313,10 +369,11 @@ def test_sfl_v2_epoch_turns_move_only_the_turns_client(compose_cfg):
         x, y = _batch()
         method.train_step(state, transport, t, x, y)
         after = list(state.clients.stacked_params().values())
-        moved = [any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after, strict=False))
-                 for k in range(N)]
+        moved = [
+            any(not torch.equal(p0[k], p1[k]) for p0, p1 in zip(before, after, strict=False))
+            for k in range(N)
+        ]
         assert moved == [k == client for k in range(N)], (t, client, moved)
-
 
 
 @pytest.mark.parametrize("model", ["lenet", "resnet18"])
@@ -325,9 +382,15 @@ def test_fsl_sage_next_stage_auxiliary_model(compose_cfg, model):
     copy of the server's next block (same shapes, other values) + pool + linear, equal
     for every client and for the server's copies; a training step runs through it."""
     cut = 3 if model == "resnet18" else 1
-    method, state = _state(compose_cfg, "algorithm=fsl_sage", f"model={model}",
-                           f"model.cut_layer={cut}", "algorithm.aux_model=next_stage",
-                           "algorithm.rounds=lockstep", "algorithm.align_epochs=2")
+    method, state = _state(
+        compose_cfg,
+        "algorithm=fsl_sage",
+        f"model={model}",
+        f"model.cut_layer={cut}",
+        "algorithm.aux_model=next_stage",
+        "algorithm.rounds=lockstep",
+        "algorithm.align_epochs=2",
+    )
     estimators = state.own.estimators
     first = estimators.segment(0)
     block, server_block = first[0], state.server[0]
@@ -338,7 +401,6 @@ def test_fsl_sage_next_stage_auxiliary_model(compose_cfg, model):
     assert all(_same(first, copy_) for copy_ in state.own.server_estimators)
     _step(method, state)
     assert not _same(first, state.own.server_estimators[0])  # aligned at step 0
-
 
 
 def test_step_latency_counts_only_the_active_clients(compose_cfg):
@@ -356,20 +418,25 @@ def test_step_latency_counts_only_the_active_clients(compose_cfg):
     name, shape, classes, cut = model_args(cfg, state.data)
     client = build_client_segment(name, shape, classes, cut, cfg.seed, 0)
     server = build_server_segment(name, shape, classes, cut, cfg.seed)
-    cost = method.cost(state, forward_flops(client, shape),
-                       forward_flops(server, client(torch.zeros(1, *shape)).shape[1:]))
+    cost = method.cost(
+        state,
+        forward_flops(client, shape),
+        forward_flops(server, client(torch.zeros(1, *shape)).shape[1:]),
+    )
     speeds = client_speeds(cfg.latency, N, cfg.seed)  # (N,)
     slowest = int(speeds.argmin())
     one = torch.zeros(N, dtype=torch.bool)
     one[slowest] = True
     assert latency(3000, 300, torch.ones(N, dtype=torch.bool)) == latency(3000, 300)
-    expected = parallel_step_latency(cfg.latency, speeds[[slowest]], cost.client,
-                                     cost.server / N, 1000, 100)
+    expected = parallel_step_latency(
+        cfg.latency, speeds[[slowest]], cost.client, cost.server / N, 1000, 100
+    )
     assert latency(1000, 100, one) == pytest.approx(expected, rel=1e-12)
     # Everyone active with the same per-client bytes: the same slowest client, N batches
     # on the server.
-    assert latency(3000, 300) == pytest.approx(expected + (N - 1) * cost.server / N
-                                               / cfg.latency.server_flops, rel=1e-9)
+    assert latency(3000, 300) == pytest.approx(
+        expected + (N - 1) * cost.server / N / cfg.latency.server_flops, rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("name", ["gapsl", "fsl_sage"])
@@ -389,8 +456,9 @@ def test_checkpointed_method_state_follows_the_modules_device(compose_cfg, name)
     saved.pop("align_optimizers", None)
     assert list(_tensors(saved)) and all(t.device.type == "cpu" for t in _tensors(saved))
     load_method_state(method, state, saved, torch.device("meta"))
-    restored = list(_tensors({k: v for k, v in method.state_dict(state).items()
-                              if k != "align_optimizers"}))
+    restored = list(
+        _tensors({k: v for k, v in method.state_dict(state).items() if k != "align_optimizers"})
+    )
     assert restored and all(t.device.type == "meta" for t in restored)
 
 

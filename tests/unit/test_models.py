@@ -160,8 +160,9 @@ def test_full_model_is_client0_plus_server() -> None:
 
 def test_shared_client_init_copies_client0_for_every_client() -> None:
     def state(client_id: int, client_init: str) -> dict[str, torch.Tensor]:
-        seg = build_client_segment("lenet", (1, 8, 8), 10, 2, seed=3, client_id=client_id,
-                                   client_init=client_init)
+        seg = build_client_segment(
+            "lenet", (1, 8, 8), 10, 2, seed=3, client_id=client_id, client_init=client_init
+        )
         return seg.state_dict()
 
     client0 = state(0, "independent")

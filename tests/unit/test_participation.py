@@ -29,12 +29,15 @@ def test_participant_count_floors_the_fraction_and_keeps_one() -> None:
     assert participant_count(10, 0.5, clients=7) == 7  # a count replaces the fraction
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"fraction": 0.0}, "participation.fraction=0.0"),
-    ({"fraction": 1.5}, "participation.fraction=1.5"),
-    ({"clients": 11}, "participation.clients=11"),
-    ({"clients": 0}, "participation.clients=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"fraction": 0.0}, "participation.fraction=0.0"),
+        ({"fraction": 1.5}, "participation.fraction=1.5"),
+        ({"clients": 11}, "participation.clients=11"),
+        ({"clients": 0}, "participation.clients=0"),
+    ],
+)
 def test_participant_count_names_the_bad_key(kwargs, key) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         participant_count(10, **kwargs)
@@ -66,8 +69,9 @@ def test_dropout_drops_only_participants_below_the_threshold() -> None:
 
     u = torch.rand(6, generator=generator(1, "dropout", 0))
     assert torch.equal(dropped, part & (u < 0.5))
-    rate = sum(int(dropouts(2, i, torch.ones(50, dtype=torch.bool), 0.2).sum())
-               for i in range(200)) / (50 * 200)
+    rate = sum(
+        int(dropouts(2, i, torch.ones(50, dtype=torch.bool), 0.2).sum()) for i in range(200)
+    ) / (50 * 200)
     assert abs(rate - 0.2) < 0.02
     with pytest.raises(ValueError, match=r"participation\.dropout=-0\.1"):
         dropouts(0, 0, part, -0.1)
@@ -76,8 +80,9 @@ def test_dropout_drops_only_participants_below_the_threshold() -> None:
 def test_deadline_drops_exactly_the_slower_participants() -> None:
     times = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5])
     part = torch.tensor([True, True, True, False, True])
-    assert torch.equal(past_deadline(times, part, 1.0),
-                       torch.tensor([False, True, False, False, True]))  # 1.0 is in time
+    assert torch.equal(
+        past_deadline(times, part, 1.0), torch.tensor([False, True, False, False, True])
+    )  # 1.0 is in time
     assert not past_deadline(times, part, None).any()
 
 

@@ -129,20 +129,24 @@ def test_partition_file_round_trip(tmp_path) -> None:
     assert [p.tolist() for p in back] == [p.tolist() for p in parts]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda r: r.update(clients=[[0, 4], [1, 2, 6]]), "holds 2 clients but data.num_clients=3"),
-    (lambda r: r["clients"][1].append(4), "repeats a sample index"),
-    (lambda r: r["clients"][2].append(7), "index outside 0..6"),
-    (lambda r: r["clients"].__setitem__(0, []), "client 0 must be a non-empty list"),
-    (lambda r: r["clients"].__setitem__(0, ["a"]), "client 0 must be a non-empty list"),
-    (lambda r: r.update(num_train=8), "was written for other training data"),
-    (lambda r: r.update(labels_crc32=1), "was written for other training data"),
-    (lambda r: r.pop("format"), "is not a partition file"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r.update(clients=[[0, 4], [1, 2, 6]]), "holds 2 clients but data.num_clients=3"),
+        (lambda r: r["clients"][1].append(4), "repeats a sample index"),
+        (lambda r: r["clients"][2].append(7), "index outside 0..6"),
+        (lambda r: r["clients"].__setitem__(0, []), "client 0 must be a non-empty list"),
+        (lambda r: r["clients"].__setitem__(0, ["a"]), "client 0 must be a non-empty list"),
+        (lambda r: r.update(num_train=8), "was written for other training data"),
+        (lambda r: r.update(labels_crc32=1), "was written for other training data"),
+        (lambda r: r.pop("format"), "is not a partition file"),
+    ],
+)
 def test_bad_partition_files_name_the_key(tmp_path, edit, message) -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    path = write(tmp_path, [torch.tensor([0, 4]), torch.tensor([1, 2, 6]),
-                            torch.tensor([3, 5])], labels)
+    path = write(
+        tmp_path, [torch.tensor([0, 4]), torch.tensor([1, 2, 6]), torch.tensor([3, 5])], labels
+    )
     record = json.loads(Path(path).read_text())
     edit(record)
     Path(path).write_text(json.dumps(record))

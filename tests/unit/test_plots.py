@@ -13,15 +13,17 @@ def _summary(acc: float, class_acc=None) -> dict:
 
 
 def test_tradeoff_plots_with_error_bars_over_seeds(tmp_path):
-    paths = plot_tradeoff({"psl": [_summary(0.8), _summary(0.9)], "sl": [_summary(0.95)],
-                           "crashed": []}, tmp_path)
+    paths = plot_tradeoff(
+        {"psl": [_summary(0.8), _summary(0.9)], "sl": [_summary(0.95)], "crashed": []}, tmp_path
+    )
     assert [p.name for p in paths] == ["acc_vs_bytes.png", "acc_vs_latency.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
 
 def test_class_heat_map_when_present_nothing_otherwise(tmp_path):
     grid = [[1.0, 0.5, None], [0.0, 0.25, 1.0]]  # 2 clients x 3 classes; null: class unseen
-    path = plot_class_acc("gapsl", [_summary(0.5, grid), _summary(0.5, grid), _summary(0.5)],
-                          tmp_path)
+    path = plot_class_acc(
+        "gapsl", [_summary(0.5, grid), _summary(0.5, grid), _summary(0.5)], tmp_path
+    )
     assert path == tmp_path / "class_acc_gapsl.png" and path.stat().st_size > 0
     assert plot_class_acc("psl", [_summary(0.5)], tmp_path) is None

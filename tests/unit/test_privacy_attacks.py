@@ -32,8 +32,9 @@ def data():
 
 
 def _cfg(noise: float = 0.0):
-    return SimpleNamespace(privacy=PrivacyConfig(mode="fast"),
-                           defense=DefenseConfig(activation_noise=noise))
+    return SimpleNamespace(
+        privacy=PrivacyConfig(mode="fast"), defense=DefenseConfig(activation_noise=noise)
+    )
 
 
 def _features(seed: int = 0) -> nn.Module:
@@ -118,14 +119,15 @@ def test_leakage_falls_strictly_as_activation_noise_grows(data):
 def test_ridge_picks_the_penalty_on_held_out_auxiliary_images(data):
     rec, lam = ridge_attack(data.x_aux, data.pix_aux, data.x_pool)  # the identity client
     assert lam == 1e-4 and rec.shape == data.pix_pool.shape
-    noisy = data.x_aux + 3 * torch.randn(data.x_aux.shape, generator=torch.Generator().manual_seed(1))
+    noisy = data.x_aux + 3 * torch.randn(
+        data.x_aux.shape, generator=torch.Generator().manual_seed(1)
+    )
     _, lam_noisy = ridge_attack(noisy, data.pix_aux, data.x_pool)
     assert lam_noisy > lam  # noisier activations need a stronger penalty
 
 
 def test_conv_decoder_is_seeded_and_learns(data):
-    a, b = (conv_attack(data.x_aux, data.pix_aux, data.x_pool, seed=5, epochs=20)
-            for _ in range(2))
+    a, b = (conv_attack(data.x_aux, data.pix_aux, data.x_pool, seed=5, epochs=20) for _ in range(2))
     assert torch.equal(a, b)
     floor = (data.pix_aux.mean(0) - data.pix_pool).pow(2).mean()
     assert (a - data.pix_pool).pow(2).mean() < floor  # beats the mean image

@@ -68,9 +68,11 @@ def test_dcor_of_a_bivariate_normal_matches_the_closed_form():
 
 def _squared_distance_form(x: torch.Tensor, y: torch.Tensor) -> float:
     """What many NoPeek copies compute: the same U-statistic on squared distances."""
+
     def u(z):
         z = z.reshape(z.shape[0], -1).double()
         return u_centre(torch.cdist(z, z) ** 2)
+
     ux, uy = u(x), u(y)
     return float((ux * uy).sum() / ((ux * ux).sum() * (uy * uy).sum()).sqrt())
 

@@ -11,9 +11,10 @@ import torch
 from lightning_gapsl.privacy.evaluate import SCALARS, SHOWN, PrivacyData, reconstructions, summarize
 from lightning_gapsl.privacy.report import privacy_markdown, write_privacy
 
-REFS = {"constant": {"psnr": 10.0, "psnr_median": 10.0, "ssim": 0.2, "mse": 0.1, "dcor": 0.0},
-        "identity_ridge": {"psnr": 50.0, "psnr_median": 50.0, "ssim": 1.0, "mse": 1e-5,
-                           "dcor": 1.0}}
+REFS = {
+    "constant": {"psnr": 10.0, "psnr_median": 10.0, "ssim": 0.2, "mse": 0.1, "dcor": 0.0},
+    "identity_ridge": {"psnr": 50.0, "psnr_median": 50.0, "ssim": 1.0, "mse": 1e-5, "dcor": 1.0},
+}
 
 
 def _rows(psnrs: list[float | None], shape=(1, 4, 4)) -> torch.Tensor:
@@ -22,7 +23,7 @@ def _rows(psnrs: list[float | None], shape=(1, 4, 4)) -> torch.Tensor:
     for c, p in enumerate(psnrs):
         if p is not None:
             rows[c, :7] = torch.tensor([1.0, 0.5, p, p, 0.6, 0.01, 0.1], dtype=torch.float64)
-            rows[c, len(SCALARS):len(SCALARS) + SHOWN * 16] = 0.5
+            rows[c, len(SCALARS) : len(SCALARS) + SHOWN * 16] = 0.5
     return rows
 
 
@@ -38,8 +39,17 @@ def test_summarize_aggregates_mean_and_worst_client():
 
 def test_table_and_pictures(tmp_path):
     blocks = [summarize(_rows([20.0, 30.0]), REFS, m, "fast", 1.0) for m in ("psl", "fedavg")]
-    summaries = [{"algorithm": m, "test_acc_mean": 0.9, "bytes_up": 1e6, "bytes_down": 1e6,
-                  "epochs": 1, "privacy": b} for m, b in zip(("psl", "fedavg"), blocks, strict=False)]
+    summaries = [
+        {
+            "algorithm": m,
+            "test_acc_mean": 0.9,
+            "bytes_up": 1e6,
+            "bytes_down": 1e6,
+            "epochs": 1,
+            "privacy": b,
+        }
+        for m, b in zip(("psl", "fedavg"), blocks, strict=False)
+    ]
     text = privacy_markdown(summaries, ["psl", "fedavg"], "t")
     assert "| psl | 1 | 90.00 | 2.0 | 0.375 | 0.500 |" in text
     assert "realistic" in text and "*reference: constant*" in text
@@ -47,8 +57,12 @@ def test_table_and_pictures(tmp_path):
     for m in ("psl", "fedavg"):
         (tmp_path / m).mkdir()
         torch.save(reconstructions(_rows([20.0, 30.0]), data), tmp_path / m / "privacy_recon.pt")
-    paths = write_privacy(summaries, ["psl", "fedavg"], [tmp_path / "psl", tmp_path / "fedavg"],
-                          tmp_path, "t")
-    assert [p.name for p in paths] == ["privacy.md", "privacy_acc_vs_leakage.png",
-                                       "privacy_reconstructions.png"]
+    paths = write_privacy(
+        summaries, ["psl", "fedavg"], [tmp_path / "psl", tmp_path / "fedavg"], tmp_path, "t"
+    )
+    assert [p.name for p in paths] == [
+        "privacy.md",
+        "privacy_acc_vs_leakage.png",
+        "privacy_reconstructions.png",
+    ]
     assert all(p.stat().st_size > 0 for p in paths)

@@ -157,5 +157,3 @@ def test_loss_rejects_bad_shapes(
             torch.zeros(labels_shape, dtype=torch.long),
             torch.ones(weights_shape),
         )
-
-

@@ -32,8 +32,12 @@ def test_local_steps_and_round_length_by_hand() -> None:
 
 def test_active_clients_are_the_first_steps_of_the_round() -> None:
     masks = [active_clients(t, SIZES, B).tolist() for t in range(4)]
-    assert masks == [[True, True, True], [False, True, True], [False, True, True],
-                     [False, True, False]]
+    assert masks == [
+        [True, True, True],
+        [False, True, True],
+        [False, True, True],
+        [False, True, False],
+    ]
     per_client = torch.stack([active_clients(t, SIZES, B) for t in range(4)]).sum(0)
     assert per_client.tolist() == [1, 4, 3]  # exactly ceil(n_i / B) active steps each
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
@@ -68,8 +72,9 @@ def _batches(client_ids: list[int], round_len: int | None) -> ClientBatches:
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
     starts = [0, 5, 69]
     parts = {c: torch.arange(starts[c], starts[c] + SIZES[c]) for c in client_ids}
-    return ClientBatches(x, torch.zeros(n, dtype=torch.int64), parts, B, seed=3,
-                         total_steps=8, round_len=round_len)
+    return ClientBatches(
+        x, torch.zeros(n, dtype=torch.int64), parts, B, seed=3, total_steps=8, round_len=round_len
+    )
 
 
 def test_local_pass_batches_cover_each_client_once_per_round() -> None:
@@ -132,19 +137,35 @@ def test_turns_schedule_and_its_batches() -> None:
     turns = Turns(tuple(SIZES), B, order="id", seed=3)
     assert turns.length == 8
     assert [turns.at(s)[1:] for s in range(8)] == [
-        (0, 0), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2)]
+        (0, 0),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
     assert turns.at(9) == (1, 1, 0)  # round 1, step 1: client 1's first batch
     assert turns.active(5).tolist() == [False, False, True]
     data = _batches([0, 1, 2], None)
-    data = ClientBatches(data.train_x, data.train_y,
-                         {c: data.streams[c].indices for c in range(3)}, B, 3, 16,
-                         turns=turns)
+    data = ClientBatches(
+        data.train_x,
+        data.train_y,
+        {c: data.streams[c].indices for c in range(3)},
+        B,
+        3,
+        16,
+        turns=turns,
+    )
     for r in range(2):  # each turn is exactly one pass over that client's data
         for c, start in enumerate([0, 5, 69]):
-            rows = [data[r * 8 + s][0].view(3, B)[c] for s in range(8)
-                    if turns.at(r * 8 + s)[1] == c]
+            rows = [
+                data[r * 8 + s][0].view(3, B)[c] for s in range(8) if turns.at(r * 8 + s)[1] == c
+            ]
             seen = torch.cat(rows).long()
             assert set(seen.tolist()) == set(range(start, start + SIZES[c]))
     with pytest.raises(ValueError, match="not both"):
-        ClientBatches(data.train_x, data.train_y, {0: torch.arange(5)}, B, 3, 8,
-                      round_len=4, turns=turns)
+        ClientBatches(
+            data.train_x, data.train_y, {0: torch.arange(5)}, B, 3, 8, round_len=4, turns=turns
+        )

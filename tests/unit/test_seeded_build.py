@@ -18,7 +18,10 @@ def test_client_segment_weights_equal_torch_manual_seed():
     assert torch.equal(torch.random.get_rng_state(), before)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(7, "client", 3))
-        expected = nn.Sequential(*(make() for make in block_factories(
-            "resnet18", (3, 8, 8), 10)[:2]))
-    for (name, a), (_, b) in zip(built.state_dict().items(), expected.state_dict().items(), strict=False):
+        expected = nn.Sequential(
+            *(make() for make in block_factories("resnet18", (3, 8, 8), 10)[:2])
+        )
+    for (name, a), (_, b) in zip(
+        built.state_dict().items(), expected.state_dict().items(), strict=False
+    ):
         assert torch.equal(a, b), name

@@ -179,7 +179,8 @@ def test_server_loss_weights_by_hand() -> None:
     idle_first = torch.tensor([False, True, True])
     assert server_loss_weights(sizes, "mean", idle_first).tolist() == [0.0, 0.5, 0.5]
     assert server_loss_weights(sizes, "weighted", idle_first).tolist() == pytest.approx(
-        [0.0, 1 / 3, 2 / 3])
+        [0.0, 1 / 3, 2 / 3]
+    )
 
 
 def test_mean_server_loss_is_the_plain_mean_over_all_samples() -> None:
@@ -229,7 +230,8 @@ def test_averaged_participants_are_drawn_among_the_active_clients():
         assert int(mask.sum()) == 2 and not bool((mask & ~active).any())
     draws = {tuple(averaged_participants(active, 0.5, 7, s).tolist()) for s in range(20)}
     assert len(draws) > 1  # a new draw each step
-    assert torch.equal(averaged_participants(active, 0.5, 7, 3),
-                       averaged_participants(active, 0.5, 7, 3))  # a function of the step
+    assert torch.equal(
+        averaged_participants(active, 0.5, 7, 3), averaged_participants(active, 0.5, 7, 3)
+    )  # a function of the step
     assert int(averaged_participants(active, 0.0, 7, 0).sum()) == 0
     assert not bool(averaged_participants(torch.zeros(4, dtype=torch.bool), 1.0, 7, 0).any())

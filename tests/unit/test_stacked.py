@@ -266,8 +266,9 @@ def test_masked_step_adam_keeps_idle_clients_and_their_moments() -> None:
     assert torch.equal(opt.state[p]["exp_avg"][1], torch.zeros(3))  # its moments untouched
     assert not torch.equal(p[0].detach(), torch.ones(3))
     with pytest.raises(ValueError, match="stacked"):
-        masked_step_(torch.optim.SGD([nn.Parameter(torch.ones(3))], lr=0.1),
-                     torch.tensor([True, False]))
+        masked_step_(
+            torch.optim.SGD([nn.Parameter(torch.ones(3))], lr=0.1), torch.tensor([True, False])
+        )
 
 
 def test_all_equal_needs_every_parameter_and_buffer_bit_identical() -> None:

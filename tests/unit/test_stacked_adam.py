@@ -65,7 +65,7 @@ def test_a_shared_count_would_differ():
     p.grad = torch.tensor([[0.0], [1.0], [0.0]])
     masked_step_(opt, torch.tensor([False, True, False]))
     # Corrected with count 51: (0.1 / (1 - 0.9**51)) / sqrt(0.001 / (1 - 0.999**51)), not 1.
-    late = (0.1 / (1 - 0.9 ** 51)) / (0.001 / (1 - 0.999 ** 51)) ** 0.5
+    late = (0.1 / (1 - 0.9**51)) / (0.001 / (1 - 0.999**51)) ** 0.5
     assert abs(float(p[1].detach())) == pytest.approx(late, rel=1e-4)
     assert late < 0.75
     q = torch.zeros(K, 1, requires_grad=True)

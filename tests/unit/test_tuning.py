@@ -16,15 +16,24 @@ from lightning_gapsl.tuning import GridError, Run
 
 
 def summary(test=0.9, val=0.9, val_min=None, loss=0.1, **extra) -> dict:
-    return {"test_acc_mean": test, "test_acc_min": test - 0.1, "val_acc_mean": val,
-            "val_acc_min": val - 0.1 if val_min is None and val is not None else val_min,
-            "train_loss_final": loss, "bytes_up": 2e6, "bytes_down": 1e6, "sim_latency_s": 3.0,
-            "wall_s": 5.0, **extra}
+    return {
+        "test_acc_mean": test,
+        "test_acc_min": test - 0.1,
+        "val_acc_mean": val,
+        "val_acc_min": val - 0.1 if val_min is None and val is not None else val_min,
+        "train_loss_final": loss,
+        "bytes_up": 2e6,
+        "bytes_down": 1e6,
+        "sim_latency_s": 3.0,
+        "wall_s": 5.0,
+        **extra,
+    }
 
 
 def run(point: str, s: dict | None, cause: str | None = None, seed: int = 0) -> Run:
-    return Run("m", point, seed, [f"x={point}"], summary=s, cause=cause,
-               returncode=None if s else 1)
+    return Run(
+        "m", point, seed, [f"x={point}"], summary=s, cause=cause, returncode=None if s else 1
+    )
 
 
 # ---------------------------------------------------------------- grid
@@ -39,8 +48,9 @@ def test_equal_grid_sizes_pass_and_unequal_ones_name_the_method():
         tuning.check_grid(grid)
 
 
-@pytest.mark.parametrize("bad", ["trainer.max_epochs=9", "data.alpha=1", "seed=3",
-                                 "algorithm=psl", "+data.max_train=5"])
+@pytest.mark.parametrize(
+    "bad", ["trainer.max_epochs=9", "data.alpha=1", "seed=3", "algorithm=psl", "+data.max_train=5"]
+)
 def test_a_point_may_not_change_the_setting_or_the_budget(bad):
     with pytest.raises(GridError, match=r"grid point psl/a sets"):
         tuning.check_grid({"psl": {"a": ["optim.lr=1", bad]}})
@@ -64,8 +74,9 @@ def test_a_row_may_run_another_rows_algorithm():
 
 def test_a_not_run_row_is_skipped_with_its_reason():
     grid = {"psl": {}, "sl": {}}
-    run_, skipped = tuning.active_methods(grid, [], ["psl", "sl"], None,
-                                          {"sl": "no partial participation yet"})
+    run_, skipped = tuning.active_methods(
+        grid, [], ["psl", "sl"], None, {"sl": "no partial participation yet"}
+    )
     assert run_ == ["psl"]
     assert skipped == ["Not run in this setting: sl (no partial participation yet)."]
     with pytest.raises(GridError, match="not_run names row fedavg, which has no grid"):
@@ -76,8 +87,10 @@ def test_a_not_run_row_is_skipped_with_its_reason():
 
 
 def test_validation_chooses_even_where_test_disagrees():
-    points = [run("test_best", summary(test=0.95, val=0.80)),
-              run("val_best", summary(test=0.85, val=0.90))]
+    points = [
+        run("test_best", summary(test=0.95, val=0.80)),
+        run("val_best", summary(test=0.85, val=0.90)),
+    ]
     chosen, criterion = tuning.select(points)
     assert chosen.point == "val_best" and criterion.startswith("val_acc_mean")
 
@@ -98,8 +111,10 @@ def test_failed_points_rank_last_and_crashed_ones_are_never_chosen():
 
 
 def test_without_validation_numbers_the_training_loss_decides_never_test():
-    points = [run("test_best", summary(test=0.99, val=None, loss=0.5)),
-              run("low_loss", summary(test=0.80, val=None, loss=0.2))]
+    points = [
+        run("test_best", summary(test=0.99, val=None, loss=0.5)),
+        run("low_loss", summary(test=0.80, val=None, loss=0.2)),
+    ]
     chosen, criterion = tuning.select(points)
     assert chosen.point == "low_loss" and criterion.startswith("train_loss_final")
 
@@ -116,13 +131,16 @@ def test_failure_causes():
     log = ["step 3", "error: training loss became nan at step 41: client 7 first", ""]
     assert tuning.failure_cause(None, 1, log, 10) == (
         "crashed (exit 1): non-finite loss: "
-        "error: training loss became nan at step 41: client 7 first")
+        "error: training loss became nan at step 41: client 7 first"
+    )
     assert tuning.failure_cause(None, -9, ["epoch 1", "Killed"], 10) == "crashed (exit -9): Killed"
 
 
 def test_failed_seed_is_flagged_listed_and_shown_with_and_without():
-    runs = [Run("sfl_v2", "p", s, ["optim.lr=1"], summary=summary(test=acc, val=acc))
-            for s, acc in enumerate([0.9, 0.1, 0.8])]
+    runs = [
+        Run("sfl_v2", "p", s, ["optim.lr=1"], summary=summary(test=acc, val=acc))
+        for s, acc in enumerate([0.9, 0.1, 0.8])
+    ]
     runs[1].cause = "at chance: test acc 0.100 < 0.150; final train loss 2.410"
     runs.append(Run("sfl_v2", "p", 3, [], returncode=1, cause="crashed (exit 1): Killed"))
     row = tuning.final_stats("sfl_v2", runs[0], runs)
@@ -140,12 +158,22 @@ def test_failed_seed_is_flagged_listed_and_shown_with_and_without():
 
 
 def experiment(**extra) -> dict:
-    return {"name": "t", "title": "T", "epochs": 2, "tune_seed": 9, "seeds": [0, 1],
-            "common": ["data=digits"], "setting": ["data.num_clients=4"], "optional": ["epsl"],
-            "grid": {"psl": {"lo": ["optim.lr=0.01"], "hi": ["optim.lr=0.1"]},
-                     "sglr": {"a0": ["algorithm.lr_exponent=0"], "a1": ["algorithm.lr_exponent=1"]},
-                     "epsl": {"p0": ["algorithm.phi=0"], "p1": ["algorithm.phi=1"]}},
-            **extra}
+    return {
+        "name": "t",
+        "title": "T",
+        "epochs": 2,
+        "tune_seed": 9,
+        "seeds": [0, 1],
+        "common": ["data=digits"],
+        "setting": ["data.num_clients=4"],
+        "optional": ["epsl"],
+        "grid": {
+            "psl": {"lo": ["optim.lr=0.01"], "hi": ["optim.lr=0.1"]},
+            "sglr": {"a0": ["algorithm.lr_exponent=0"], "a1": ["algorithm.lr_exponent=1"]},
+            "epsl": {"p0": ["algorithm.phi=0"], "p1": ["algorithm.phi=1"]},
+        },
+        **extra,
+    }
 
 
 def write_summary(out: Path, **kw) -> None:
@@ -162,12 +190,22 @@ def no_training(monkeypatch):
 
 
 def test_finished_runs_are_skipped_and_the_tables_written(tmp_path, no_training, capsys):
-    for method, point, seed, val in [("psl", "lo", 9, 0.7), ("psl", "hi", 9, 0.8),
-                                     ("sglr", "a0", 9, 0.6), ("sglr", "a1", 9, 0.5),
-                                     ("psl", "hi", 0, 0.8), ("psl", "hi", 1, 0.8),
-                                     ("sglr", "a0", 0, 0.6), ("sglr", "a0", 1, 0.6)]:
-        write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=1 - val,
-                      client_class_acc=[[1.0, 0.5], [0.0, 1.0]] if method == "psl" else None)
+    for method, point, seed, val in [
+        ("psl", "lo", 9, 0.7),
+        ("psl", "hi", 9, 0.8),
+        ("sglr", "a0", 9, 0.6),
+        ("sglr", "a1", 9, 0.5),
+        ("psl", "hi", 0, 0.8),
+        ("psl", "hi", 1, 0.8),
+        ("sglr", "a0", 0, 0.6),
+        ("sglr", "a0", 1, 0.6),
+    ]:
+        write_summary(
+            tmp_path / f"{method}.{point}" / f"seed{seed}",
+            val=val,
+            test=1 - val,
+            client_class_acc=[[1.0, 0.5], [0.0, 1.0]] if method == "psl" else None,
+        )
     assert compare.tune(experiment(), tmp_path, "all", 2, 1, "python -m cmd") == 0
     assert "skipping epsl" in capsys.readouterr().err
     assert (tmp_path / "class_acc_psl.png").is_file()  # per-client per-class heat map
@@ -187,11 +225,18 @@ def test_finished_runs_are_skipped_and_the_tables_written(tmp_path, no_training,
 
 
 def test_stage_long_runs_the_best_on_validation_longer(tmp_path, no_training):
-    for method, point, seed, val in [("psl", "lo", 9, 0.7), ("psl", "hi", 9, 0.8),
-                                     ("sglr", "a0", 9, 0.6), ("sglr", "a1", 9, 0.5),
-                                     ("psl", "hi", 0, 0.8), ("psl", "hi", 1, 0.8),
-                                     ("sglr", "a0", 0, 0.6), ("sglr", "a0", 1, 0.6),
-                                     ("psl", "hi", "0_e5", 0.9), ("psl", "hi", "1_e5", 0.9)]:
+    for method, point, seed, val in [
+        ("psl", "lo", 9, 0.7),
+        ("psl", "hi", 9, 0.8),
+        ("sglr", "a0", 9, 0.6),
+        ("sglr", "a1", 9, 0.5),
+        ("psl", "hi", 0, 0.8),
+        ("psl", "hi", 1, 0.8),
+        ("sglr", "a0", 0, 0.6),
+        ("sglr", "a0", 1, 0.6),
+        ("psl", "hi", "0_e5", 0.9),
+        ("psl", "hi", "1_e5", 0.9),
+    ]:
         write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=val)
     exp = experiment(long_epochs=5, long_top=1)
     assert compare.tune(exp, tmp_path, "long", 1, 1, "python -m cmd stage=long") == 0
@@ -202,8 +247,9 @@ def test_stage_long_runs_the_best_on_validation_longer(tmp_path, no_training):
 
 
 def test_top_by_val_needs_validation_numbers():
-    rows = [{"method": m, "val_acc_mean": (v, None)}
-            for m, v in [("a", 0.5), ("b", 0.9), ("c", 0.7)]]
+    rows = [
+        {"method": m, "val_acc_mean": (v, None)} for m, v in [("a", 0.5), ("b", 0.9), ("c", 0.7)]
+    ]
     assert tuning.top_by_val(rows, 2) == ["b", "c"]
     assert tuning.top_by_val(rows, 2, references=["b"]) == ["c", "a"]  # the yardstick
     with pytest.raises(GridError, match="no validation accuracy for a: name the methods"):
@@ -213,9 +259,12 @@ def test_top_by_val_needs_validation_numbers():
 def test_top_by_val_gives_one_slot_to_methods_with_identical_numbers():
     # FedAvg and SplitFed V1 compute the same function: equal numbers on every seed.
     same = {"val_acc_mean": (0.8, 0.01), "val_acc_min": (0.7, 0.02)}
-    rows = [{"method": "gapsl", "val_acc_mean": (0.9, 0.0), "val_acc_min": (0.9, 0.0)},
-            {"method": "fedavg", **same}, {"method": "sfl_v1", **same},
-            {"method": "sl", "val_acc_mean": (0.8, 0.03), "val_acc_min": (0.8, 0.0)}]
+    rows = [
+        {"method": "gapsl", "val_acc_mean": (0.9, 0.0), "val_acc_min": (0.9, 0.0)},
+        {"method": "fedavg", **same},
+        {"method": "sfl_v1", **same},
+        {"method": "sl", "val_acc_mean": (0.8, 0.03), "val_acc_min": (0.8, 0.0)},
+    ]
     assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sl"]
     rows[2]["val_acc_min"] = (0.7, 0.03)  # same validation mean, another worst: kept
     assert tuning.top_by_val(rows, 3) == ["gapsl", "fedavg", "sfl_v1"]
@@ -226,7 +275,8 @@ def test_plan_counts_the_runs_and_runs_nothing(tmp_path, no_training, capsys):
     assert compare.tune(experiment(long_epochs=5), tmp_path, "plan", 1, 1, "cmd") == 0
     assert capsys.readouterr().out.strip() == (
         "2 methods x 2 grid points at 2 epochs: 4 tuning runs (1 done); final: 4 more runs "
-        "(2 seeds per method); long: 8 runs at 5 epochs")
+        "(2 seeds per method); long: 8 runs at 5 epochs"
+    )
 
 
 def test_the_shared_part_alone_is_refused(tmp_path, no_training):
@@ -269,8 +319,13 @@ def test_a_crashed_run_is_reported_with_its_cause_and_retried(tmp_path, monkeypa
 # ---------------------------------------------------------------- the experiment files
 
 
-SETTINGS = ["tune_mnist20_dir01", "tune_mnist20_dir03", "tune_mnist20_iid",
-            "tune_mnist20_shards2", "tune_mnist100_dir01"]
+SETTINGS = [
+    "tune_mnist20_dir01",
+    "tune_mnist20_dir03",
+    "tune_mnist20_iid",
+    "tune_mnist20_shards2",
+    "tune_mnist100_dir01",
+]
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +374,12 @@ def test_every_grid_point_is_a_valid_run_config(hydra_compose):
     registered = method_names()
 
     exp = load_experiment(hydra_compose, "tune_mnist20_dir01")
-    base = [*exp["common"], *exp["setting"], f"trainer.max_epochs={exp['epochs']}",
-            "output_dir=unused"]
+    base = [
+        *exp["common"],
+        *exp["setting"],
+        f"trainer.max_epochs={exp['epochs']}",
+        "output_dir=unused",
+    ]
     composed = {}
     for method, points in exp["grid"].items():
         if method not in registered:
@@ -329,8 +388,9 @@ def test_every_grid_point_is_a_valid_run_config(hydra_compose):
             groups = tuple(o for o in overrides if "." not in o.split("=")[0])
             key = (method, groups)
             if key not in composed:
-                composed[key] = hydra_compose(config_name="config",
-                                              overrides=[*base, f"algorithm={method}", *groups])
+                composed[key] = hydra_compose(
+                    config_name="config", overrides=[*base, f"algorithm={method}", *groups]
+                )
             raw = composed[key].copy()
             for o in overrides:
                 if o not in groups:

@@ -15,8 +15,11 @@ spec.loader.exec_module(who_wins)
 
 def _summary(path: Path, acc: float, worst: float, classes: int = 10) -> None:
     path.mkdir(parents=True)
-    (path / "summary.json").write_text(json.dumps({
-        "test_acc_mean": acc, "test_acc_min": worst, "client_class_acc": [[acc] * classes]}))
+    (path / "summary.json").write_text(
+        json.dumps(
+            {"test_acc_mean": acc, "test_acc_min": worst, "client_class_acc": [[acc] * classes]}
+        )
+    )
 
 
 def test_ranking_and_gapsl_gaps(tmp_path, monkeypatch, capsys):

@@ -74,8 +74,10 @@ class FslSageConfig(AuxConfig):
         super().validate(run)
         for key in ("align_interval", "buffer_size", "align_epochs"):
             check(getattr(self, key) >= 1, f"algorithm.{key}={getattr(self, key)} must be >= 1")
-        check(self.align_batch is None or self.align_batch >= 1,
-              f"algorithm.align_batch={self.align_batch} must be >= 1 or null")
+        check(
+            self.align_batch is None or self.align_batch >= 1,
+            f"algorithm.align_batch={self.align_batch} must be >= 1 or null",
+        )
         check(self.align_lr > 0, f"algorithm.align_lr={self.align_lr} must be > 0")
         choice("algorithm.align_when", self.align_when, ("start", "end"))
         choice("algorithm.align_optimizer", self.align_optimizer, ("persistent", "fresh"))
@@ -87,10 +89,12 @@ def check_data(cfg, data) -> None:
     classifier."""
     check_round_steps(cfg, data)
     blocks = num_cut_choices(cfg.model, data.dataset.input_shape, data.dataset.num_classes) + 1
-    check(cfg.algorithm.aux_model != "next_stage" or blocks - cfg.model.cut_layer >= 2,
-          f"algorithm.aux_model=next_stage copies the server's next block, but "
-          f"model.cut_layer={cfg.model.cut_layer} leaves the server one block of {blocks} "
-          f"({cfg.model.name}); use a cut of at most {blocks - 2} or algorithm.aux_model=linear")
+    check(
+        cfg.algorithm.aux_model != "next_stage" or blocks - cfg.model.cut_layer >= 2,
+        f"algorithm.aux_model=next_stage copies the server's next block, but "
+        f"model.cut_layer={cfg.model.cut_layer} leaves the server one block of {blocks} "
+        f"({cfg.model.name}); use a cut of at most {blocks - 2} or algorithm.aux_model=linear",
+    )
 
 
 @dataclass
@@ -112,18 +116,21 @@ def build(cfg, data, layout):
 
     def estimator(client_id: int) -> nn.Module:
         if cfg.algorithm.aux_model == "next_stage":
-            return next_stage_aux(state.server, act, classes, init="fresh",
-                                  seed=derive_seed(cfg.seed, "aux", init_id(cfg, client_id)))
-        return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux",
-                      init_id(cfg, client_id))
+            return next_stage_aux(
+                state.server,
+                act,
+                classes,
+                init="fresh",
+                seed=derive_seed(cfg.seed, "aux", init_id(cfg, client_id)),
+            )
+        return seeded(lambda: aux_model_for(act, classes), cfg.seed, "aux", init_id(cfg, client_id))
 
     own = FslSageState(segment_shapes(cfg, data))
     if layout.hosted:
         own.estimators = StackedSegments([estimator(c) for c in layout.hosted])
     if layout.is_server:  # the server's copy of every estimator starts equal to the client's
         own.server_estimators = nn.ModuleList([estimator(c) for c in range(data.num_clients)])
-        own.buffers = [ActivationBuffer(cfg.algorithm.buffer_size)
-                       for _ in range(data.num_clients)]
+        own.buffers = [ActivationBuffer(cfg.algorithm.buffer_size) for _ in range(data.num_clients)]
     state.own = own
     return state
 
@@ -143,9 +150,18 @@ def _buffer(state, acts, labels) -> None:
 
 
 def train_step(state, transport, step, x, y):
-    return aux_exchange(state, transport, step, x, y,
-                        Hooks(local_backward=_local_backward, after_server_step=_buffer,
-                              before_client_update=_align_at_round_start))
+    return aux_exchange(
+        state,
+        transport,
+        step,
+        x,
+        y,
+        Hooks(
+            local_backward=_local_backward,
+            after_server_step=_buffer,
+            before_client_update=_align_at_round_start,
+        ),
+    )
 
 
 def _align(state, transport, step: int) -> None:
@@ -157,16 +173,23 @@ def _align(state, transport, step: int) -> None:
             if len(buffer):
                 acts, labels = buffer.tensors()
                 true = server_cut_grads(state.server, acts, labels)  # (M, *F)
-                align_aux_(model, acts, labels, true, epochs=algo.align_epochs,
-                           lr=algo.align_lr, batch_size=algo.align_batch,
-                           generator=generator(state.seed, "fsl_sage", "align", step, c),
-                           optimizer=_optimizer(state, c))
+                align_aux_(
+                    model,
+                    acts,
+                    labels,
+                    true,
+                    epochs=algo.align_epochs,
+                    lr=algo.align_lr,
+                    batch_size=algo.align_batch,
+                    generator=generator(state.seed, "fsl_sage", "align", step, c),
+                    optimizer=_optimizer(state, c),
+                )
         rows = [torch.stack([flatten(m.parameters()) for m in server_aux])]  # (N, P_aux)
     mine = transport.scatter(step, "aux_models", rows)
     estimators = state.own.estimators
     if estimators is not None:
-            for k in range(estimators.num_segments):
-                load_flat_([p[k] for p in estimators.stacked_params().values()], mine[0][k])
+        for k in range(estimators.num_segments):
+            load_flat_([p[k] for p in estimators.stacked_params().values()], mine[0][k])
 
 
 def _optimizer(state, client_id: int):
@@ -184,8 +207,11 @@ def _optimizer(state, client_id: int):
 def _align_at_round_start(state, transport, step) -> None:
     algo = state.cfg.algorithm
     sched = state.schedule
-    if algo.align_when == "start" and sched.round_start and alignment_due(
-            sched.round_index, algo.align_interval, when="start"):
+    if (
+        algo.align_when == "start"
+        and sched.round_start
+        and alignment_due(sched.round_index, algo.align_interval, when="start")
+    ):
         _align(state, transport, step)
 
 
@@ -194,15 +220,18 @@ def after_step(state, transport, step) -> None:
         return
     fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
     algo = state.cfg.algorithm
-    if algo.align_when == "end" and alignment_due(state.schedule.round_index,
-                                                  algo.align_interval, when="end"):
+    if algo.align_when == "end" and alignment_due(
+        state.schedule.round_index, algo.align_interval, when="end"
+    ):
         _align(state, transport, step)
 
 
 def state_dict(state) -> dict:
     optimizers = state.own.align_optimizers
-    return {"buffers": [b.state_dict() for b in state.own.buffers],
-            "align_optimizers": {c: o.state_dict() for c, o in optimizers.items()}}
+    return {
+        "buffers": [b.state_dict() for b in state.own.buffers],
+        "align_optimizers": {c: o.state_dict() for c, o in optimizers.items()},
+    }
 
 
 def load_state_dict(state, saved: dict) -> None:
@@ -219,8 +248,18 @@ EXPOSURE = AUXILIARY
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("fsl_sage", FslSageConfig, build, train_step, after_step=after_step,
-                global_model=every_round_global, state_dict=state_dict,
-                load_state_dict=load_state_dict,
-                epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_data)
+METHOD = Method(
+    "fsl_sage",
+    FslSageConfig,
+    build,
+    train_step,
+    after_step=after_step,
+    global_model=every_round_global,
+    state_dict=state_dict,
+    load_state_dict=load_state_dict,
+    epoch_steps=local_pass_epoch,
+    participation="round",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_data,
+)

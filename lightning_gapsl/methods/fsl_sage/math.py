@@ -429,5 +429,7 @@ def uploads_due(step_in_round: int, q: int, active: Tensor) -> Tensor:
     `lightning_gapsl.data.rounds.active_clients` (all True for lockstep rounds).
     """
     if active.dtype != torch.bool or active.dim() != 1:
-        raise ValueError(f"active must be a bool (N,) tensor, got {active.dtype} {tuple(active.shape)}")
+        raise ValueError(
+            f"active must be a bool (N,) tensor, got {active.dtype} {tuple(active.shape)}"
+        )
     return active & server_step_due(step_in_round, q)

@@ -50,16 +50,24 @@ class GapslMethodConfig(SplitConfig):
 
     def lgi_gda(self) -> GapslConfig:
         """The hyper-parameters the pure GAPSL step takes."""
-        return GapslConfig(rho=self.rho, tau=self.tau, normalize_leader=self.normalize_leader,
-                           beta=self.beta, lam=self.lam, mode=self.align_mode)
+        return GapslConfig(
+            rho=self.rho,
+            tau=self.tau,
+            normalize_leader=self.normalize_leader,
+            beta=self.beta,
+            lam=self.lam,
+            mode=self.align_mode,
+        )
 
     def validate(self, run) -> None:
         super().validate(run)
         choice("algorithm.reading", self.reading, READINGS)
         choice("algorithm.align_mode", self.align_mode, ALIGN_MODES)
         check(0 < self.rho <= 1, f"algorithm.rho={self.rho} must be in (0, 1]")
-        check(self.tau is None or -1 <= self.tau <= 1,
-              f"algorithm.tau={self.tau} must be in [-1, 1] or null")
+        check(
+            self.tau is None or -1 <= self.tau <= 1,
+            f"algorithm.tau={self.tau} must be in [-1, 1] or null",
+        )
         check(0 <= self.beta < 1, f"algorithm.beta={self.beta} must be in [0, 1)")
         check(0 <= self.lam <= 1, f"algorithm.lam={self.lam} must be in [0, 1]")
 
@@ -85,7 +93,8 @@ def _align(state, g: torch.Tensor) -> torch.Tensor:
 def _align_rows(state, g: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """`gapsl_step` on rows g (k, D), advancing the leader EMA."""
     aligned, state.own.leader_ema, diag = gapsl_step(
-        g, state.own.leader_ema, state.cfg.algorithm.lgi_gda())
+        g, state.own.leader_ema, state.cfg.algorithm.lgi_gda()
+    )
     return aligned, diag
 
 
@@ -151,6 +160,14 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "aligned to the leaders' direction"}
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
 
-METHOD = Method("gapsl", GapslMethodConfig, build, train_step, state_dict=state_dict,
-                load_state_dict=load_state_dict, participation="step",
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "gapsl",
+    GapslMethodConfig,
+    build,
+    train_step,
+    state_dict=state_dict,
+    load_state_dict=load_state_dict,
+    participation="step",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+)

@@ -62,12 +62,15 @@ class LocFedMixConfig(SplitConfig, RoundConfig):
         SplitConfig.validate(self, run)
         RoundConfig.validate(self, run)
         check(self.rec_weight >= 0, f"algorithm.rec_weight={self.rec_weight} must be >= 0")
-        check(self.fedavg_interval >= 1,
-              f"algorithm.fedavg_interval={self.fedavg_interval} must be >= 1")
+        check(
+            self.fedavg_interval >= 1,
+            f"algorithm.fedavg_interval={self.fedavg_interval} must be >= 1",
+        )
         check(self.mix_alpha > 0, f"algorithm.mix_alpha={self.mix_alpha} must be > 0")
-        check(0 <= self.num_partners < max(run.data.num_clients, 2),
-              f"algorithm.num_partners={self.num_partners} must be in "
-              "[0, data.num_clients - 1]")
+        check(
+            0 <= self.num_partners < max(run.data.num_clients, 2),
+            f"algorithm.num_partners={self.num_partners} must be in [0, data.num_clients - 1]",
+        )
 
 
 @dataclass
@@ -84,8 +87,7 @@ def build(cfg, data, layout):
     act, image = cut_shape(cfg, data), data.dataset.input_shape
 
     def decoder(client_id: int) -> nn.Module:
-        return seeded(lambda: decoder_for(act, image), cfg.seed, "decoder",
-                      init_id(cfg, client_id))
+        return seeded(lambda: decoder_for(act, image), cfg.seed, "decoder", init_id(cfg, client_id))
 
     decoders = StackedSegments([decoder(c) for c in layout.hosted]) if layout.hosted else None
     state.own = LocFedMixState(segment_shapes(cfg, data), shapes_of(decoder(0)), decoders)
@@ -127,7 +129,8 @@ def train_step(state, transport, step, x, y):
 
 def after_step(state, transport, step) -> None:
     if state.schedule.round_end and fedavg_due(
-            state.schedule.round_index, state.cfg.algorithm.fedavg_interval):
+        state.schedule.round_index, state.cfg.algorithm.fedavg_interval
+    ):
         fedavg_clients_(state, state.clients, state.own.client_shapes, transport)
         if state.cfg.algorithm.average_decoders:
             fedavg_clients_(state, state.own.decoders, state.own.decoder_shapes, transport)
@@ -142,9 +145,12 @@ def global_model(state, epoch: int) -> bool:
 
 
 # What reaches the server (docs/privacy.md, exposure flags).
-EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own",
-                   "client_weights": "every averaging",
-                   "auxiliary_models": "decoder: the client loss rewards reconstructing x"}
+EXPOSURE = {
+    **WEIGHTS_EVERY_ROUND,
+    "cut_gradient": "own",
+    "client_weights": "every averaging",
+    "auxiliary_models": "decoder: the client loss rewards reconstructing x",
+}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01_rec1_a1 of
 # results/tune_mnist20_dir01/chosen.yaml.
@@ -152,7 +158,16 @@ EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own",
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
 
-METHOD = Method("locfedmix", LocFedMixConfig, build, train_step, after_step=after_step,
-                global_model=global_model,
-                epoch_steps=local_pass_epoch, participation="round",
-                optim=TUNED_OPTIM, exposure=EXPOSURE, check_data=check_round_steps)
+METHOD = Method(
+    "locfedmix",
+    LocFedMixConfig,
+    build,
+    train_step,
+    after_step=after_step,
+    global_model=global_model,
+    epoch_steps=local_pass_epoch,
+    participation="round",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+    check_data=check_round_steps,
+)

@@ -41,12 +41,18 @@ class SglrConfig(SplitConfig):
 
     def validate(self, run) -> None:
         super().validate(run)
-        check(0 <= self.lr_exponent <= 2,
-              f"algorithm.lr_exponent={self.lr_exponent} must be in [0, 2]")
-        check(0 <= self.avg_fraction <= 1,
-              f"algorithm.avg_fraction={self.avg_fraction} must be in [0, 1]")
-        check(self.avg_phase is None or 0 <= self.avg_phase <= 1,
-              f"algorithm.avg_phase={self.avg_phase} must be in [0, 1] or null")
+        check(
+            0 <= self.lr_exponent <= 2,
+            f"algorithm.lr_exponent={self.lr_exponent} must be in [0, 2]",
+        )
+        check(
+            0 <= self.avg_fraction <= 1,
+            f"algorithm.avg_fraction={self.avg_fraction} must be in [0, 1]",
+        )
+        check(
+            self.avg_phase is None or 0 <= self.avg_phase <= 1,
+            f"algorithm.avg_phase={self.avg_phase} must be in [0, 1] or null",
+        )
         choice("algorithm.avg_phase_where", self.avg_phase_where, ("first", "last"))
         choice("algorithm.server_loss", self.server_loss, ("mean", "weighted"))
 
@@ -74,8 +80,11 @@ def _server_lr(cfg, data) -> float:
     """SplitLr scales by the clients whose batches the server sees in a step: all N, or
     under partial participation the drawn count (before dropouts and deadlines)."""
     p = cfg.participation
-    clients = (participant_count(data.num_clients, p.fraction, p.clients) if p.partial
-               else data.num_clients)
+    clients = (
+        participant_count(data.num_clients, p.fraction, p.clients)
+        if p.partial
+        else data.num_clients
+    )
     return server_lr(cfg.optim.lr, clients, cfg.algorithm.lr_exponent)
 
 
@@ -90,6 +99,14 @@ EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clien
 # results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
 
-METHOD = Method("sglr", SglrConfig, build, train_step, server_lr=_server_lr,
-                loss_weights=_loss_weights, participation="step",
-                optim=TUNED_OPTIM, exposure=EXPOSURE)
+METHOD = Method(
+    "sglr",
+    SglrConfig,
+    build,
+    train_step,
+    server_lr=_server_lr,
+    loss_weights=_loss_weights,
+    participation="step",
+    optim=TUNED_OPTIM,
+    exposure=EXPOSURE,
+)

@@ -170,5 +170,7 @@ def fedavg_(
     average = combine_partials([(flat[:total], flat[total])])  # (D,)
     if params and assign:
         pieces = average.split(sizes)
-        assign_slices_(params, {n: p.view(s) for (n, s), p in zip(shapes.items(), pieces, strict=False)})
+        assign_slices_(
+            params, {n: p.view(s) for (n, s), p in zip(shapes.items(), pieces, strict=False)}
+        )
     return average
