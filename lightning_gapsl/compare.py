@@ -298,9 +298,13 @@ class Tuner:
         run.stages.add(stage)
         return run, out, [*self.base(epochs), self.algorithm(method), *run.overrides]
 
+    def algorithm_name(self, method: str) -> str:
+        """The registered method a table row runs (``algorithm_of``, else the row's name)."""
+        return self.algorithm_of.get(method, method)
+
     def algorithm(self, method: str) -> str:
         """The ``algorithm=`` override of a table row."""
-        return f"algorithm={self.algorithm_of.get(method, method)}"
+        return f"algorithm={self.algorithm_name(method)}"
 
     def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
         """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
@@ -393,7 +397,7 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
         epochs = int(exp["long_epochs"])
         from lightning_gapsl.methods import get_method
 
-        references = [m for m in t.methods if get_method(m).pools_data]
+        references = [m for m in t.methods if get_method(t.algorithm_name(m)).pools_data]
         methods = exp.get("long_methods") or tuning.top_by_val(
             rows, int(exp.get("long_top", 4)), references
         )

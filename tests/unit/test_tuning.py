@@ -246,6 +246,35 @@ def test_stage_long_runs_the_best_on_validation_longer(tmp_path, no_training):
     assert not (tmp_path / "results.md").exists()  # stage=long leaves the final tables alone
 
 
+def test_stage_long_accepts_a_row_that_runs_another_rows_algorithm(tmp_path, no_training):
+    """A row named apart from its method (``algorithm_of``: GAPSL aggregation-free) is
+    looked up by the method it runs when the long stage picks the best rows."""
+    grid = {
+        "psl": {"hi": ["optim.lr=0.1"]},
+        "psl_plain": {"lo": ["optim.lr=0.01"]},
+    }
+    for method, point, seed, val in [
+        ("psl", "hi", 9, 0.8),
+        ("psl_plain", "lo", 9, 0.7),
+        ("psl", "hi", 0, 0.8),
+        ("psl", "hi", 1, 0.8),
+        ("psl_plain", "lo", 0, 0.7),
+        ("psl_plain", "lo", 1, 0.7),
+        ("psl_plain", "lo", "0_e5", 0.75),
+        ("psl_plain", "lo", "1_e5", 0.75),
+    ]:
+        write_summary(tmp_path / f"{method}.{point}" / f"seed{seed}", val=val, test=val)
+    exp = experiment(
+        grid=grid,
+        optional=[],
+        algorithm_of={"psl_plain": "psl"},
+        long_methods=["psl_plain"],
+        long_epochs=5,
+    )
+    assert compare.tune(exp, tmp_path, "long", 1, 1, "python -m cmd stage=long") == 0
+    assert "| psl_plain | lo | 2/2 | 75.00 ± 0.00 |" in (tmp_path / "results_long.md").read_text()
+
+
 def test_top_by_val_needs_validation_numbers():
     rows = [
         {"method": m, "val_acc_mean": (v, None)} for m, v in [("a", 0.5), ("b", 0.9), ("c", 0.7)]
