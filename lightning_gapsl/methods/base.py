@@ -226,7 +226,7 @@ class Method:
 # --------------------------------------------------------------------- construction
 
 
-def model_args(cfg: RunConfig, data: FederatedData) -> tuple:
+def model_args(cfg: RunConfig, data: FederatedData) -> tuple[Any, tuple[int, ...], int, int]:
     """(model config, sample shape, classes, client blocks): what builds a segment."""
     ds = data.dataset
     return cfg.model, ds.input_shape, ds.num_classes, cfg.model.cut_layer

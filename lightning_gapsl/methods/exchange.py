@@ -92,7 +92,8 @@ def split_exchange(
         server_pass = hooks.server_pass or batched_server_pass
         if hooks.extra_server_loss is not None:
             server_pass = _with_extra_loss(hooks.extra_server_loss)
-        loss, client_losses, cut_grads = server_pass(state, *received, step)
+        acts_all, labels_all = received  # (N, B, *F), (N, B)
+        loss, client_losses, cut_grads = server_pass(state, acts_all, labels_all, step)
         out = StepOutput(float(loss), client_losses)
         if hooks.transform is not None:
             cut_grads = hooks.transform(state, cut_grads, step)

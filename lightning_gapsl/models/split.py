@@ -12,6 +12,8 @@ starts from); ``independent`` gives each client its own id, hence its own seed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -82,8 +84,8 @@ def _build_seeded(factories: list[BlockFactory], seed: int) -> nn.Sequential:
 
 
 def build_client_segment(
-    name: str,
-    input_shape: tuple[int, int, int],
+    name: Any,  # the model config (`ModelConfig`) or a registered model name
+    input_shape: tuple[int, ...],
     num_classes: int,
     cut_layer: int,
     seed: int,
@@ -104,8 +106,8 @@ def build_client_segment(
 
 
 def build_server_segment(
-    name: str,
-    input_shape: tuple[int, int, int],
+    name: Any,  # the model config (`ModelConfig`) or a registered model name
+    input_shape: tuple[int, ...],
     num_classes: int,
     cut_layer: int,
     seed: int,
@@ -117,8 +119,8 @@ def build_server_segment(
 
 
 def build_full_model(
-    name: str,
-    input_shape: tuple[int, int, int],
+    name: Any,  # the model config (`ModelConfig`) or a registered model name
+    input_shape: tuple[int, ...],
     num_classes: int,
     cut_layer: int,
     seed: int,

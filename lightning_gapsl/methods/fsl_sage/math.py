@@ -163,11 +163,12 @@ def next_stage_aux(
     shape = tuple(int(s) for s in activation_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        block = copy.deepcopy(server[0]).cpu()
+        block: nn.Module = copy.deepcopy(server[0]).cpu()
         if init == "fresh":
             for module in block.modules():
-                if hasattr(module, "reset_parameters") and module is not block:
-                    module.reset_parameters()
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset) and module is not block:
+                    reset()
         with torch.no_grad():
             out = block(torch.zeros(1, *shape))  # (1, *G)
         layers: list[nn.Module] = [block]
