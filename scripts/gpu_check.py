@@ -50,21 +50,57 @@ THREADS = 8 if CUDA else int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
 
 # The device check's sizes, and the dry run's: the same items, small enough for 2 cores.
 SIZE = {
-    "cuda": {"clients": 100, "batch": 32, "model": "resnet18", "cut": 2, "shape": "[3,32,32]",
-             "train": 16000, "steps": 4, "many": 300, "kernel_k": 5, "kernel_b": 32,
-             "kernel_split": 3, "kernel_shapes": {"lenet": (1, 28, 28), "resnet18": (3, 32, 32)},
-             "digits_clients": 8, "digits_steps": 6, "steps4": 4,
-             "grouped_model": ["model=resnet18", "model.cut_layer=2", "data.shape=[3,32,32]",
-                               "data.num_train=4000", "data.num_clients=10"],
-             "methods": ("psl", "gapsl", "epsl", "sfl_v1", "fsl_sage", "sl", "centralized")},
-    "cpu": {"clients": 3, "batch": 2, "model": "lenet", "cut": 1, "shape": "[1,8,8]",
-            "train": 200, "steps": 2, "many": 6, "kernel_k": 3, "kernel_b": 4,
-            "kernel_split": 2, "kernel_shapes": {"lenet": (1, 8, 8), "resnet18": (3, 8, 8)},
-            "digits_clients": 3, "digits_steps": 2, "steps4": 2,
-            # ResNet-18 costs the dry run seconds per run; its kernels are checked above
-            "grouped_model": ["model=lenet", "model.cut_layer=1", "data.shape=[1,8,8]",
-                              "data.num_train=200", "data.num_clients=3"],
-            "methods": ("psl", "fsl_sage")},
+    "cuda": {
+        "clients": 100,
+        "batch": 32,
+        "model": "resnet18",
+        "cut": 2,
+        "shape": "[3,32,32]",
+        "train": 16000,
+        "steps": 4,
+        "many": 300,
+        "kernel_k": 5,
+        "kernel_b": 32,
+        "kernel_split": 3,
+        "kernel_shapes": {"lenet": (1, 28, 28), "resnet18": (3, 32, 32)},
+        "digits_clients": 8,
+        "digits_steps": 6,
+        "steps4": 4,
+        "grouped_model": [
+            "model=resnet18",
+            "model.cut_layer=2",
+            "data.shape=[3,32,32]",
+            "data.num_train=4000",
+            "data.num_clients=10",
+        ],
+        "methods": ("psl", "gapsl", "epsl", "sfl_v1", "fsl_sage", "sl", "centralized"),
+    },
+    "cpu": {
+        "clients": 3,
+        "batch": 2,
+        "model": "lenet",
+        "cut": 1,
+        "shape": "[1,8,8]",
+        "train": 200,
+        "steps": 2,
+        "many": 6,
+        "kernel_k": 3,
+        "kernel_b": 4,
+        "kernel_split": 2,
+        "kernel_shapes": {"lenet": (1, 8, 8), "resnet18": (3, 8, 8)},
+        "digits_clients": 3,
+        "digits_steps": 2,
+        "steps4": 2,
+        # ResNet-18 costs the dry run seconds per run; its kernels are checked above
+        "grouped_model": [
+            "model=lenet",
+            "model.cut_layer=1",
+            "data.shape=[1,8,8]",
+            "data.num_train=200",
+            "data.num_clients=3",
+        ],
+        "methods": ("psl", "fsl_sage"),
+    },
 }[DEVICE]
 
 BASE = ["optim=sgd", "logger=none", "trainer.progress_bar=false", "trainer.timeout_s=60"]
@@ -81,8 +117,14 @@ class Record:
 
     def __init__(self, section: str):
         self.path = os.path.join(OUT, f"{section}.json")
-        self.data = {"section": section, "device": DEVICE, "status": "running", "reason": "",
-                     "failures": [], "items": {}}
+        self.data = {
+            "section": section,
+            "device": DEVICE,
+            "status": "running",
+            "reason": "",
+            "failures": [],
+            "items": {},
+        }
         self._write()
 
     def _write(self) -> None:
@@ -94,8 +136,10 @@ class Record:
     def put(self, key: str, value) -> None:
         self.data["items"][key] = value
         self._write()
-        print(f"[{key}] (t={time.time() - T0:.1f} s) {json.dumps(value, default=str)[:600]}",
-              flush=True)
+        print(
+            f"[{key}] (t={time.time() - T0:.1f} s) {json.dumps(value, default=str)[:600]}",
+            flush=True,
+        )
 
     def skip(self, key: str, reason: str) -> None:
         self.put(key, {"skipped": reason})
@@ -164,8 +208,14 @@ def record(section: str, status: str, reason: str) -> None:
 def finish(section: str, code: int, seconds: float) -> str:
     """After a section's process ended: what its exit says that its record may not."""
     path = os.path.join(OUT, f"{section}.json")
-    data = _load(path) or {"section": section, "device": DEVICE, "status": "running",
-                           "reason": "", "failures": [], "items": {}}
+    data = _load(path) or {
+        "section": section,
+        "device": DEVICE,
+        "status": "running",
+        "reason": "",
+        "failures": [],
+        "items": {},
+    }
     why = "its time limit" if code == 124 else f"exit code {code}"
     if data["status"] == "running":
         data["status"], data["reason"] = "failed", f"stopped by {why} before it finished"
@@ -182,8 +232,9 @@ def finish(section: str, code: int, seconds: float) -> str:
 def _summary_row(data: dict) -> None:
     reason = str(data.get("reason", "")).replace("|", "/")[:160]
     with open(os.path.join(OUT, "summary.md"), "a") as f:
-        f.write(f"| {data['section']} | {data['status']} | {reason} | "
-                f"{data.get('seconds', '')} |\n")
+        f.write(
+            f"| {data['section']} | {data['status']} | {reason} | {data.get('seconds', '')} |\n"
+        )
 
 
 # ------------------------------------------------------------------------ env
@@ -193,18 +244,34 @@ def env() -> None:
     rec = Record("env")
     if CUDA:
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                  "--format=csv,noheader"], capture_output=True, text=True,
-                                 timeout=20)
+            smi = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,driver_version,memory.total",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             rec.put("nvidia-smi", smi.stdout.strip() or smi.stderr.strip())
         except (OSError, subprocess.TimeoutExpired) as e:
             rec.put("nvidia-smi", err(e))
     import torch
 
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__,
-                "cuda_build": torch.version.cuda}
-    for dist in ("lightning", "torchmetrics", "hydra-core", "omegaconf",
-                 "antlr4-python3-runtime", "numpy"):
+    versions = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+    }
+    for dist in (
+        "lightning",
+        "torchmetrics",
+        "hydra-core",
+        "omegaconf",
+        "antlr4-python3-runtime",
+        "numpy",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -222,17 +289,31 @@ def env() -> None:
     if not rec.check(torch.cuda.is_available(), "torch sees no CUDA device"):
         rec.done()
         return
-    rec.put("gpu", {"name": torch.cuda.get_device_name(0),
-                    "capability": torch.cuda.get_device_capability(0),
-                    "count": torch.cuda.device_count(), "bf16": torch.cuda.is_bf16_supported(),
-                    "free_total_gib": [round(b / 2**30, 1) for b in torch.cuda.mem_get_info(0)]})
-    rec.put("libraries", {"nccl": torch.cuda.nccl.version(),
-                          "cudnn": torch.backends.cudnn.version(),
-                          "cudnn.benchmark": torch.backends.cudnn.benchmark,
-                          "cudnn.deterministic": torch.backends.cudnn.deterministic})
+    rec.put(
+        "gpu",
+        {
+            "name": torch.cuda.get_device_name(0),
+            "capability": torch.cuda.get_device_capability(0),
+            "count": torch.cuda.device_count(),
+            "bf16": torch.cuda.is_bf16_supported(),
+            "free_total_gib": [round(b / 2**30, 1) for b in torch.cuda.mem_get_info(0)],
+        },
+    )
+    rec.put(
+        "libraries",
+        {
+            "nccl": torch.cuda.nccl.version(),
+            "cudnn": torch.backends.cudnn.version(),
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "cudnn.deterministic": torch.backends.cudnn.deterministic,
+        },
+    )
     tf32 = {}
-    for name in ("torch.backends.cuda.matmul.allow_tf32", "torch.backends.cudnn.allow_tf32",
-                 "torch.get_float32_matmul_precision()"):
+    for name in (
+        "torch.backends.cuda.matmul.allow_tf32",
+        "torch.backends.cudnn.allow_tf32",
+        "torch.get_float32_matmul_precision()",
+    ):
         try:
             tf32[name] = eval(name)  # noqa: S307 -- fixed names above
         except Exception as e:  # noqa: BLE001 -- record what this torch says
@@ -246,9 +327,19 @@ def smoke() -> None:
     """The command line (Hydra) on the device: GAPSL, digits, 4 clients, 4 steps."""
     rec = Record("smoke")
     out = os.path.join(W, "smoke")
-    cmd = [sys.executable, "-m", "lightning_gapsl.train", *DIGITS, "algorithm=gapsl",
-           f"trainer.accelerator={ACCEL}", "trainer.devices=1", "data.num_clients=4",
-           "trainer.max_epochs=1", "data.steps_per_epoch=4", f"output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gapsl.train",
+        *DIGITS,
+        "algorithm=gapsl",
+        f"trainer.accelerator={ACCEL}",
+        "trainer.devices=1",
+        "data.num_clients=4",
+        "trainer.max_epochs=1",
+        "data.steps_per_epoch=4",
+        f"output_dir={out}",
+    ]
     rec.put("command", " ".join(cmd[1:]))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(10, LIMIT - 10))
@@ -259,19 +350,27 @@ def smoke() -> None:
     sys.stdout.write(p.stdout[-2000:])
     sys.stdout.write(p.stderr[-3000:])
     rec.put("rc", p.returncode)
-    if not rec.check(p.returncode == 0, f"the command line exited {p.returncode}: "
-                     f"{(p.stderr.strip().splitlines() or [''])[-1][:300]}"):
+    if not rec.check(
+        p.returncode == 0,
+        f"the command line exited {p.returncode}: "
+        f"{(p.stderr.strip().splitlines() or [''])[-1][:300]}",
+    ):
         rec.done()
         return
     printed = (p.stdout.strip().splitlines() or [""])[-1]
-    rec.check(printed == os.path.realpath(os.path.join(out, "summary.json")),
-              f"the last line printed is not the summary's path: {printed!r}")
+    rec.check(
+        printed == os.path.realpath(os.path.join(out, "summary.json")),
+        f"the last line printed is not the summary's path: {printed!r}",
+    )
     summary = _load(os.path.join(out, "summary.json")) or {}
     rec.put("summary", {k: summary.get(k) for k in ("train_loss_final", "test_acc_mean", "steps")})
-    rec.check(math.isfinite(summary.get("train_loss_final") or math.nan),
-              "summary.json has no finite train_loss_final")
-    device_line = next((ln for ln in (p.stdout + p.stderr).splitlines()
-                        if ln.startswith("GPU available")), "")
+    rec.check(
+        math.isfinite(summary.get("train_loss_final") or math.nan),
+        "summary.json has no finite train_loss_final",
+    )
+    device_line = next(
+        (ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("GPU available")), ""
+    )
     rec.put("lightning_device_line", device_line)
     if CUDA:
         rec.check("used: True" in device_line, f"Lightning did not use the GPU: {device_line!r}")
@@ -299,8 +398,10 @@ def go(tag: str, overrides: list[str]) -> dict:
 
 
 def brief(summary: dict) -> dict:
-    return {k: summary.get(k) for k in ("train_loss_final", "test_acc_mean", "test_acc_min",
-                                        "bytes_up", "bytes_down")}
+    return {
+        k: summary.get(k)
+        for k in ("train_loss_final", "test_acc_mean", "test_acc_min", "bytes_up", "bytes_down")
+    }
 
 
 def finite(summary: dict) -> bool:
@@ -347,15 +448,37 @@ def throughput() -> None:
     compose, run = _train()
     rec, s = Record("throughput"), SIZE
     n, b = s["clients"], s["batch"]
-    rec.put("setup", {"model": s["model"], "cut_layer": s["cut"], "shape": s["shape"],
-                      "clients": n, "batch_per_client": b, "steps_per_epoch": s["steps"],
-                      "epochs": 2, "timed": "the last epoch", "threads": THREADS})
-    common = ["data=synthetic", f"data.shape={s['shape']}", f"data.num_train={s['train']}",
-              "data.num_test=50", "data.partition=iid", f"model={s['model']}",
-              f"model.cut_layer={s['cut']}", *BASE, "trainer.eval_every=0",
-              "trainer.ckpt_every=0", f"trainer.accelerator={ACCEL}", "trainer.devices=1",
-              f"trainer.threads={THREADS}", "trainer.max_epochs=2",
-              f"data.steps_per_epoch={s['steps']}"]
+    rec.put(
+        "setup",
+        {
+            "model": s["model"],
+            "cut_layer": s["cut"],
+            "shape": s["shape"],
+            "clients": n,
+            "batch_per_client": b,
+            "steps_per_epoch": s["steps"],
+            "epochs": 2,
+            "timed": "the last epoch",
+            "threads": THREADS,
+        },
+    )
+    common = [
+        "data=synthetic",
+        f"data.shape={s['shape']}",
+        f"data.num_train={s['train']}",
+        "data.num_test=50",
+        "data.partition=iid",
+        f"model={s['model']}",
+        f"model.cut_layer={s['cut']}",
+        *BASE,
+        "trainer.eval_every=0",
+        "trainer.ckpt_every=0",
+        f"trainer.accelerator={ACCEL}",
+        "trainer.devices=1",
+        f"trainer.threads={THREADS}",
+        "trainer.max_epochs=2",
+        f"data.steps_per_epoch={s['steps']}",
+    ]
     cen = ["algorithm=centralized", f"data.num_clients={n}", f"data.batch_size={n * b}"]
 
     def psl(k, *extra):
@@ -372,10 +495,21 @@ def throughput() -> None:
         ("psl_grouped_cudnn_benchmark", psl(n, "model.client_exec=grouped"), True),
         ("central_NxB_loop_bf16", [*cen, "model.client_exec=loop", bf16], False),
         ("psl_grouped_bf16", psl(n, "model.client_exec=grouped", bf16), False),
-        ("gapsl_grouped", ["algorithm=gapsl", f"data.num_clients={n}", f"data.batch_size={b}",
-                           "model.client_exec=grouped"], False),
-        (f"psl_grouped_{s['many']}_clients", psl(s["many"], "model.client_exec=grouped",
-                                                 "data.steps_per_epoch=3"), False),
+        (
+            "gapsl_grouped",
+            [
+                "algorithm=gapsl",
+                f"data.num_clients={n}",
+                f"data.batch_size={b}",
+                "model.client_exec=grouped",
+            ],
+            False,
+        ),
+        (
+            f"psl_grouped_{s['many']}_clients",
+            psl(s["many"], "model.client_exec=grouped", "data.steps_per_epoch=3"),
+            False,
+        ),
     ]
 
     def measure(name, overrides, benchmark):
@@ -393,10 +527,13 @@ def throughput() -> None:
         wall = time.perf_counter() - t0
         last = hist[-1]
         steps = cfg.data.steps_per_epoch
-        row = {"samples_per_s": round(last["samples_per_s"], 1),
-               "ms_per_step": round(1e3 * last["train_s"] / steps, 2),
-               "first_epoch_s": round(hist[0]["train_s"], 2), "wall_s": round(wall, 1),
-               "train_loss": last["train_loss"]}
+        row = {
+            "samples_per_s": round(last["samples_per_s"], 1),
+            "ms_per_step": round(1e3 * last["train_s"] / steps, 2),
+            "first_epoch_s": round(hist[0]["train_s"], 2),
+            "wall_s": round(wall, 1),
+            "train_loss": last["train_loss"],
+        }
         # The start-up bound check_fits compares with the GPU's free memory (the same call
         # the module makes, one process: every client hosted by the server rank).
         data = build_federated_data(cfg)
@@ -419,10 +556,12 @@ def throughput() -> None:
             rec.put(name, row)
             rec.check(math.isfinite(row["train_loss"]), f"{name}: training loss not finite")
             if CUDA and cfg.trainer.precision == "32-true":
-                rec.check(row["estimate_bytes"] <= row["peak_bytes"],
-                          f"{name}: the start-up memory bound ({row['estimate_gib']} GiB) is "
-                          f"above the measured peak ({row['peak_gib']} GiB): check_fits could "
-                          "refuse a run that fits")
+                rec.check(
+                    row["estimate_bytes"] <= row["peak_bytes"],
+                    f"{name}: the start-up memory bound ({row['estimate_gib']} GiB) is "
+                    f"above the measured peak ({row['peak_gib']} GiB): check_fits could "
+                    "refuse a run that fits",
+                )
         except Exception as e:  # noqa: BLE001 -- out of memory included: record, go on
             rec.put(name, {"error": err(e)})
             rec.check(False, f"{name}: {err(e)[:200]}")
@@ -435,25 +574,45 @@ def throughput() -> None:
         return v.get("samples_per_s") if isinstance(v, dict) else None
 
     ref = max([x for x in (sps("central_NxB_loop"), sps("central_NxB_auto")) if x] or [0])
-    ratios = {k: round(sps(k) / ref, 3) for k in rec.data["items"]
-              if k.startswith(("psl", "gapsl")) and "bf16" not in k and "clients" not in k
-              and sps(k) and ref}
+    ratios = {
+        k: round(sps(k) / ref, 3)
+        for k in rec.data["items"]
+        if k.startswith(("psl", "gapsl"))
+        and "bf16" not in k
+        and "clients" not in k
+        and sps(k)
+        and ref
+    }
     if sps("psl_grouped_bf16") and sps("central_NxB_loop_bf16"):
         ratios["psl_grouped_bf16_vs_central_bf16"] = round(
-            sps("psl_grouped_bf16") / sps("central_NxB_loop_bf16"), 3)
-    best = max((v for k, v in ratios.items() if k.startswith("psl_") and "bf16" not in k),
-               default=None)
-    rec.put("throughput_vs_centralized", {
-        "reference_samples_per_s": ref, "target": 0.7, **ratios,
-        "target_met": None if best is None else best >= 0.7})
+            sps("psl_grouped_bf16") / sps("central_NxB_loop_bf16"), 3
+        )
+    best = max(
+        (v for k, v in ratios.items() if k.startswith("psl_") and "bf16" not in k), default=None
+    )
+    rec.put(
+        "throughput_vs_centralized",
+        {
+            "reference_samples_per_s": ref,
+            "target": 0.7,
+            **ratios,
+            "target_met": None if best is None else best >= 0.7,
+        },
+    )
     segment = build_client_segment(s["model"], tuple(json.loads(s["shape"])), 10, s["cut"], 0, 0)
     picks = resolve_mode(torch.device("cuda" if CUDA else "cpu"), grouped_supported(segment))
     modes = {m: sps(f"psl_{m}") for m in ("loop", "grouped", "vmap")}
     timed = {m: v for m, v in modes.items() if v}
     fastest = max(timed, key=timed.get) if timed else None
-    rec.put("client_exec_auto", {"auto_picks": picks, "samples_per_s": modes,
-                                 "fastest": fastest,
-                                 "auto_is_fastest": None if fastest is None else picks == fastest})
+    rec.put(
+        "client_exec_auto",
+        {
+            "auto_picks": picks,
+            "samples_per_s": modes,
+            "fastest": fastest,
+            "auto_is_fastest": None if fastest is None else picks == fastest,
+        },
+    )
     rec.done()
 
 
@@ -471,8 +630,9 @@ def _init_group(timeout_s: float) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if CUDA:
         torch.cuda.set_device(0)
-    dist.init_process_group("nccl" if CUDA else "gloo", rank=0, world_size=1,
-                            timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "nccl" if CUDA else "gloo", rank=0, world_size=1, timeout=timedelta(seconds=timeout_s)
+    )
 
 
 def _transport(timeout_s: float):
@@ -507,8 +667,13 @@ def nccl_child(kind: str) -> None:
             dist.broadcast(torch.zeros(3), 0, group=t.group)
         event(event="returned", s=round(time.time() - t0, 2))
     except Exception as e:  # noqa: BLE001
-        event(event="raised", type=type(e).__name__, s=round(time.time() - t0, 2),
-              cause=type(e.__cause__).__name__ if e.__cause__ else None, msg=str(e)[:240])
+        event(
+            event="raised",
+            type=type(e).__name__,
+            s=round(time.time() - t0, 2),
+            cause=type(e.__cause__).__name__ if e.__cause__ else None,
+            msg=str(e)[:240],
+        )
     for _ in range(3):  # naming the silent rank takes the transport 1.5-2.5 s from here
         time.sleep(1)
         event(event="alive", after_s=round(time.time() - t0, 1))
@@ -521,18 +686,44 @@ def _timeout_children(rec: Record) -> None:
 
     key = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
     ours = NCCL_ERROR_HANDLING[key]
-    cases = [("slow", None), ("slow", ours), ("slow", "1"), ("unmatched", ours),
-             ("cputensor", ours)]
+    cases = [
+        ("slow", None),
+        ("slow", ours),
+        ("slow", "1"),
+        ("unmatched", ours),
+        ("cputensor", ours),
+    ]
     procs, t0 = [], time.time()
     for kind, mode in cases:
         child_env = {k: v for k, v in os.environ.items() if k != key}
         if mode is not None:
             child_env[key] = mode
-        procs.append((kind, mode, subprocess.Popen(
-            [sys.executable, __file__, "nccl-child", kind], env=child_env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
-    keys = ("Watchdog", "terminate", "abort", "Abort", "DistBackendError", "timed out",
-            "SIGABRT", "Fatal", "entire process down", "No backend", "device type")
+        procs.append(
+            (
+                kind,
+                mode,
+                subprocess.Popen(
+                    [sys.executable, __file__, "nccl-child", kind],
+                    env=child_env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                ),
+            )
+        )
+    keys = (
+        "Watchdog",
+        "terminate",
+        "abort",
+        "Abort",
+        "DistBackendError",
+        "timed out",
+        "SIGABRT",
+        "Fatal",
+        "entire process down",
+        "No backend",
+        "device type",
+    )
     for kind, mode, p in procs:
         try:
             so, se = p.communicate(timeout=max(5.0, 40 - (time.time() - t0)))
@@ -545,14 +736,20 @@ def _timeout_children(rec: Record) -> None:
         raised = [e for e in events if e.get("event") == "raised"]
         alive = sum(e.get("event") == "alive" for e in events)
         label = f"{mode} (the trainer's policy)" if mode == ours else (mode or "unset")
-        rec.put(f"timeout {kind}, {key}={label}", {
-            "rc (negative: signal)": rc, "wall_s": round(time.time() - t0, 1),
-            "alive_seconds_after_raise": alive,
-            # what the transport needs to name a silent peer: an exception, then time
-            "raised_and_stayed_alive_2s": bool(raised) and alive >= 2,
-            "events": [e for e in events if e.get("event") != "alive"],
-            "stderr_keylines": [ln[:260] for ln in se.splitlines()
-                                if any(k in ln for k in keys)][-6:]})
+        rec.put(
+            f"timeout {kind}, {key}={label}",
+            {
+                "rc (negative: signal)": rc,
+                "wall_s": round(time.time() - t0, 1),
+                "alive_seconds_after_raise": alive,
+                # what the transport needs to name a silent peer: an exception, then time
+                "raised_and_stayed_alive_2s": bool(raised) and alive >= 2,
+                "events": [e for e in events if e.get("event") != "alive"],
+                "stderr_keylines": [
+                    ln[:260] for ln in se.splitlines() if any(k in ln for k in keys)
+                ][-6:],
+            },
+        )
 
 
 def nccl() -> None:
@@ -568,8 +765,7 @@ def nccl() -> None:
     if CUDA:  # first, before this process touches the GPU: their busy kernels would skew
         _timeout_children(rec)  # the latencies measured below
     else:
-        rec.skip("timeout probes", f"{NO_CUDA}: they time a busy GPU under NCCL's "
-                                   "error handling")
+        rec.skip("timeout probes", f"{NO_CUDA}: they time a busy GPU under NCCL's error handling")
     os.environ.update(NCCL_ERROR_HANDLING)  # what train.run sets before its process group
     _init_group(60)
     t = _transport(10)
@@ -584,30 +780,41 @@ def nccl() -> None:
         out["s"] = round(time.perf_counter() - t0, 4)
         rec.put(name, out)
         if expect is not None:
-            rec.check(out["ok"] and out["value"] == expect,
-                      f"{name}: expected {expect!r}, got {out.get('value', out.get('error'))!r}")
+            rec.check(
+                out["ok"] and out["value"] == expect,
+                f"{name}: expected {expect!r}, got {out.get('value', out.get('error'))!r}",
+            )
         return out
 
-    item("subgroup backend", lambda: str(dist.get_backend(t.group)),
-         expect="nccl" if CUDA else "gloo")
-    item("check_agreement (all_gather int64, first op on the group)",
-         lambda: t.check_agreement(12345) or "ok", expect="ok")
+    item(
+        "subgroup backend",
+        lambda: str(dist.get_backend(t.group)),
+        expect="nccl" if CUDA else "gloo",
+    )
+    item(
+        "check_agreement (all_gather int64, first op on the group)",
+        lambda: t.check_agreement(12345) or "ok",
+        expect="ok",
+    )
 
     def bcast():
         f = torch.tensor([1.0], device=dev)
         t.broadcast_(f)
         return f.item()
+
     item("broadcast_ float32 (the per-step pre-emption flag)", bcast, expect=1.0)
 
     def allreduce():
         x = torch.arange(6, dtype=torch.float64, device=dev)
         t.all_reduce_sum_(x, per_client_bytes=8)
         return x.tolist()
+
     item("all_reduce_sum_ float64 (FedAvg)", allreduce, expect=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
 
     def gather_rows():
         rows = torch.randn(4, 21, dtype=torch.float64, device=dev)
         return bool(torch.equal(t.all_gather_rows(rows), rows))
+
     item("all_gather_rows float64 (evaluation rows)", gather_rows, expect=True)
 
     def bool_header():
@@ -616,15 +823,23 @@ def nccl() -> None:
         except TransportError:
             return "TransportError"
         return "accepted"
+
     item("bool tensor through the header (refused)", bool_header, expect="TransportError")
 
-    p2p_names = [f"p2p to self, header + payload {dt}" for dt in
-                 ("float32", "bfloat16", "float16", "int64", "int32", "float64")]
+    p2p_names = [
+        f"p2p to self, header + payload {dt}"
+        for dt in ("float32", "bfloat16", "float16", "int64", "int32", "float64")
+    ]
     if not CUDA:
-        for name in [*p2p_names, "p2p to self, zero-size tensor", "batch_isend_irecv works",
-                     "wait(timeout) semantics"]:
+        for name in [
+            *p2p_names,
+            "p2p to self, zero-size tensor",
+            "batch_isend_irecv works",
+            "wait(timeout) semantics",
+        ]:
             rec.skip(name, f"{NO_CUDA}: gloo cannot send to its own rank; NCCL can")
     else:
+
         def p2p(dt):
             def f():
                 pay = (torch.randn(3, 5, device=dev) * 10).to(dt)
@@ -634,24 +849,45 @@ def nccl() -> None:
                 specs = t._read_header(hin, 0, 7, "probe", [0, 1, 2, 3])
                 t._run([("send", pay, 0), ("recv", buf, 0)], "probe payload")
                 return bool(torch.equal(buf, pay)) and specs == [(dt, [3, 5])]
+
             return f
-        dtypes = (torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32,
-                  torch.float64)
+
+        dtypes = (
+            torch.float32,
+            torch.bfloat16,
+            torch.float16,
+            torch.int64,
+            torch.int32,
+            torch.float64,
+        )
         for name, dt in zip(p2p_names, dtypes, strict=True):
             item(name, p2p(dt), expect=True)
-        item("p2p to self, zero-size tensor", lambda: t._run(
-            [("send", torch.empty(0, 5, device=dev), 0),
-             ("recv", torch.empty(0, 5, device=dev), 0)], "empty") or "ok", expect="ok")
+        item(
+            "p2p to self, zero-size tensor",
+            lambda: (
+                t._run(
+                    [
+                        ("send", torch.empty(0, 5, device=dev), 0),
+                        ("recv", torch.empty(0, 5, device=dev), 0),
+                    ],
+                    "empty",
+                )
+                or "ok"
+            ),
+            expect="ok",
+        )
 
         def works():
             a = [torch.ones(4, device=dev) for _ in range(2)]
             c = [torch.empty(4, device=dev) for _ in range(2)]
-            ops = [dist.P2POp(dist.isend, x, 0, t.group) for x in a] + \
-                  [dist.P2POp(dist.irecv, y, 0, t.group) for y in c]
+            ops = [dist.P2POp(dist.isend, x, 0, t.group) for x in a] + [
+                dist.P2POp(dist.irecv, y, 0, t.group) for y in c
+            ]
             handles = dist.batch_isend_irecv(ops)
             for h in handles:
                 h.wait()
             return {"ops": len(ops), "works_returned": len(handles)}
+
         # _work_peers pairs handles with peers: one per op (gloo) or one per batch (NCCL)
         item("batch_isend_irecv works", works)
 
@@ -668,6 +904,7 @@ def nccl() -> None:
                 out[f"{label} returned after s"] = round(time.perf_counter() - t0, 3)
                 torch.cuda.synchronize()
             return out
+
         item("wait(timeout) semantics (the GPU busy ~0.5 s first)", wait_semantics)
 
     def latency():
@@ -688,6 +925,7 @@ def nccl() -> None:
                 hin.tolist()
             out["header_roundtrip_us"] = round(1e6 * (time.perf_counter() - t0) / 100, 1)
         return out
+
     item("per-exchange latency to self (a lower bound)", latency)
     t.close()
     dist.destroy_process_group()
@@ -737,8 +975,11 @@ def kernels(rec: Record) -> None:
     split_key = f"K{k}_vs_K{split}+{k - split}_bitwise"
     dev = torch.device("cuda" if CUDA else "cpu")
     # (label, TF32, deterministic): IEEE float32 is held to rounding; TF32 only recorded
-    settings = ([("tf32=off", False, False), ("tf32=on", True, False),
-                 ("deterministic", False, True)] if CUDA else [("cpu", None, False)])
+    settings = (
+        [("tf32=off", False, False), ("tf32=on", True, False), ("deterministic", False, True)]
+        if CUDA
+        else [("cpu", None, False)]
+    )
     for case, (name, cut) in {"lenet_cut1": ("lenet", 1), "resnet18_cut2": ("resnet18", 2)}.items():
         shape = SIZE["kernel_shapes"][name]
         segs = [build_client_segment(name, shape, 10, cut, 0, c) for c in range(k)]
@@ -755,7 +996,7 @@ def kernels(rec: Record) -> None:
                 _tf32(tf32)
             if det:
                 make_deterministic()
-            for mode in (("loop",) if det else ("loop", "grouped", "vmap")):
+            for mode in ("loop",) if det else ("loop", "grouped", "vmap"):
                 key = f"kernels/{case}/{label}/{mode}"
                 try:
                     out, gr = _fwd_bwd(segs, mode, x, g, dev)
@@ -763,22 +1004,28 @@ def kernels(rec: Record) -> None:
                     oa, ga = _fwd_bwd(segs[:split], mode, x[:split], g[:split], dev)
                     ob, gb = _fwd_bwd(segs[split:], mode, x[split:], g[split:], dev)
                     so, sg = torch.cat([oa, ob]), {n: torch.cat([ga[n], gb[n]]) for n in gr}
-                    row = {"out_rel_err_vs_f64": _rel(out, ref_out),
-                           "grad_rel_err_vs_f64": max(_rel(gr[n], ref_g[n]) for n in gr),
-                           "rerun_bitwise": _same(out, gr, out2, gr2),
-                           split_key: _same(out, gr, so, sg)}
+                    row = {
+                        "out_rel_err_vs_f64": _rel(out, ref_out),
+                        "grad_rel_err_vs_f64": max(_rel(gr[n], ref_g[n]) for n in gr),
+                        "rerun_bitwise": _same(out, gr, out2, gr2),
+                        split_key: _same(out, gr, so, sg),
+                    }
                     rec.put(key, row)
                     if tf32 is not True:
-                        rec.check(row["out_rel_err_vs_f64"] <= OUT_TOL
-                                  and row["grad_rel_err_vs_f64"] <= GRAD_TOL,
-                                  f"{key}: float32 off the float64 reference by more than "
-                                  f"rounding ({row['out_rel_err_vs_f64']:.1e} out, "
-                                  f"{row['grad_rel_err_vs_f64']:.1e} grads)")
+                        rec.check(
+                            row["out_rel_err_vs_f64"] <= OUT_TOL
+                            and row["grad_rel_err_vs_f64"] <= GRAD_TOL,
+                            f"{key}: float32 off the float64 reference by more than "
+                            f"rounding ({row['out_rel_err_vs_f64']:.1e} out, "
+                            f"{row['grad_rel_err_vs_f64']:.1e} grads)",
+                        )
                     if mode == "loop" and (det or not CUDA):
                         # the loop's promise: client k's numbers whatever else is stacked
-                        rec.check(row["rerun_bitwise"] and row[split_key],
-                                  f"{key}: the loop is not bitwise reproducible across "
-                                  "reruns and client groupings")
+                        rec.check(
+                            row["rerun_bitwise"] and row[split_key],
+                            f"{key}: the loop is not bitwise reproducible across "
+                            "reruns and client groupings",
+                        )
                 except Exception as e:  # noqa: BLE001
                     rec.put(key, {"error": err(e)})
                     rec.check(False, f"{key}: {err(e)[:200]}")
@@ -792,15 +1039,25 @@ def kernels(rec: Record) -> None:
 def whole_runs(rec: Record) -> None:
     """Whole PSL runs on the device: reruns, grouped vs loop, deterministic vs the CPU."""
     s = SIZE
-    base = [*DIGITS, "algorithm=psl", "trainer.devices=1", f"data.num_clients={s['digits_clients']}",
-            "trainer.max_epochs=1", f"data.steps_per_epoch={s['digits_steps']}",
-            "trainer.threads=1"]
+    base = [
+        *DIGITS,
+        "algorithm=psl",
+        "trainer.devices=1",
+        f"data.num_clients={s['digits_clients']}",
+        "trainer.max_epochs=1",
+        f"data.steps_per_epoch={s['digits_steps']}",
+        "trainer.threads=1",
+    ]
     dev = [*base, f"trainer.accelerator={ACCEL}", "model.client_exec=loop"]
     det = [*dev, "trainer.deterministic=true"]
-    plan = [("dev_loop_a", dev), ("dev_loop_b", dev),
-            ("dev_grouped", ov(dev, ["model.client_exec=grouped"])),
-            ("dev_deterministic_a", det), ("dev_deterministic_b", det),
-            ("cpu_loop", [*base, "trainer.accelerator=cpu", "model.client_exec=loop"])]
+    plan = [
+        ("dev_loop_a", dev),
+        ("dev_loop_b", dev),
+        ("dev_grouped", ov(dev, ["model.client_exec=grouped"])),
+        ("dev_deterministic_a", det),
+        ("dev_deterministic_b", det),
+        ("cpu_loop", [*base, "trainer.accelerator=cpu", "model.client_exec=loop"]),
+    ]
     runs: dict[str, dict] = {}
     for tag, overrides in plan:
         if tag == "cpu_loop" and not CUDA:
@@ -824,25 +1081,29 @@ def whole_runs(rec: Record) -> None:
         except (KeyError, TypeError):
             return None
 
-    diffs = {"rerun_equal": runs.get("dev_loop_a") == runs.get("dev_loop_b"),
-             "grouped_vs_loop_loss": diff("dev_grouped", "dev_loop_a"),
-             "deterministic_rerun_equal": runs.get("dev_deterministic_a")
-             == runs.get("dev_deterministic_b"),
-             "deterministic_vs_cpu_loss": diff("dev_deterministic_a", "cpu_loop"),
-             "default_vs_cpu_loss": diff("dev_loop_a", "cpu_loop"),
-             "deterministic_vs_cpu_test_acc": diff("dev_deterministic_a", "cpu_loop",
-                                                   "test_acc_mean")}
+    diffs = {
+        "rerun_equal": runs.get("dev_loop_a") == runs.get("dev_loop_b"),
+        "grouped_vs_loop_loss": diff("dev_grouped", "dev_loop_a"),
+        "deterministic_rerun_equal": runs.get("dev_deterministic_a")
+        == runs.get("dev_deterministic_b"),
+        "deterministic_vs_cpu_loss": diff("dev_deterministic_a", "cpu_loop"),
+        "default_vs_cpu_loss": diff("dev_loop_a", "cpu_loop"),
+        "deterministic_vs_cpu_test_acc": diff("dev_deterministic_a", "cpu_loop", "test_acc_mean"),
+    }
     rec.put("digits_psl/diffs", diffs)
     if "dev_grouped" in runs and "dev_loop_a" in runs:
-        rec.check(diffs["grouped_vs_loop_loss"] <= LOOP_TOL,
-                  f"grouped vs loop training loss differs by {diffs['grouped_vs_loop_loss']}")
+        rec.check(
+            diffs["grouped_vs_loop_loss"] <= LOOP_TOL,
+            f"grouped vs loop training loss differs by {diffs['grouped_vs_loop_loss']}",
+        )
     if "dev_deterministic_b" in runs:
-        rec.check(diffs["deterministic_rerun_equal"],
-                  "two trainer.deterministic=true runs differ")
+        rec.check(diffs["deterministic_rerun_equal"], "two trainer.deterministic=true runs differ")
     if "cpu_loop" in runs and "dev_deterministic_a" in runs:
-        rec.check(diffs["deterministic_vs_cpu_loss"] <= LOOP_TOL,
-                  f"deterministic device run vs CPU: loss differs by "
-                  f"{diffs['deterministic_vs_cpu_loss']}")
+        rec.check(
+            diffs["deterministic_vs_cpu_loss"] <= LOOP_TOL,
+            f"deterministic device run vs CPU: loss differs by "
+            f"{diffs['deterministic_vs_cpu_loss']}",
+        )
 
     res = grouped_run("algorithm=gapsl", "trainer.deterministic=true")
     key = "grouped_gapsl_deterministic_rerun"
@@ -864,10 +1125,19 @@ def whole_runs(rec: Record) -> None:
 
 def grouped_run(*extra: str) -> list[str]:
     """Synthetic images through grouped client kernels on the device (ResNet-18 there)."""
-    return [*BASE, "data=synthetic", "data.num_test=100", *SIZE["grouped_model"],
-            f"trainer.accelerator={ACCEL}", "trainer.devices=1", "trainer.max_epochs=1",
-            f"data.steps_per_epoch={SIZE['steps4']}", "trainer.ckpt_every=0",
-            "model.client_exec=grouped", *extra]
+    return [
+        *BASE,
+        "data=synthetic",
+        "data.num_test=100",
+        *SIZE["grouped_model"],
+        f"trainer.accelerator={ACCEL}",
+        "trainer.devices=1",
+        "trainer.max_epochs=1",
+        f"data.steps_per_epoch={SIZE['steps4']}",
+        "trainer.ckpt_every=0",
+        "model.client_exec=grouped",
+        *extra,
+    ]
 
 
 def new_tf32_api(rec: Record) -> None:
@@ -877,20 +1147,32 @@ def new_tf32_api(rec: Record) -> None:
         if not CUDA:
             rec.skip(key, f"{NO_CUDA}: TF32 is a CUDA setting")
             continue
-        overrides = [*DIGITS, "algorithm=psl", "trainer.devices=1", "data.num_clients=4",
-                     "trainer.accelerator=gpu", "trainer.max_epochs=1",
-                     "data.steps_per_epoch=2", *extra]
-        code = ("import torch\n"
-                "torch.backends.cuda.matmul.fp32_precision = 'ieee'\n"
-                "torch.backends.cudnn.conv.fp32_precision = 'ieee'\n"
-                "from lightning_gapsl.train import compose, run\n"
-                f"print('RUN_OK', run(compose({overrides!r}, {os.path.join(W, 'tf32_' + label)!r})))\n")
+        overrides = [
+            *DIGITS,
+            "algorithm=psl",
+            "trainer.devices=1",
+            "data.num_clients=4",
+            "trainer.accelerator=gpu",
+            "trainer.max_epochs=1",
+            "data.steps_per_epoch=2",
+            *extra,
+        ]
+        code = (
+            "import torch\n"
+            "torch.backends.cuda.matmul.fp32_precision = 'ieee'\n"
+            "torch.backends.cudnn.conv.fp32_precision = 'ieee'\n"
+            "from lightning_gapsl.train import compose, run\n"
+            f"print('RUN_OK', run(compose({overrides!r}, {os.path.join(W, 'tf32_' + label)!r})))\n"
+        )
         try:
-            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               timeout=120)
-            lines = [ln[:300] for ln in (p.stdout + p.stderr).splitlines()
-                     if any(k in ln for k in ("RUN_OK", "mix of", "legacy", "Error",
-                                              "fp32_precision"))]
+            p = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+            )
+            lines = [
+                ln[:300]
+                for ln in (p.stdout + p.stderr).splitlines()
+                if any(k in ln for k in ("RUN_OK", "mix of", "legacy", "Error", "fp32_precision"))
+            ]
             rec.put(key, {"rc": p.returncode, "lines": lines[-8:]})
         except Exception as e:  # noqa: BLE001
             rec.put(key, {"error": err(e)})
@@ -925,24 +1207,37 @@ def precision() -> None:
                 row[prec] = {"skipped": TIME_SPENT}
                 continue
             try:
-                row[prec] = brief(go(f"prec_{algo}_{prec}", [
-                    *DIGITS, f"algorithm={algo}", "trainer.devices=1", "data.num_clients=4",
-                    f"trainer.accelerator={ACCEL}", "trainer.max_epochs=1",
-                    f"data.steps_per_epoch={s['steps4']}", f"trainer.precision={prec}",
-                    *extra.get(algo, [])]))
+                row[prec] = brief(
+                    go(
+                        f"prec_{algo}_{prec}",
+                        [
+                            *DIGITS,
+                            f"algorithm={algo}",
+                            "trainer.devices=1",
+                            "data.num_clients=4",
+                            f"trainer.accelerator={ACCEL}",
+                            "trainer.max_epochs=1",
+                            f"data.steps_per_epoch={s['steps4']}",
+                            f"trainer.precision={prec}",
+                            *extra.get(algo, []),
+                        ],
+                    )
+                )
                 rec.check(finite(row[prec]), f"digits/{algo}/{prec}: loss not finite")
             except Exception as e:  # noqa: BLE001
                 row[prec] = {"error": err(e)}
                 rec.check(False, f"digits/{algo}/{prec}: {err(e)[:200]}")
         if all("train_loss_final" in row.get(p, {}) for p in ("32-true", "bf16-mixed")):
-            row["bf16_minus_32_loss"] = (row["bf16-mixed"]["train_loss_final"]
-                                         - row["32-true"]["train_loss_final"])
+            row["bf16_minus_32_loss"] = (
+                row["bf16-mixed"]["train_loss_final"] - row["32-true"]["train_loss_final"]
+            )
         rec.put(f"digits/{algo}", row)
     key = "grouped_psl_bf16"
     if time_left(35):
         try:
-            out = brief(go("prec_res_bf16", grouped_run("algorithm=psl",
-                                                        "trainer.precision=bf16-mixed")))
+            out = brief(
+                go("prec_res_bf16", grouped_run("algorithm=psl", "trainer.precision=bf16-mixed"))
+            )
             rec.put(key, {"model": SIZE["grouped_model"][0], **out})
             rec.check(finite(out), f"{key}: loss not finite")
         except Exception as e:  # noqa: BLE001
@@ -970,8 +1265,11 @@ def _resumed_vs_full(tag: str, common: list[str]) -> tuple[dict, dict]:
 def _history_diff(a: dict, b: dict) -> float:
     if len(a["history"]) != len(b["history"]):
         return math.inf
-    return max(abs(ha[k] - hb[k]) for ha, hb in zip(a["history"], b["history"], strict=True)
-               for k in ("train_loss", "test_acc_mean", "test_acc_min", "bytes_up"))
+    return max(
+        abs(ha[k] - hb[k])
+        for ha, hb in zip(a["history"], b["history"], strict=True)
+        for k in ("train_loss", "test_acc_mean", "test_acc_min", "bytes_up")
+    )
 
 
 def resume(rec: Record, extra: dict) -> None:
@@ -981,15 +1279,24 @@ def resume(rec: Record, extra: dict) -> None:
     device has no deterministic kernel for an op of the run (numerics says which), the
     default kernels are compared to the grouped-vs-loop tolerance instead."""
     # dry run: one case (the CPU resumes of every method are tests/e2e's)
-    cases = [("gapsl", "gpu"), ("fsl_sage", "gpu"), ("gapsl", "cpu")] if CUDA else [("gapsl", "cpu")]
+    cases = (
+        [("gapsl", "gpu"), ("fsl_sage", "gpu"), ("gapsl", "cpu")] if CUDA else [("gapsl", "cpu")]
+    )
     for algo, accel in cases:
         key = f"resume/{algo}/{accel}"
         if not time_left(12):
             rec.skip(key, TIME_SPENT)
             continue
-        common = [*DIGITS, f"algorithm={algo}", "trainer.devices=1", "data.num_clients=4",
-                  f"trainer.accelerator={accel}", f"data.steps_per_epoch={SIZE['steps4']}",
-                  "trainer.ckpt_every=1", *extra.get(algo, [])]
+        common = [
+            *DIGITS,
+            f"algorithm={algo}",
+            "trainer.devices=1",
+            "data.num_clients=4",
+            f"trainer.accelerator={accel}",
+            f"data.steps_per_epoch={SIZE['steps4']}",
+            "trainer.ckpt_every=1",
+            *extra.get(algo, []),
+        ]
         tag, row, tol = f"res_{algo}_{accel}", {}, HISTORY_TOL
         try:
             try:
@@ -1000,11 +1307,21 @@ def resume(rec: Record, extra: dict) -> None:
                 row["deterministic_unavailable"], tol = err(e), LOOP_TOL
                 full, again = _resumed_vs_full(f"{tag}_default", common)
             worst = _history_diff(full, again)
-            row.update({"resumed": brief(again), "uninterrupted": brief(full),
-                        "max_history_diff": worst, "tolerance": tol, "equal": worst <= tol})
+            row.update(
+                {
+                    "resumed": brief(again),
+                    "uninterrupted": brief(full),
+                    "max_history_diff": worst,
+                    "tolerance": tol,
+                    "equal": worst <= tol,
+                }
+            )
             rec.put(key, row)
-            rec.check(worst <= tol, f"{key}: the resumed run differs from the uninterrupted "
-                                    f"one by {worst} (tolerance {tol})")
+            rec.check(
+                worst <= tol,
+                f"{key}: the resumed run differs from the uninterrupted "
+                f"one by {worst} (tolerance {tol})",
+            )
         except Exception as e:  # noqa: BLE001
             rec.put(key, {**row, "error": err(e)})
             rec.check(False, f"{key}: {err(e)[:200]}")
@@ -1012,10 +1329,15 @@ def resume(rec: Record, extra: dict) -> None:
 
 # ------------------------------------------------------------------------ bench
 # The gpu preset's structure at the dry run's size, on the CPU, in one process.
-DRY_PRESET = {"data": ["data=synthetic", "data.shape=[1,8,8]", "data.num_train=200",
-                       "data.num_test=50"],
-              "model": "lenet", "clients": 3, "batch": 2, "steps": 2, "accelerator": "cpu",
-              "devices": 1}
+DRY_PRESET = {
+    "data": ["data=synthetic", "data.shape=[1,8,8]", "data.num_train=200", "data.num_test=50"],
+    "model": "lenet",
+    "clients": 3,
+    "batch": 2,
+    "steps": 2,
+    "accelerator": "cpu",
+    "devices": 1,
+}
 
 
 def _last_json(text: str):
@@ -1034,10 +1356,17 @@ def bench() -> None:
     import io
 
     rec = Record("bench")
-    argv = ["lightning_gapsl.bench", "--preset", "gpu"] if CUDA else [
-        "lightning_gapsl.bench", "--preset", "dry", "--epochs", "1"]
-    rec.put("command", "python -m " + " ".join(argv) + ("" if CUDA else
-            "   (a tiny CPU preset shaped as the gpu preset)"))
+    argv = (
+        ["lightning_gapsl.bench", "--preset", "gpu"]
+        if CUDA
+        else ["lightning_gapsl.bench", "--preset", "dry", "--epochs", "1"]
+    )
+    rec.put(
+        "command",
+        "python -m "
+        + " ".join(argv)
+        + ("" if CUDA else "   (a tiny CPU preset shaped as the gpu preset)"),
+    )
     from lightning_gapsl import bench as bench_module
 
     if not CUDA:
@@ -1055,22 +1384,31 @@ def bench() -> None:
     with open(os.path.join(W, "bench.out"), "w") as f:
         f.write(text.getvalue())
     result = _last_json(text.getvalue())
-    if not rec.check(problem is None and result is not None,
-                     f"the benchmark failed: {problem or 'no JSON printed'}"):
+    if not rec.check(
+        problem is None and result is not None,
+        f"the benchmark failed: {problem or 'no JSON printed'}",
+    ):
         rec.done()
         return
     rec.put("result", result)
     ratio = result.get("time_per_sample_vs_centralized", {}).get("psl_in_process")
     target = result.get("target_psl_in_process")
-    rec.put("psl_in_process_vs_target", {"time_per_sample_vs_centralized": ratio,
-                                         "target_at_most": target,
-                                         "met": None if ratio is None else ratio <= target})
+    rec.put(
+        "psl_in_process_vs_target",
+        {
+            "time_per_sample_vs_centralized": ratio,
+            "target_at_most": target,
+            "met": None if ratio is None else ratio <= target,
+        },
+    )
     rec.done()
 
 
 # ------------------------------------------------------------------------ pytest
-GPU_TESTS = ["tests/gpu",
-             "tests/unit/test_client_exec.py::test_grouped_and_vmap_equal_loop_on_cuda"]
+GPU_TESTS = [
+    "tests/gpu",
+    "tests/unit/test_client_exec.py::test_grouped_and_vmap_equal_loop_on_cuda",
+]
 
 
 def pytest_section() -> None:
@@ -1080,8 +1418,17 @@ def pytest_section() -> None:
     if not CUDA:
         _pytest_targets(rec)
         return
-    cmd = [sys.executable, "-m", "pytest", "-q", *GPU_TESTS, "-p", "no:cacheprovider",
-           "--durations=12", "-rA"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        *GPU_TESTS,
+        "-p",
+        "no:cacheprovider",
+        "--durations=12",
+        "-rA",
+    ]
     if importlib.util.find_spec("pytest_timeout"):
         cmd.append("--timeout=110")
     rec.put("command", " ".join(cmd[1:]))
@@ -1095,8 +1442,15 @@ def pytest_section() -> None:
     sys.stdout.write(text[-3000:])
     rec.put("rc", rc)
     tail = text.strip().splitlines()[-1] if text.strip() else ""
-    rec.put("counts", {word: int(num) for num, word in re.findall(
-        r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)", tail)})
+    rec.put(
+        "counts",
+        {
+            word: int(num)
+            for num, word in re.findall(
+                r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)", tail
+            )
+        },
+    )
     rec.check(rc == 0, f"pytest exited {rc}: {tail[:300]}")
     rec.done()
 
@@ -1107,9 +1461,17 @@ def _pytest_targets(rec: Record) -> None:
     found, lines = {}, []
     for target in GPU_TESTS:
         path, _, name = target.partition("::")
-        files = ([os.path.join(path, f) for f in sorted(os.listdir(path))
-                  if f.startswith("test_") and f.endswith(".py")] if os.path.isdir(path)
-                 else [path] if os.path.isfile(path) else [])
+        files = (
+            [
+                os.path.join(path, f)
+                for f in sorted(os.listdir(path))
+                if f.startswith("test_") and f.endswith(".py")
+            ]
+            if os.path.isdir(path)
+            else [path]
+            if os.path.isfile(path)
+            else []
+        )
         tests = []
         for file in files:
             with open(file) as f:
@@ -1126,8 +1488,11 @@ def _pytest_targets(rec: Record) -> None:
     if rec.data["failures"]:
         rec.done()
     else:
-        rec.done("skipped", f"{NO_CUDA}: every test here needs CUDA; "
-                            f"{sum(found.values())} test functions found, none run")
+        rec.done(
+            "skipped",
+            f"{NO_CUDA}: every test here needs CUDA; "
+            f"{sum(found.values())} test functions found, none run",
+        )
 
 
 # ------------------------------------------------------------------------ digest
@@ -1142,10 +1507,14 @@ def digest() -> int:
         if data["status"] == "failed":
             failed.append(name)
         for key, value in data.get("items", {}).items():
-            if key in ("throughput_vs_centralized", "client_exec_auto", "digits_psl/diffs",
-                       "psl_in_process_vs_target", "counts",
-                       "test_functions") or key.startswith(
-                           ("timeout ", "resume/", "new_tf32")):
+            if key in (
+                "throughput_vs_centralized",
+                "client_exec_auto",
+                "digits_psl/diffs",
+                "psl_in_process_vs_target",
+                "counts",
+                "test_functions",
+            ) or key.startswith(("timeout ", "resume/", "new_tf32")):
                 lines.append(f"  - {key}: {json.dumps(value, default=str)[:300]}")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(OUT, "summary.md"), "a") as f:
@@ -1155,15 +1524,32 @@ def digest() -> int:
     return 1 if failed else 0
 
 
-PROGRAMS = {"env": env, "smoke": smoke, "throughput": throughput, "nccl": nccl,
-            "numerics": numerics, "precision": precision, "bench": bench,
-            "pytest": pytest_section}
+PROGRAMS = {
+    "env": env,
+    "smoke": smoke,
+    "throughput": throughput,
+    "nccl": nccl,
+    "numerics": numerics,
+    "precision": precision,
+    "bench": bench,
+    "pytest": pytest_section,
+}
 
 
 # Seconds each section may take at most; BUDGET_S cuts the last ones.
-CAPS = {"cuda": {"env": 40, "smoke": 60, "throughput": 150, "nccl": 70, "numerics": 80,
-                 "precision": 90, "bench": 170, "pytest": 120},
-        "cpu": {name: 60 for name in SECTIONS}}
+CAPS = {
+    "cuda": {
+        "env": 40,
+        "smoke": 60,
+        "throughput": 150,
+        "nccl": 70,
+        "numerics": 80,
+        "precision": 90,
+        "bench": 170,
+        "pytest": 120,
+    },
+    "cpu": {name: 60 for name in SECTIONS},
+}
 
 
 def _preload(trainer: bool) -> None:
@@ -1180,8 +1566,9 @@ def _preload(trainer: bool) -> None:
         return
     global FORK
     if torch.cuda.is_initialized():  # a forked section could not use the GPU
-        print("importing the trainer initialised CUDA: sections start as fresh processes",
-              flush=True)
+        print(
+            "importing the trainer initialised CUDA: sections start as fresh processes", flush=True
+        )
         FORK = False
 
 
@@ -1198,8 +1585,9 @@ def _run_forked(name: str, limit: float) -> int:
     sys.stderr.flush()
     if not FORK:
         child_env = {**os.environ, "SECTION_LIMIT": str(round(limit))}
-        pid = subprocess.Popen([sys.executable, __file__, name], env=child_env,
-                               start_new_session=True).pid
+        pid = subprocess.Popen(
+            [sys.executable, __file__, name], env=child_env, start_new_session=True
+        ).pid
     else:
         pid = os.fork()
     if pid == 0:  # the section: its own process group, so its subprocesses end with it
@@ -1253,14 +1641,18 @@ def drive() -> int:
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]
     bad = [n for n in only if n not in SECTIONS]
     if bad:
-        print(f"error: unknown section {bad[0]!r} in ONLY; valid sections: "
-              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        print(
+            f"error: unknown section {bad[0]!r} in ONLY; valid sections: {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     budget = float(os.environ.get("BUDGET_S") or (450 if CUDA else 240))
     start = time.time()
     with open(os.path.join(OUT, "summary.md"), "w") as f:
-        f.write(f"# gpu_check {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
-                f"DEVICE={DEVICE}\n\n| section | result | reason | seconds |\n|---|---|---|---|\n")
+        f.write(
+            f"# gpu_check {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+            f"DEVICE={DEVICE}\n\n| section | result | reason | seconds |\n|---|---|---|---|\n"
+        )
     wanted = [n for n in SECTIONS if not only or n in only]
     _preload(trainer=False)
     preloaded = False
@@ -1273,12 +1665,14 @@ def drive() -> int:
         if limit < 20:
             record(name, "skipped", f"budget spent: {left:.0f} s of BUDGET_S={budget:.0f} left")
             continue
-        print(f"\n===== {name} (limit {limit:.0f} s, "
-              f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)", flush=True)
+        print(
+            f"\n===== {name} (limit {limit:.0f} s, {time.strftime('%H:%M:%S', time.gmtime())} UTC)",
+            flush=True,
+        )
         t0 = time.time()
         status = finish(name, _run_forked(name, limit), time.time() - t0)
         if name == "env" and status != "passed":
-            for rest in wanted[i + 1:]:
+            for rest in wanted[i + 1 :]:
                 record(rest, "skipped", "env failed (see env.json)")
             break
     code = digest()
@@ -1298,8 +1692,10 @@ def main(argv: list[str]) -> int:
     if len(argv) == 1 and argv[0] in PROGRAMS:  # one section in this process (debugging)
         PROGRAMS[argv[0]]()
         return 0
-    print(f"error: unknown command {' '.join(argv)!r}; use run, or one of: "
-          f"{', '.join(SECTIONS)}", file=sys.stderr)
+    print(
+        f"error: unknown command {' '.join(argv)!r}; use run, or one of: {', '.join(SECTIONS)}",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -23,12 +23,22 @@ pytestmark = pytest.mark.slow
 
 
 def _gpu_check(tmp_path: Path, *args: str, timeout: float = 150, **env: str):
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("ONLY", "DEVICE", "BUDGET_S", "OMP_NUM_THREADS")}
-    environ.update(OUT=str(tmp_path / "out"), W=str(tmp_path / "work"),
-                   PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", str(SCRIPT), *args], env=environ, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONLY", "DEVICE", "BUDGET_S", "OMP_NUM_THREADS")
+    }
+    environ.update(
+        OUT=str(tmp_path / "out"), W=str(tmp_path / "work"), PYTHON=sys.executable, **env
+    )
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _skips(items: dict) -> dict[str, str]:
@@ -62,8 +72,15 @@ def test_dry_run_passes_every_section(tmp_path):
     assert records["throughput"]["items"]["setup"]["threads"] == 1
     items = records["throughput"]["items"]
     assert items["client_exec_auto"]["auto_picks"] == "loop"  # auto on the CPU
-    for run in ("central_NxB_loop", "psl_grouped", "psl_loop", "psl_auto", "psl_vmap",
-                "psl_grouped_bf16", "gapsl_grouped"):
+    for run in (
+        "central_NxB_loop",
+        "psl_grouped",
+        "psl_loop",
+        "psl_auto",
+        "psl_vmap",
+        "psl_grouped_bf16",
+        "gapsl_grouped",
+    ):
         assert items[run]["samples_per_s"] > 0 and items[run]["estimate_bytes"] > 0, run
     assert items["throughput_vs_centralized"]["reference_samples_per_s"] > 0
     nccl = records["nccl"]["items"]
@@ -76,18 +93,28 @@ def test_dry_run_passes_every_section(tmp_path):
     assert records["precision"]["items"]["resume/gapsl/cpu"]["equal"] is True
     bench = records["bench"]["items"]["result"]
     assert bench["samples_per_s"]["psl_in_process"] > 0
-    assert records["pytest"]["items"]["test_functions"][
-        "tests/unit/test_client_exec.py::test_grouped_and_vmap_equal_loop_on_cuda"] == 1
+    assert (
+        records["pytest"]["items"]["test_functions"][
+            "tests/unit/test_client_exec.py::test_grouped_and_vmap_equal_loop_on_cuda"
+        ]
+        == 1
+    )
 
 
-@pytest.mark.parametrize("args, env, message", [
-    ((), {"ONLY": "smoke,nosuchsection"},
-     "unknown section 'nosuchsection' in ONLY; valid sections: env, smoke, throughput, nccl, "
-     "numerics, precision, bench, pytest"),
-    (("--dry-run",), {"ONLY": "nosuchsection"}, "unknown section 'nosuchsection'"),
-    ((), {"DEVICE": "tpu"}, "DEVICE='tpu' is not valid; use cuda"),
-    (("--fast",), {}, "unknown argument '--fast'"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (
+            (),
+            {"ONLY": "smoke,nosuchsection"},
+            "unknown section 'nosuchsection' in ONLY; valid sections: env, smoke, throughput, nccl, "
+            "numerics, precision, bench, pytest",
+        ),
+        (("--dry-run",), {"ONLY": "nosuchsection"}, "unknown section 'nosuchsection'"),
+        ((), {"DEVICE": "tpu"}, "DEVICE='tpu' is not valid; use cuda"),
+        (("--fast",), {}, "unknown argument '--fast'"),
+    ],
+)
 def test_bad_input_stops_before_anything_runs(tmp_path, args, env, message):
     proc = _gpu_check(tmp_path, *args, timeout=30, **env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
