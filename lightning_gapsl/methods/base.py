@@ -54,19 +54,17 @@ def kept_module() -> Any:
     return field(default=None, metadata={"trained_by": None})
 
 
-def own_modules(own: Any, trained_by: str | None | bool = True) -> dict[str, nn.Module]:
+def own_modules(own: Any, client_trained: bool = False) -> dict[str, nn.Module]:
     """The module fields of a method's state ``own``, by field name, in declaration
-    order; ``trained_by="client"``: only `client_module` fields; True: all of them."""
+    order; ``client_trained``: only the `client_module` fields."""
     if own is None:
         return {}
-    out = {}
-    for f in dataclasses.fields(own):
-        value = getattr(own, f.name)
-        if isinstance(value, nn.Module) and (
-            trained_by is True or f.metadata.get("trained_by") == trained_by
-        ):
-            out[f.name] = value
-    return out
+    return {
+        f.name: getattr(own, f.name)
+        for f in dataclasses.fields(own)
+        if isinstance(getattr(own, f.name), nn.Module)
+        and (not client_trained or f.metadata.get("trained_by") == "client")
+    }
 
 
 @dataclass(frozen=True)
@@ -347,7 +345,7 @@ def make_optimizers(
     state.loss_weights = weights.to(device)
     if state.clients is not None:
         params = list(state.clients.parameters())
-        for extra in own_modules(state.own, trained_by="client").values():
+        for extra in own_modules(state.own, client_trained=True).values():
             params += list(extra.parameters())
         state.client_opt = make_optimizer(params, optim, stacked=True)
     server_params = list(state.server.parameters()) if state.server is not None else []
