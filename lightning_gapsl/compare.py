@@ -261,9 +261,7 @@ class Tuner:
     """The runs of one tuning experiment, each created once per (method, point, seed, epochs)."""
 
     def __init__(self, exp: dict, out_dir: Path, threads: int):
-        self.grid = {
-            m: {p: list(o) for p, o in points.items()} for m, points in exp["grid"].items()
-        }
+        self.grid = tuning.experiment_grid(exp)
         self.size = tuning.check_grid(self.grid)
         self.algorithm_of = dict(exp.get("algorithm_of") or {})  # row -> algorithm= name
         self.methods, self.skipped = tuning.active_methods(

@@ -74,6 +74,14 @@ class Run:
         return self.get("wall_s") or self.proc_wall_s or 0.0
 
 
+def experiment_grid(exp: Mapping) -> dict[str, dict[str, list[str]]]:
+    """The experiment's ``grid`` with its ``replace_grid`` rows in place of the inherited
+    ones (Hydra merges a ``grid:`` row into the included file's, adding points, so a
+    setting that must change every point of a row replaces the row)."""
+    rows = {**exp["grid"], **(exp.get("replace_grid") or {})}
+    return {m: {p: list(o) for p, o in points.items()} for m, points in rows.items()}
+
+
 def check_grid(grid: Mapping[str, Mapping[str, Sequence[str]]]) -> int:
     """Equal effort: every method has the same number of grid points; returns that number.
 

@@ -108,6 +108,17 @@ class TurnConfig:
             )
 
 
+def check_turns_participation(turns: TurnConfig, run: RunConfig) -> None:
+    """Partial participation takes one-batch turns: with whole-epoch turns a round's
+    length would depend on which clients were drawn."""
+    check(
+        not (run.participation.partial and turns.turns == "epoch"),
+        f"partial participation (participation.*) with algorithm={run.algorithm.name} needs "
+        "algorithm.turns=batch: with whole-epoch turns a round's length would depend on "
+        "the clients drawn",
+    )
+
+
 def turn_schedule(cfg: RunConfig, sizes, batch_size: int):
     """The `Turns` of whole-epoch turns (every client's size, so every rank agrees), or
     None for one-batch turns and for methods without turns."""

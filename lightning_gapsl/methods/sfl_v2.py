@@ -5,7 +5,9 @@ Whole-epoch turns (``algorithm.turns=epoch``, default, SplitFed's
 SFLV2_ResNet_HAM10000.py): in a round (= an epoch) each client in turn, in a new random
 order every round, makes one pass over its own data with the server; the round ends
 with FedAvg. One-batch turns (``turns=batch``): every step the server serves each
-client's batch in a random order (CycleSL's convention; this project's before)."""
+client's batch in a random order (CycleSL's convention; this project's before); under
+partial participation (one-batch turns only) a seeded subset is drawn per FedAvg round,
+as for SplitFed V1, and only its clients are served and averaged."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from lightning_gapsl.methods.configs import (
     RoundConfig,
     TurnConfig,
     check_round_steps,
+    check_turns_participation,
     local_pass_epoch,
     turn_epoch,
 )
@@ -46,6 +49,7 @@ class SflV2Config(RoundConfig, TurnConfig):
 
     def validate(self, run) -> None:
         self.validate_turns(run)
+        check_turns_participation(self, run)
         if self.turns == "batch":
             super().validate(run)
             return
@@ -120,6 +124,7 @@ METHOD = Method(
     after_step=fedavg_after_round,
     global_model=every_round_global,
     epoch_steps=_epoch_steps,
+    participation="round",
     optim=TUNED_OPTIM,
     exposure=EXPOSURE,
     check_data=check_round_steps,

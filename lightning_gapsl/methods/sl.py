@@ -6,7 +6,10 @@ random order every round, one pass over its own data with the segment; the serve
 steps after every batch; the segment (with its SGD momentum) then goes to the next
 client. With one-batch turns (``turns=batch``): each step every client in id order
 trains on one batch and passes the segment on (client N-1 hands it to client 0 of the
-next step). Every rank walks the same schedule, so ranks stay in lockstep; each client
+next step); under partial participation only the step's delivering clients take turns,
+in id order, and the segment goes from the last client that trained to the next one.
+Whole-epoch turns with partial participation are refused (a round's length would depend
+on the draw). Every rank walks the same schedule, so ranks stay in lockstep; each client
 rank holds one physical copy of the segment (a stack of one), current whenever one of
 its clients has the turn.
 
@@ -32,12 +35,13 @@ from lightning_gapsl.methods.base import (
     model_args,
     step_weights,
 )
-from lightning_gapsl.methods.configs import TurnConfig, turn_epoch
+from lightning_gapsl.methods.configs import TurnConfig, check_turns_participation, turn_epoch
 from lightning_gapsl.methods.exchange import one_client_exchange
 from lightning_gapsl.models.flat import flatten, load_flat_
 from lightning_gapsl.models.split import build_client_segment, build_server_segment
 from lightning_gapsl.models.stacked import StackedSegments
 from lightning_gapsl.privacy.exposure import PSL_FAMILY
+from lightning_gapsl.schedule import StepSchedule
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,15 @@ class SlConfig(TurnConfig):
             run.optim.name == "sgd",
             "algorithm=sl hands the segment on with its SGD momentum; use optim=sgd",
         )
+        check_turns_participation(self, run)
 
 
 @dataclass
 class SlState:
     segment_numel: int  # parameters of the travelling segment (its hand-off's bytes / 4)
+    # Any step's schedule, the same on every rank: who held the segment last (a resumed
+    # run finds it again without keeping it in the checkpoint).
+    schedules: StepSchedule
 
 
 def build(cfg, data, layout):
@@ -65,8 +73,20 @@ def build(cfg, data, layout):
     # One physical copy per client rank, current whenever one of its clients has the turn.
     clients = StackedSegments([segment]) if layout.hosted else None
     state = RankState(cfg, data, layout, clients, server, server)
-    state.own = SlState(sum(p.numel() for p in segment.parameters()))
+    state.own = SlState(sum(p.numel() for p in segment.parameters()), StepSchedule(METHOD, state))
     return state
+
+
+def _holder_before(state, step: int) -> int | None:
+    """One-batch turns: the client holding the segment when ``step`` starts, the last one
+    that trained before it; None before anyone has (every rank holds the shared start)."""
+    for earlier in range(step - 1, -1, -1):
+        active = state.own.schedules.at(earlier, torch.device("cpu")).active  # (N,) or None
+        if active is None:
+            return state.layout.num_clients - 1  # every client trained, in id order
+        if bool(active.any()):
+            return int(active.nonzero().max())
+    return None
 
 
 def _state_vector(state) -> torch.Tensor:
@@ -123,10 +143,14 @@ def train_step(state, transport, step, x, y):
             _hand_off(state, transport, step, giver, client)
         turn(client)
     else:
+        giver = _holder_before(state, step)  # None: c starts from the shared initialisation
         for c in range(n):
-            if step > 0 or c > 0:  # at step 0 client 0 starts from the shared initialisation
-                _hand_off(state, transport, step, (c - 1) % n, c)
+            if state.active is not None and not bool(state.active[c]):
+                continue  # not delivering this step: computes and sends nothing
+            if giver is not None and giver != c:
+                _hand_off(state, transport, step, giver, c)
             turn(c)
+            giver = c
     if losses is None:
         return StepOutput(None, None)
     return StepOutput(float((losses * step_weights(state).cpu()).sum()), losses)
@@ -135,7 +159,8 @@ def train_step(state, transport, step, x, y):
 def _holder(state, epoch: int) -> int:
     """The client holding the segment when ``epoch`` (0-based) ends: the last turn's."""
     if state.turns is None:
-        return state.layout.num_clients - 1
+        holder = _holder_before(state, (epoch + 1) * state.data.steps_per_epoch)
+        return 0 if holder is None else holder  # nobody trained: every copy is the start
     return state.turns.at((epoch + 1) * state.data.steps_per_epoch - 1)[1]
 
 
@@ -187,6 +212,7 @@ METHOD = Method(
     cost=cost,
     global_model=lambda state, epoch: True,
     epoch_steps=turn_epoch,
+    participation="step",
     optim=TUNED_OPTIM,
     exposure=EXPOSURE,
 )

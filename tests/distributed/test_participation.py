@@ -52,13 +52,14 @@ def test_only_the_drawn_clients_move_and_send(compose_cfg) -> None:
     assert two["samples_per_s"] is not None
 
 
-@pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg", "epsl", "sglr"])
+ROUNDS_OF_TWO = ["algorithm.rounds=lockstep", "algorithm.round_steps=2"]
+EXTRA = {"fedavg": ROUNDS_OF_TWO, "sfl_v2": ["algorithm.turns=batch", *ROUNDS_OF_TWO]}
+EXTRA["sl"] = ["algorithm.turns=batch", "optim=sgd"]
+
+
+@pytest.mark.parametrize("method", ["psl", "gapsl", "fedavg", "epsl", "sglr", "sl", "sfl_v2"])
 def test_one_process_equals_three_with_partial_participation(compose_cfg, method) -> None:
-    extra = (
-        ["data.steps_per_epoch=6", "algorithm.rounds=lockstep", "algorithm.round_steps=2"]
-        if method == "fedavg"
-        else ["data.steps_per_epoch=6"]
-    )
+    extra = ["data.steps_per_epoch=6", *EXTRA.get(method, [])]
     common = [
         f"algorithm={method}",
         "trainer.max_epochs=2",
@@ -74,13 +75,34 @@ def test_one_process_equals_three_with_partial_participation(compose_cfg, method
             assert math.isclose(h1[key], h3[key], abs_tol=1e-5), (method, key, h1[key], h3[key])
         for key in ("bytes_up", "bytes_down", "participants", "dropped_dropout"):
             assert h1[key] == h3[key], (method, key)
-    # 3 of 5 per draw; fedavg draws once per 2-step round, the PSL family every step.
-    draws = 12 if method != "fedavg" else 6
+    # 3 of 5 per draw; the averaging methods draw once per 2-step round, the PSL family
+    # and SL's one-batch turns every step.
+    draws = 6 if method in ("fedavg", "sfl_v2") else 12
     assert sum(h["participants"] for h in one["history"]) == 3 * draws
     expected = sum(
         int(dropouts(3, i, sample_participants(3, i, 5, 3), 0.25).sum()) for i in range(draws)
     )
     assert sum(h["dropped_dropout"] for h in one["history"]) == expected
+
+
+def test_sl_turns_pass_the_segment_only_among_the_drawn_clients(compose_cfg) -> None:
+    """One-batch SL turns: A bytes up per turn, H per hand-off (from the last client that
+    trained, across steps). 2 steps of 1 drawn client each: 2 turns, and a hand-off only if
+    the two draws differ; 1 step of 2: 2 turns, 1 hand-off; all 5: 5 turns, 4 hand-offs."""
+    base = ["algorithm=sl", "algorithm.turns=batch", "optim=sgd", "trainer.max_epochs=1"]
+    base += ["trainer.devices=1"]
+
+    def up(steps: int, *extra: str) -> int:
+        name = f"sl{steps}{len(extra)}{extra[-1][-1] if extra else ''}"
+        return _summary(compose_cfg, name, *base, f"data.steps_per_epoch={steps}", *extra)[
+            "bytes_up"
+        ]
+
+    one, two, full = up(1, "participation.clients=1"), up(1, "participation.clients=2"), up(1)
+    hand_off = two - 2 * one
+    assert hand_off > 0 and full == 5 * one + 4 * hand_off
+    first, second = (int(sample_participants(3, i, 5, 1).nonzero()) for i in (0, 1))
+    assert up(2, "participation.clients=1") == 2 * one + hand_off * (first != second)
 
 
 def test_fedavg_counts_only_the_participants_uploads(compose_cfg) -> None:

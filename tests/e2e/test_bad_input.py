@@ -131,7 +131,11 @@ CASES = [
     (["participation.deadline_s=0"], "participation.deadline_s=0.0 must be > 0 or null"),
     (
         ["algorithm=sl", "data.steps_per_epoch=null", "participation.fraction=0.5"],
-        "algorithm=sl does not support partial participation yet",
+        "partial participation (participation.*) with algorithm=sl needs algorithm.turns=batch",
+    ),
+    (
+        ["algorithm=centralized", "participation.fraction=0.5"],
+        "algorithm=centralized does not support partial participation yet",
     ),
     (
         ["data=fmnist", "data.root={missing}"],
