@@ -264,6 +264,9 @@ class Tuner:
         self.grid = tuning.experiment_grid(exp)
         self.size = tuning.check_grid(self.grid)
         self.algorithm_of = dict(exp.get("algorithm_of") or {})  # row -> algorithm= name
+        # Added to the final stage's runs only (e.g. privacy=fast: the leakage columns come
+        # from the reported seeds; evaluating after training does not change training).
+        self.final_overrides = [str(o) for o in exp.get("final_overrides") or []]
         self.methods, self.skipped = tuning.active_methods(
             self.grid,
             exp.get("optional") or [],
@@ -291,10 +294,13 @@ class Tuner:
     def job(self, method: str, point: str, seed: int, stage: str, epochs: int | None = None) -> Job:
         epochs = epochs or self.epochs
         suffix = "" if epochs == self.epochs else f"_e{epochs}"
+        if stage == "final" and self.final_overrides and seed == self.tune_seed:
+            suffix += "_final"  # its own run: the tuning run at this seed lacks the overrides
         out = self.out_dir / f"{method}.{point}" / f"seed{seed}{suffix}"
         run = self.runs.setdefault(out, Run(method, point, seed, self.grid[method][point]))
         run.stages.add(stage)
-        return run, out, [*self.base(epochs), self.algorithm(method), *run.overrides]
+        extra = self.final_overrides if stage == "final" else []
+        return run, out, [*self.base(epochs), self.algorithm(method), *run.overrides, *extra]
 
     def algorithm_name(self, method: str) -> str:
         """The registered method a table row runs (``algorithm_of``, else the row's name)."""
@@ -430,7 +436,8 @@ def plan(t: Tuner, exp: dict) -> str:
     """How many runs each stage makes and how many are done already; runs nothing."""
     tune_jobs = [t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
     done = sum((out / "summary.json").is_file() for _, out, _ in tune_jobs)
-    final = len(t.methods) * len(set(t.seeds) - {t.tune_seed})  # the tuning run is reused
+    reused = set() if t.final_overrides else {t.tune_seed}  # a tuning run is a final one
+    final = len(t.methods) * len(set(t.seeds) - reused)
     top = len(exp.get("long_methods") or []) or int(exp.get("long_top", 4))
     return (
         f"{len(t.methods)} methods x {t.size} grid points at {t.epochs} epochs: "
@@ -505,6 +512,13 @@ def write_final(
     plot_tradeoff(summaries, t.out_dir, suffix)
     for m, found in summaries.items():
         plot_class_acc(m, found, t.out_dir, suffix)
+    if not suffix:  # the leakage table, plot and pictures of the final runs (privacy=...)
+        from lightning_gapsl.privacy.report import write_privacy
+
+        runs = [r for r in final if r.summary is not None]
+        where = {id(r): out for out, r in t.runs.items()}
+        dirs = [where[id(r)] for r in runs]
+        write_privacy([r.summary for r in runs], [r.method for r in runs], dirs, t.out_dir, title)
     print(f"results: {md}")
     print(md.read_text())
 
@@ -530,8 +544,14 @@ def planned_runs(exp: dict, out_dir: Path, stage: str = "all") -> dict[str, list
         for p in t.grid[m]
         for epochs in budgets
     }
+    finals = {
+        f"{m} (final)": [*t.job(m, next(iter(t.grid[m])), t.tune_seed, "final")[2]]
+        for m in t.methods
+        if t.final_overrides
+    }
     first = next(iter(runs.values()))
-    return runs | {f"seed={seed}": [*first, f"seed={seed}"] for seed in t.seeds}
+    seeds = {f"seed={seed}": [*first, f"seed={seed}"] for seed in t.seeds}
+    return runs | finals | seeds
 
 
 def check_runs(exp: dict, out_dir: Path, stage: str = "all") -> None:

@@ -33,6 +33,9 @@ METRICS = (
     "train_loss_final",
     "wall_s",
 )
+# The leakage evaluation's headline numbers (summary ``privacy``; docs/privacy.md):
+# the leakage index over the evaluated clients and its worst client, distance correlation.
+LEAKAGE = ("leakage", "leakage_worst", "dcor")
 
 
 class GridError(ValueError):
@@ -66,6 +69,11 @@ class Run:
 
     def get(self, key: str) -> float | None:
         value = (self.summary or {}).get(key)
+        return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    def leak(self, key: str) -> float | None:
+        """A number of the run's leakage evaluation (summary ``privacy``), if it had one."""
+        value = ((self.summary or {}).get("privacy") or {}).get(key)
         return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
     @property
@@ -236,6 +244,10 @@ def final_stats(method: str, chosen: Run, runs: Sequence[Run]) -> dict:
         row[m + "_ok"] = _mean_std(
             [r.get(m) for r in runs if r.status == "ok" and r.get(m) is not None]
         )
+    for key in LEAKAGE:  # runs with privacy != off (experiment final_overrides)
+        row[key] = _mean_std([v for r in runs if (v := r.leak(key)) is not None])
+    flags = next((r.summary["privacy"] for r in runs if r.leak("leakage") is not None), None)
+    row["threat"] = flags["threat"] if flags else None
     return row
 
 
@@ -314,14 +326,30 @@ def tuning_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _leak_cells(row: dict) -> str:
+    """Leakage index (mean over evaluated clients, worst client), dcor, threat."""
+    cells = [_num3(row[k]) for k in LEAKAGE]
+    return " | ".join([*cells, row.get("threat") or "n/a"]) + " | "
+
+
+def _num3(pair: tuple[float | None, float | None]) -> str:
+    mean, std = pair
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
 def results_markdown(rows: Sequence[dict], title: str, command: str, notes: Sequence[str]) -> str:
-    """One row per method at its chosen point; failed seeds flagged (†) and listed."""
+    """One row per method at its chosen point; failed seeds flagged (†) and listed; with
+    the leakage columns when the final runs evaluated it (privacy.md has the flags)."""
+    leaks = any(row.get("leakage", (None,))[0] is not None for row in rows)
+    leak_head = "leakage | leakage worst | dcor | threat | " if leaks else ""
     lines = header(title, command, notes) + [
         (
             "| method | chosen point | seeds ok | test mean | test worst | val mean | val worst "
-            "| MB up | MB down | sim latency s | overrides |"
+            f"| MB up | MB down | sim latency s | {leak_head}overrides |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---" * (11 + 4 * leaks) + "|",
     ]
     for row in rows:
         accs = " | ".join(
@@ -330,7 +358,8 @@ def results_markdown(rows: Sequence[dict], title: str, command: str, notes: Sequ
         lines.append(
             f"| {row['method']} | {row['point']} | {row['ok']}/{row['seeds']} | {accs} "
             f"| {_mb(row['bytes_up'][0])} | {_mb(row['bytes_down'][0])} "
-            f"| {_num(row['sim_latency_s'][0])} | `{row['overrides']}` |"
+            f"| {_num(row['sim_latency_s'][0])} | {_leak_cells(row) if leaks else ''}"
+            f"`{row['overrides']}` |"
         )
     failed = [(row["method"], f) for row in rows for f in row["failed"]]
     if failed:
@@ -393,6 +422,8 @@ def stats_row(row: dict) -> dict:
         for suffix in ("", "_ok"):
             mean, std = row[m + suffix]
             flat[m + suffix], flat[m + suffix + "_std"] = mean, std
+    for key in LEAKAGE:
+        flat[key], flat[key + "_std"] = row.get(key, (None, None))
     flat["failed"] = "; ".join(row["failed"])
     flat["overrides"] = row["overrides"]
     return flat

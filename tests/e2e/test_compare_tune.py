@@ -1,11 +1,13 @@
 """End-to-end test (about 30 s on 2 cores, mostly process start-up): the tuning protocol
 as a user runs it, `python -m lightning_gapsl.compare experiment=tune_digits_smoke`:
 digits, 4 clients, 2 methods x 2 grid points, 1 epoch, stage all with 2 seeds (the tuning
-seed is final seed 0, so 6 training runs), then a resume that trains nothing."""
+seed is final seed 0, so 6 training runs), then a resume that trains nothing, then the
+final stage again with the leakage evaluation (``final_overrides``: 4 more runs)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -51,3 +53,27 @@ def test_tune_then_final_on_digits_and_resume(tmp_path):
     again = _compare(out, "stage=final")
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/train.log")} == logs
+
+    # The final stage with privacy=fast: its own runs (seed 0's is not the tuning run any
+    # more), the leakage columns in results.md, privacy.md with both methods.
+    leak = tmp_path / "leak"
+    shutil.copytree(out, leak)
+    for folder in leak.glob("*/seed1"):
+        shutil.rmtree(folder)
+    proc = _compare(leak, "stage=final", "+experiment.final_overrides=['privacy=fast']")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    finals = sorted(p.parent.name for p in leak.glob("*/seed*/summary.json"))
+    assert finals.count("seed0_final") == 2 and finals.count("seed1") == 2
+    results = (leak / "results.md").read_text()
+    assert "| leakage | leakage worst | dcor | threat |" in results
+    rows = [line for line in results.splitlines() if line.startswith(("| psl | ", "| sglr | "))]
+    rows = rows[:2]  # the results table's rows (the cost table below starts the same way)
+    assert (
+        rows[0].startswith("| psl |")
+        and rows[1].startswith("| sglr |")
+        and all(" ± " in r.split("|")[11] for r in rows)
+    )  # 2 seeds each
+    assert all("| bound |" in r for r in rows)  # neither sends client weights
+    privacy = (leak / "privacy.md").read_text()
+    assert "| psl | 2 |" in privacy and "| sglr | 2 |" in privacy
+    assert (leak / "privacy_acc_vs_leakage.png").is_file()
