@@ -60,6 +60,7 @@ class SplitLearningModule(L.LightningModule):
         self.wall_offset = 0.0  # seconds of training before a resume
         self.sim_latency = 0.0
         self.preempted_at: int | None = None
+        self._stop_at_epoch_end = False  # pre-empted on an epoch's last batch
         self._preemption = PreemptionFlag()
         self._pending_state: dict | None = None
         self._pending_epoch_stats = None
@@ -195,12 +196,22 @@ class SplitLearningModule(L.LightningModule):
         # The server decides for everyone, so all ranks checkpoint the same step.
         flag = torch.tensor([float(self._preemption.requested)], device=self.device)
         self.transport.broadcast_(flag)
-        if flag.item():
-            self.preempted_at = self._train_loader.next_step
-            self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)
-            self.trainer.should_stop = True
-            if self.transport.layout.is_server:
-                requeue_slurm_job()
+        if not flag.item():
+            return
+        # On an epoch's last batch, stop at the epoch's end instead: a checkpoint taken
+        # here resumes past the epoch's end hooks, so the epoch would never be recorded.
+        if self._train_loader.next_step % self.data.steps_per_epoch == 0:
+            self._stop_at_epoch_end = True
+        else:
+            self._stop_preempted()
+
+    def _stop_preempted(self) -> None:
+        """Checkpoint the step every rank has reached and stop (SLURM: requeue the job)."""
+        self.preempted_at = self._train_loader.next_step
+        self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)
+        self.trainer.should_stop = True
+        if self.transport.layout.is_server:
+            requeue_slurm_job()
 
     # -- evaluation -----------------------------------------------------------------
     def _evaluation_due(self) -> bool:
@@ -300,6 +311,9 @@ class SplitLearningModule(L.LightningModule):
         if record is None:
             return
         self.history.append(record)
+        if self._stop_at_epoch_end and self.current_epoch + 1 < self.trainer.max_epochs:
+            self._stop_preempted()  # (on the last epoch's last batch the run just ends)
+            return
         every = self.cfg.trainer.ckpt_every
         if every and (self.current_epoch + 1) % every == 0:
             self.trainer.save_checkpoint(last_checkpoint(self.cfg.output_dir), weights_only=False)

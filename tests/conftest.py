@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 
+import lightning as L
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -72,3 +74,17 @@ def registries_restored():
     for name in set(sys.modules) - modules:  # a plugin imported again registers again
         if name == "my_plugin" or name.startswith("tests.plugin."):
             del sys.modules[name]
+
+
+class PreemptAt(L.Callback):
+    """Sends SIGUSR1 (SLURM's warning signal) to the server rank at one step."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank == 0 and (trainer.current_epoch, batch_idx) == (
+            self.epoch,
+            self.batch,
+        ):
+            os.kill(os.getpid(), signal.SIGUSR1)

@@ -15,7 +15,7 @@ import torch
 
 from lightning_gapsl.checkpoint import CheckpointError
 from lightning_gapsl.train import run
-from tests.conftest import load_summary
+from tests.conftest import PreemptAt, load_summary
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +45,23 @@ def test_resume_equals_uninterrupted(compose_cfg, devices):
     )
     _assert_same_history(full, resumed)
     assert resumed["steps"] == full["steps"] == 24
+
+
+@pytest.mark.parametrize("epoch,batch", [(0, 5), (1, 2)], ids=["epoch_end", "mid_epoch"])
+def test_preempted_run_resumes_to_the_uninterrupted_history(compose_cfg, epoch, batch):
+    """SIGUSR1 on an epoch's last batch (batch 5 of 6) or inside one: the resumed run
+    records every epoch once, with the uninterrupted run's numbers."""
+    common = [*FAST, "trainer.devices=1", "trainer.max_epochs=3"]
+    full = load_summary(run(compose_cfg(*common, name="full")))
+    first = compose_cfg(*common, name="first")
+    assert run(first, extra_callbacks=[PreemptAt(epoch=epoch, batch=batch)]) is None
+    ckpt = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    stopped_at = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["next_step"]
+    assert stopped_at == 6 * epoch + batch + 1
+    resumed = load_summary(run(compose_cfg(*common, f"ckpt_path={ckpt}", name="resumed")))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    _assert_same_history(full, resumed)
 
 
 def test_checkpoint_from_other_config_or_corrupt(compose_cfg, tmp_path):

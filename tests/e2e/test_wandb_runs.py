@@ -10,16 +10,13 @@ The CLI test in test_train_cli.py reads a 3-process CLI run the same way.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 
 from lightning_gapsl.train import run
-from tests.conftest import load_summary
+from tests.conftest import PreemptAt, load_summary
 from tests.wandb_reader import history, kinds, records
 
 pytestmark = pytest.mark.slow
@@ -86,20 +83,6 @@ def test_one_process(compose_cfg):
     files = run_files(Path(cfg.output_dir))
     assert len(files) == 1
     assert_every_key_every_epoch(files, 2)
-
-
-class PreemptAt(L.Callback):
-    """Sends SIGUSR1 (SLURM's warning signal) to the server rank at one step."""
-
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_rank == 0 and (trainer.current_epoch, batch_idx) == (
-            self.epoch,
-            self.batch,
-        ):
-            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def test_three_processes_preempted_and_resumed(compose_cfg):
