@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_gapsl import tuning
 from lightning_gapsl.cli import config_dir
+from lightning_gapsl.paired import EXPECT, paired_markdown
 from lightning_gapsl.tuning import GridError, Run
 
 METRICS = (
@@ -180,6 +181,12 @@ def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, co
         for (label, _, seed), s in zip(todo, summaries, strict=False)
     ]
     write_results(rows, summaries, out_dir, exp.title, command)
+    if exp.get("paired"):
+        labels = [r["variant"] for r in rows]
+        checks = OmegaConf.to_container(exp.paired, resolve=True)
+        section = paired_markdown(checks, summaries, labels, list(exp.seeds))
+        with open(out_dir / "results.md", "a") as f:
+            f.write(section)
     print(OmegaConf.to_yaml({"results": str(out_dir / "results.md")}).strip())
     print((out_dir / "results.md").read_text())
     return 1 if failed else 0
@@ -554,6 +561,23 @@ def planned_runs(exp: dict, out_dir: Path, stage: str = "all") -> dict[str, list
     return runs | finals | seeds
 
 
+def check_paired(exp: dict) -> None:
+    """An experiment's ``paired:`` checks name two of its variants, a key and a direction."""
+    for i, check in enumerate(exp.get("paired") or []):
+        where = f"experiment {exp['name']}, paired[{i}]"
+        missing = [k for k in ("a", "b", "key", "expect") if k not in check]
+        if missing:
+            raise GridError(f"{where} lacks {', '.join(missing)} (needs a, b, key, expect)")
+        for side in ("a", "b"):
+            if check[side] not in (exp.get("variants") or {}):
+                raise GridError(
+                    f"{where}: {side}={check[side]!r} is not a variant; choose one of: "
+                    + ", ".join(exp.get("variants") or {})
+                )
+        if check["expect"] not in EXPECT:
+            raise GridError(f"{where}: expect={check['expect']!r}; choose lower or higher")
+
+
 def check_runs(exp: dict, out_dir: Path, stage: str = "all") -> None:
     """Validate every planned run before the first one starts, so a variant that a moved
     default made invalid stops the comparison at once, naming it, not after hours."""
@@ -577,11 +601,13 @@ def main(cfg: DictConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "-m", "lightning_gapsl.compare", *sys.argv[1:]])
     try:
+        check_paired(OmegaConf.to_container(exp, resolve=True))
         if cfg.stage != "plan":
             check_runs(OmegaConf.to_container(exp, resolve=True), out_dir, cfg.stage)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    code = 0
     if "grid" in exp:
         try:
             code = tune(
@@ -595,6 +621,19 @@ def main(cfg: DictConfig) -> None:
         except GridError as err:
             print(f"error: {err}", file=sys.stderr)
             code = 2
+    elif cfg.stage == "plan":
+        todo = [out_dir / v / f"seed{s}" for v in exp.variants for s in exp.seeds]
+        done = sum((out / "summary.json").is_file() for out in todo)
+        print(
+            f"{len(exp.variants)} variants x {len(exp.seeds)} seeds: {len(todo)} runs ({done} done)"
+        )
+    elif cfg.stage != "all":
+        print(
+            f"error: stage={cfg.stage} is for tuning experiments (a grid:); experiment "
+            f"{exp.name} has variants: use stage=all (the default) or stage=plan",
+            file=sys.stderr,
+        )
+        code = 2
     else:
         code = compare_variants(exp, out_dir, cfg.jobs, cfg.threads, command)
     if code:
