@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_gapsl import tuning
 from lightning_gapsl.cli import config_dir
 from lightning_gapsl.paired import EXPECT, paired_markdown
+from lightning_gapsl.record import Record, decode_recon
 from lightning_gapsl.tuning import GridError, Run
 
 METRICS = (
@@ -83,14 +84,19 @@ def execute(cmd: list[str], out: Path) -> tuple[int, float, float]:
     return proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
-def run_one(base: list[str], overrides: list[str], seed: int, out: Path, threads: int) -> dict:
-    """Train one (variant, seed) in a fresh process unless its summary exists already."""
-    summary = out / "summary.json"
-    if not summary.is_file():
-        code, _, _ = execute(train_command([*base, *overrides], seed, out, threads), out)
-        if code != 0:
-            raise RuntimeError(f"run failed ({code}); see {out / 'train.log'}")
-    return json.loads(summary.read_text())
+def run_one(
+    base: list[str], overrides: list[str], seed: int, out: Path, threads: int, record: Record
+) -> dict:
+    """Train one (variant, seed) in a fresh process unless the record (or its folder) has
+    its summary already; its record line."""
+    check_not_stale(out, [*base, *overrides], record)
+    if not record.done(out):
+        code, wall, cpu = execute(train_command([*base, *overrides], seed, out, threads), out)
+        write_run_meta(out, [*base, *overrides], code, wall, cpu)
+    entry = record.fetch(out)
+    if entry is None or entry["summary"] is None:
+        raise RuntimeError(f"run failed; see {out / 'train.log'}")
+    return entry
 
 
 # ---------------------------------------------------------------- variants x seeds
@@ -133,9 +139,13 @@ def markdown(table: list[dict], title: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title: str, command: str):
+def write_results(
+    rows: list[dict], entries: list[dict], out_dir: Path, title: str, command: str
+) -> None:
+    """results.csv, results.md, the plots and (runs with privacy) privacy.md."""
     from lightning_gapsl.privacy.report import privacy_columns, write_privacy
 
+    summaries = [e["summary"] for e in entries]
     # Runs with privacy != off add their leakage columns (privacy/report.py).
     leak = [{f"privacy_{k}": v for k, v in privacy_columns(s).items()} for s in summaries]
     extra = list(dict.fromkeys(k for row in leak for k in row))
@@ -152,18 +162,18 @@ def write_results(rows: list[dict], summaries: list[dict], out_dir: Path, title:
         plot_class_acc(
             variant, [s for s, v in zip(summaries, labels, strict=False) if v == variant], out_dir
         )
-    run_dirs = [out_dir / r["variant"] / f"seed{r['seed']}" for r in rows]
-    write_privacy(summaries, labels, run_dirs, out_dir, title)
+    recons = [decode_recon(e.get("recon")) for e in entries]
+    write_privacy(summaries, labels, recons, out_dir, title)
 
 
 def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, command: str) -> int:
-    base = list(exp.base)
+    base, record = list(exp.base), Record(out_dir)
     todo = [(label, list(ovr), seed) for label, ovr in exp.variants.items() for seed in exp.seeds]
 
     def work(job):
         label, overrides, seed = job
         try:
-            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", threads)
+            return run_one(base, overrides, seed, out_dir / label / f"seed{seed}", threads, record)
         except RuntimeError as err:  # keep going: one failed run must not cost the others
             return err
 
@@ -175,12 +185,13 @@ def compare_variants(exp: DictConfig, out_dir: Path, jobs: int, threads: int, co
     for (label, _, seed), err in failed:
         print(f"error: {label} seed {seed}: {err}", file=sys.stderr)
     todo = [job for job, out in zip(todo, outcomes, strict=False) if not isinstance(out, Exception)]
-    summaries = [out for out in outcomes if not isinstance(out, Exception)]
+    entries = [out for out in outcomes if not isinstance(out, Exception)]
+    summaries = [e["summary"] for e in entries]
     rows = [
         {"variant": label, "seed": seed, **{m: s.get(m) for m in METRICS}}
-        for (label, _, seed), s in zip(todo, summaries, strict=False)
+        for (label, _, seed), s in zip(todo, summaries, strict=True)
     ]
-    write_results(rows, summaries, out_dir, exp.title, command)
+    write_results(rows, entries, out_dir, exp.title, command)
     if exp.get("paired"):
         labels = [r["variant"] for r in rows]
         checks = OmegaConf.to_container(exp.paired, resolve=True)
@@ -202,33 +213,35 @@ def registered_algorithms() -> tuple[str, ...]:
     return method_names()
 
 
-def load_run(run: Run, out: Path, num_classes: int) -> Run:
-    """Fill ``run`` from its folder: summary.json, run.json (exit code, seconds), the log."""
-    meta = out / "run.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        run.returncode, run.proc_wall_s, run.cpu_s = (
-            info["returncode"],
-            info["proc_wall_s"],
-            info["cpu_s"],
-        )
-    summary = out / "summary.json"
-    run.summary = json.loads(summary.read_text()) if summary.is_file() else None
-    if run.summary is None and run.returncode is None:
+def load_run(run: Run, out: Path, num_classes: int, record: Record) -> Run:
+    """Fill ``run`` from its record line (else its folder): summary, exit code, seconds,
+    the end of the log of a run that wrote no summary, the reconstruction images."""
+    entry = record.fetch(out)
+    if entry is None:
         return run  # never ran
-    log = out / "train.log"
-    lines = log.read_text(errors="replace").splitlines()[-50:] if log.is_file() else []
-    run.cause = tuning.failure_cause(run.summary, run.returncode, lines, num_classes)
+    run.returncode, run.proc_wall_s, run.cpu_s = (
+        entry["returncode"],
+        entry["proc_wall_s"],
+        entry["cpu_s"],
+    )
+    run.summary, run.recon = entry["summary"], entry.get("recon")
+    run.cause = tuning.failure_cause(
+        run.summary, run.returncode, entry.get("log_tail") or [], num_classes
+    )
     return run
 
 
-def check_not_stale(out: Path, overrides: list[str]) -> None:
-    """A run folder is reused only for the overrides it was made with."""
-    meta = out / "run.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("overrides") != overrides:
+def check_not_stale(out: Path, overrides: list[str], record: Record) -> None:
+    """A run is reused only for the overrides it was made with."""
+    entry = record.get(out)
+    if entry is None and (out / "run.json").is_file():
+        entry = json.loads((out / "run.json").read_text())
+    if entry is not None and entry.get("overrides") not in (None, overrides):
         raise GridError(
             f"{out} was run with other overrides than the experiment now gives; "
-            "delete the folder or rename the grid point"
+            f"rerun it after `python -m lightning_gapsl.record --drop "
+            f"'{record.key(out)}' {record.out_dir}` (and deleting the folder), or rename "
+            "the grid point"
         )
 
 
@@ -242,23 +255,20 @@ def host() -> dict:
     }
 
 
-def run_point(run: Run, overrides: list[str], out: Path, threads: int, num_classes: int) -> Run:
+def write_run_meta(out: Path, overrides: list[str], code: int, wall: float, cpu: float) -> None:
+    """run.json: how the run was made and how it ended (the record copies it)."""
+    meta = {"overrides": overrides, "returncode": code, "proc_wall_s": wall, "cpu_s": cpu}
+    (out / "run.json").write_text(json.dumps({**meta, "host": host()}, indent=1))
+
+
+def run_point(
+    run: Run, overrides: list[str], out: Path, threads: int, num_classes: int, record: Record
+) -> Run:
     """Train one grid point at one seed unless its summary exists already (resume)."""
-    if not (out / "summary.json").is_file():
+    if not record.done(out):
         code, wall, cpu = execute(train_command(overrides, run.seed, out, threads), out)
-        (out / "run.json").write_text(
-            json.dumps(
-                {
-                    "overrides": overrides,
-                    "returncode": code,
-                    "proc_wall_s": wall,
-                    "cpu_s": cpu,
-                    "host": host(),
-                },
-                indent=1,
-            )
-        )
-    return load_run(run, out, num_classes)
+        write_run_meta(out, overrides, code, wall, cpu)
+    return load_run(run, out, num_classes, record)
 
 
 Job = tuple[Run, Path, list[str]]  # a run, its folder, its overrides (seed aside)
@@ -292,6 +302,7 @@ class Tuner:
         self.setting = [*exp.get("common", []), *exp["setting"]]
         self.out_dir, self.threads = out_dir, threads
         self.runs: dict[Path, Run] = {}
+        self.record = Record(out_dir)
 
     def base(self, epochs: int) -> list[str]:
         """The setting and the budget: evaluated after the last epoch only (evaluation
@@ -320,13 +331,13 @@ class Tuner:
     def execute(self, jobs: list[Job], workers: int, train: bool) -> list[Run]:
         """Train (or, with ``train=False``, only read) the given runs, `workers` at a time."""
         for _, out, overrides in jobs:
-            check_not_stale(out, overrides)
+            check_not_stale(out, overrides, self.record)
 
         def work(job: Job) -> Run:
             run, out, overrides = job
             if train:
-                return run_point(run, overrides, out, self.threads, self.num_classes)
-            return load_run(run, out, self.num_classes)
+                return run_point(run, overrides, out, self.threads, self.num_classes, self.record)
+            return load_run(run, out, self.num_classes, self.record)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(work, jobs))
@@ -442,7 +453,7 @@ def tune(exp: dict, out_dir: Path, stage: str, workers: int, threads: int, comma
 def plan(t: Tuner, exp: dict) -> str:
     """How many runs each stage makes and how many are done already; runs nothing."""
     tune_jobs = [t.job(m, p, t.tune_seed, "tune") for m in t.methods for p in t.grid[m]]
-    done = sum((out / "summary.json").is_file() for _, out, _ in tune_jobs)
+    done = sum(t.record.done(out) for _, out, _ in tune_jobs)
     reused = set() if t.final_overrides else {t.tune_seed}  # a tuning run is a final one
     final = len(t.methods) * len(set(t.seeds) - reused)
     top = len(exp.get("long_methods") or []) or int(exp.get("long_top", 4))
@@ -523,9 +534,8 @@ def write_final(
         from lightning_gapsl.privacy.report import write_privacy
 
         runs = [r for r in final if r.summary is not None]
-        where = {id(r): out for out, r in t.runs.items()}
-        dirs = [where[id(r)] for r in runs]
-        write_privacy([r.summary for r in runs], [r.method for r in runs], dirs, t.out_dir, title)
+        recons = [decode_recon(r.recon) for r in runs]
+        write_privacy([r.summary for r in runs], [r.method for r in runs], recons, t.out_dir, title)
     print(f"results: {md}")
     print(md.read_text())
 
@@ -623,7 +633,7 @@ def main(cfg: DictConfig) -> None:
             code = 2
     elif cfg.stage == "plan":
         todo = [out_dir / v / f"seed{s}" for v in exp.variants for s in exp.seeds]
-        done = sum((out / "summary.json").is_file() for out in todo)
+        done = sum(Record(out_dir).done(out) for out in todo)
         print(
             f"{len(exp.variants)} variants x {len(exp.seeds)} seeds: {len(todo)} runs ({done} done)"
         )

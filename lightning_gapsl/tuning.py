@@ -60,6 +60,8 @@ class Run:
     cpu_s: float | None = None
     """User + system CPU seconds of the process and its children."""
     stages: set[str] = field(default_factory=set)
+    recon: dict | None = None
+    """The record's reconstruction images of a leakage evaluation (record.encode_images)."""
 
     @property
     def status(self) -> str:

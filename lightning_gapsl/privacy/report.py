@@ -178,10 +178,15 @@ def plot_reconstructions(recons: dict[str, dict], path: Path) -> Path:
 
 
 def write_privacy(
-    summaries: list[dict], labels: list[str], run_dirs: list[Path], out_dir: Path, title: str
+    summaries: list[dict],
+    labels: list[str],
+    recons: list[dict | None],
+    out_dir: Path,
+    title: str,
 ) -> list[Path]:
     """privacy.md, the accuracy-leakage plot and the reconstruction picture (first run
-    of each label) in ``out_dir``; nothing when no run has a privacy block."""
+    of each label with images: ``recons``, a run's privacy_recon.pt dict or None) in
+    ``out_dir``; nothing when no run has a privacy block."""
     if not any(s.get("privacy") for s in summaries):
         return []
     out_dir = Path(out_dir)
@@ -191,14 +196,19 @@ def write_privacy(
         md,
         plot_accuracy_vs_leakage(summaries, labels, out_dir / "privacy_acc_vs_leakage.png"),
     ]
-    recons = {}
-    for label, run_dir in zip(labels, run_dirs, strict=False):
-        file = Path(run_dir) / "privacy_recon.pt"
-        if label not in recons and file.is_file():
-            recons[label] = torch.load(file, weights_only=True)
-    if recons:
-        paths.append(plot_reconstructions(recons, out_dir / "privacy_reconstructions.png"))
+    first: dict[str, dict] = {}
+    for label, images in zip(labels, recons, strict=True):
+        if images and label not in first:
+            first[label] = images
+    if first:
+        paths.append(plot_reconstructions(first, out_dir / "privacy_reconstructions.png"))
     return paths
+
+
+def load_recon(run_dir: Path) -> dict | None:
+    """A run folder's privacy_recon.pt (None without one)."""
+    file = Path(run_dir) / "privacy_recon.pt"
+    return torch.load(file, weights_only=True) if file.is_file() else None
 
 
 def main(argv: list[str]) -> int:
@@ -215,7 +225,8 @@ def main(argv: list[str]) -> int:
     labels = [s["algorithm"] for s in summaries]
     if len(set(labels)) < len(labels):  # the same method twice: label by folder
         labels = [r.name for r in runs]
-    for path in write_privacy(summaries, labels, runs, out_dir, "privacy"):
+    recons = [load_recon(r) for r in runs]
+    for path in write_privacy(summaries, labels, recons, out_dir, "privacy"):
         print(path)
     return 0
 

@@ -2,7 +2,8 @@
 as a user runs it, `python -m lightning_gapsl.compare experiment=tune_digits_smoke`:
 digits, 4 clients, 2 methods x 2 grid points, 1 epoch, stage all with 2 seeds (the tuning
 seed is final seed 0, so 6 training runs), then a resume that trains nothing, then the
-final stage again with the leakage evaluation (``final_overrides``: 4 more runs)."""
+final stage again with the leakage evaluation (``final_overrides``: 4 more runs). A
+comparison resumes from its record (runs.jsonl) alone."""
 
 from __future__ import annotations
 
@@ -54,12 +55,30 @@ def test_tune_then_final_on_digits_and_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/train.log")} == logs
 
+    # Another machine: the record (runs.jsonl) alone, no run folder. Nothing is trained,
+    # the tables come back the same.
+    record = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(record) == 6 and all(e["summary"] and e["overrides"] for e in record)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(out / "runs.jsonl", bare / "runs.jsonl")
+    proc = _compare(bare, "stage=final")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(bare.glob("*/seed*")), "a recorded run was trained again"
+    for name in ("results.md", "results.csv"):
+        ours = (bare / name).read_text().replace(str(bare), str(out))
+        assert ours == (out / name).read_text(), name
+
     # The final stage with privacy=fast: its own runs (seed 0's is not the tuning run any
     # more), the leakage columns in results.md, privacy.md with both methods.
     leak = tmp_path / "leak"
     shutil.copytree(out, leak)
     for folder in leak.glob("*/seed1"):
         shutil.rmtree(folder)
+    stale = _compare(leak, "stage=final", "+experiment.final_overrides=['privacy=fast']")
+    assert stale.returncode == 2 and "lightning_gapsl.record --drop" in stale.stderr
+    drop = [sys.executable, "-m", "lightning_gapsl.record", "--drop", "*/seed1", str(leak)]
+    assert "2 runs dropped" in subprocess.run(drop, capture_output=True, text=True).stdout
     proc = _compare(leak, "stage=final", "+experiment.final_overrides=['privacy=fast']")
     assert proc.returncode == 0, proc.stderr[-3000:]
     finals = sorted(p.parent.name for p in leak.glob("*/seed*/summary.json"))

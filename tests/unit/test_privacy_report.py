@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_gapsl.privacy.evaluate import SCALARS, SHOWN, PrivacyData, reconstructions, summarize
-from lightning_gapsl.privacy.report import privacy_markdown, write_privacy
+from lightning_gapsl.privacy.report import load_recon, privacy_markdown, write_privacy
 
 REFS = {
     "constant": {"psnr": 10.0, "psnr_median": 10.0, "ssim": 0.2, "mse": 0.1, "dcor": 0.0},
@@ -57,9 +57,8 @@ def test_table_and_pictures(tmp_path):
     for m in ("psl", "fedavg"):
         (tmp_path / m).mkdir()
         torch.save(reconstructions(_rows([20.0, 30.0]), data), tmp_path / m / "privacy_recon.pt")
-    paths = write_privacy(
-        summaries, ["psl", "fedavg"], [tmp_path / "psl", tmp_path / "fedavg"], tmp_path, "t"
-    )
+    recons = [load_recon(tmp_path / "psl"), load_recon(tmp_path / "fedavg")]
+    paths = write_privacy(summaries, ["psl", "fedavg"], recons, tmp_path, "t")
     assert [p.name for p in paths] == [
         "privacy.md",
         "privacy_acc_vs_leakage.png",
