@@ -131,6 +131,14 @@ class Record:
             return entry
         return self.add_folder(out) if Path(out).is_dir() else entry
 
+    def summaries(self, pattern: str) -> dict[str, dict]:
+        """Run key -> summary for the runs whose key matches the glob (record lines, and
+        run folders not added yet), in key order; runs without a summary left out."""
+        found = {k: e["summary"] for k, e in self.entries.items() if e["summary"] is not None}
+        for path in self.out_dir.glob(f"{pattern}/summary.json"):
+            found.setdefault(self.key(path.parent), json.loads(path.read_text()))
+        return {k: found[k] for k in sorted(found) if fnmatch.fnmatchcase(k, pattern)}
+
     def drop(self, pattern: str) -> list[str]:
         """Remove the lines of the runs whose key matches the glob; the keys removed."""
         with self._lock:

@@ -3,17 +3,19 @@
     python scripts/before_after.py results/baselines_dir01 results/fidelity_dir01
 
 Reads the "before" folder's results.csv and the "after" folder's run summaries
-(`<variant>/seed<k>/summary.json`, so runs of an unfinished comparison count too). An
+(its record runs.jsonl and `<variant>/seed<k>/summary.json` folders, so runs of an
+unfinished comparison count too). An
 after-variant `<method>_<option>` is compared with `<method>`'s before.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from lightning_gapsl.record import Record
 
 
 def load(folder: str) -> dict[str, list[dict]]:
@@ -26,8 +28,8 @@ def load(folder: str) -> dict[str, list[dict]]:
 
 def load_summaries(folder: str) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
-    for path in sorted(Path(folder).glob("*/seed*/summary.json")):
-        rows.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+    for key, summary in Record(Path(folder)).summaries("*/seed*").items():
+        rows.setdefault(key.split("/")[0], []).append(summary)
     return rows
 
 

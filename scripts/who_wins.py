@@ -2,21 +2,21 @@
 
     python scripts/who_wins.py results/tune_mnist20_dir01 [--long]
 
-Reads chosen.yaml and the chosen points' summaries (seeds 0-2; --long: the 10-epoch
-runs, `seed<k>_e10`) and prints each method's test mean and worst-client accuracy (mean ± std over seeds, failed
-seeds included and counted), the ranking among the distributed methods (centralized is
-the yardstick), and GAPSL's per-seed difference to the first and to each method within
-one standard deviation of it.
+Reads chosen.yaml and the chosen points' summaries from the folder's record (runs.jsonl;
+seeds 0-2; --long: the 10-epoch runs, `seed<k>_e10`) and prints each method's test mean
+and worst-client accuracy (mean ± std over seeds, failed seeds included and counted),
+the ranking among the distributed methods (centralized is the yardstick), and GAPSL's
+per-seed difference to the first and to each method within one standard deviation of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from pathlib import Path
 
+from lightning_gapsl.record import Record
 from lightning_gapsl.tuning import failure_cause
 
 
@@ -35,10 +35,11 @@ def load(out_dir: Path, suffix: str) -> dict[str, dict[int, dict]]:
     """method -> seed -> summary row (point, test_acc_mean, test_acc_min, status)."""
     points = dict(re.findall(r"(?m)^# (\w+): (\S+)$", (out_dir / "chosen.yaml").read_text()))
     runs: dict[str, dict[int, dict]] = {}
+    record = Record(out_dir)
     for method, point in points.items():
-        for path in sorted((out_dir / f"{method}.{point}").glob(f"seed[0-9]{suffix}/summary.json")):
-            summary = json.loads(path.read_text())
-            seed = int(path.parent.name.removeprefix("seed").removesuffix(suffix))
+        for key, summary in record.summaries(f"{method}.{point}/seed[0-9]{suffix}").items():
+            path = out_dir / key
+            seed = int(path.name.removeprefix("seed").removesuffix(suffix))
             failed = failure_cause(summary, 0, [], num_classes(summary, path))  # the tables' rule
             runs.setdefault(method, {})[seed] = {
                 "point": point,
