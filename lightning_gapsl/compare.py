@@ -633,7 +633,8 @@ def main(cfg: DictConfig) -> None:
             code = 2
     elif cfg.stage == "plan":
         todo = [out_dir / v / f"seed{s}" for v in exp.variants for s in exp.seeds]
-        done = sum(Record(out_dir).done(out) for out in todo)
+        record = Record(out_dir)
+        done = sum(record.done(out) for out in todo)
         print(
             f"{len(exp.variants)} variants x {len(exp.seeds)} seeds: {len(todo)} runs ({done} done)"
         )
