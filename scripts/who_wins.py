@@ -5,8 +5,9 @@
 Reads chosen.yaml and the chosen points' summaries from the folder's record (runs.jsonl;
 seeds 0-2; --long: the 10-epoch runs, `seed<k>_e10`) and prints each method's test mean
 and worst-client accuracy (mean ± std over seeds, failed seeds included and counted),
-the ranking among the distributed methods (centralized is the yardstick), and GAPSL's
-per-seed difference to the first and to each method within one standard deviation of it.
+the ranking among the distributed methods (centralized is the yardstick), and, for each
+GAPSL row (its best variant and the aggregation-free one), the per-seed difference to each of
+the four first, and from the aggregation-free row to GAPSL's best.
 """
 
 from __future__ import annotations
@@ -81,18 +82,20 @@ def main() -> None:
         print(
             f"    centralized  test {pct([float(r['test_acc_mean']) for r in runs['centralized'].values()])}"
         )
-    if "gapsl" in runs:
-        gapsl = runs["gapsl"]
-        for other in order[:4]:
-            if other == "gapsl":
-                continue
+    for gapsl_row in ("gapsl", "gapsl_aggregation_free"):
+        if gapsl_row not in runs:
+            continue
+        gapsl = runs[gapsl_row]
+        others = [m for m in order[:4] if m != gapsl_row]
+        if gapsl_row == "gapsl_aggregation_free" and "gapsl" in runs:
+            others.append("gapsl")
+        for other in others:
             common = sorted(set(gapsl) & set(runs[other]))
             diffs = [
                 100 * (float(gapsl[s]["test_acc_mean"]) - float(runs[other][s]["test_acc_mean"]))
                 for s in common
             ]
-            print(f"gapsl - {other}: per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
-
+            print(f"{gapsl_row} - {other}: per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
 
 if __name__ == "__main__":
     main()
