@@ -604,8 +604,55 @@ def check_runs(exp: dict, out_dir: Path, stage: str = "all") -> None:
             raise GridError(f"experiment {exp['name']}, run {next(labels)}: {err}") from None
 
 
+# Where experiment files live, relative to the folder compare runs from (compare.yaml's
+# hydra.searchpath): the repository's research, which the installed package does not ship.
+EXPERIMENTS_CONF = Path("experiments/conf")
+
+
+def experiment_search_dirs(argv: list[str]) -> list[Path]:
+    """The config folders compare looks in for ``experiment/<name>.yaml``: the default
+    ``experiments/conf`` and any ``hydra.searchpath=[file://...]`` given on the command line."""
+    dirs = [EXPERIMENTS_CONF]
+    for arg in argv:
+        if arg.startswith(("hydra.searchpath=", "+hydra.searchpath=", "++hydra.searchpath=")):
+            listed = arg.split("=", 1)[1].strip("[]")
+            dirs += [
+                Path(e.strip().removeprefix("file://")) for e in listed.split(",") if e.strip()
+            ]
+    return dirs
+
+
+def missing_experiment(argv: list[str]) -> str | None:
+    """One line saying why ``experiment=`` cannot be found, or None when it can."""
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("experiment=")]
+    dirs = experiment_search_dirs(argv)
+    known = sorted({f.stem for d in dirs for f in (d / "experiment").glob("*.yaml")})
+    where = ", ".join(str(d.resolve() / "experiment") for d in dirs)
+    hint = (
+        f"valid here: {', '.join(known)}"
+        if known
+        else "run compare from the repository's root, or add "
+        "hydra.searchpath=[file:///path/to/conf] holding experiment/<name>.yaml"
+    )
+    if not names:
+        return f"experiment= is required (an experiment file's name); {hint}"
+    if names[-1] not in known:
+        return f"experiment={names[-1]}: no {names[-1]}.yaml in {where}; {hint}"
+    return None
+
+
+def main() -> None:
+    """`python -m lightning_gapsl.compare experiment=<name> ...` (also `lgapsl-compare`)."""
+    if "--help" not in sys.argv and "-h" not in sys.argv:
+        problem = missing_experiment(sys.argv[1:])
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+    run_compare()
+
+
 @hydra.main(version_base=None, config_path=config_dir(), config_name="compare")
-def main(cfg: DictConfig) -> None:
+def run_compare(cfg: DictConfig) -> None:
     exp = cfg.experiment
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

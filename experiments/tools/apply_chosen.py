@@ -2,7 +2,7 @@
 ``TUNED_OPTIM`` of lightning_gapsl/methods/<method>.py) and its conf/algorithm/<method>.yaml
 keys (whose dataclass defaults must then follow: a test checks that they agree).
 
-    python scripts/apply_chosen.py results/tune_mnist20_dir01/chosen.yaml
+    python experiments/tools/apply_chosen.py experiments/results/tune_mnist20_dir01/chosen.yaml
 
 For every method in ``chosen.yaml`` (written by ``lightning_gapsl.compare`` stage tune):
 its ``optim=`` / ``optim.*`` overrides become the method's ``TUNED_OPTIM`` (the optimizer

@@ -1,6 +1,6 @@
 """Before/after table of the fidelity fixes (README): mean ± std over seeds per method.
 
-    python scripts/before_after.py results/baselines_dir01 results/fidelity_dir01
+    python experiments/tools/before_after.py experiments/results/baselines_dir01 experiments/results/fidelity_dir01
 
 Reads the "before" folder's results.csv and the "after" folder's run summaries
 (its record runs.jsonl and `<variant>/seed<k>/summary.json` folders, so runs of an

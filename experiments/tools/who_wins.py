@@ -1,6 +1,6 @@
 """The plain statement under each tuned table: ranking and GAPSL's per-seed gaps.
 
-    python scripts/who_wins.py results/tune_mnist20_dir01 [--long]
+    python experiments/tools/who_wins.py experiments/results/tune_mnist20_dir01 [--long]
 
 Reads chosen.yaml and the chosen points' summaries from the folder's record (runs.jsonl;
 seeds 0-2; --long: the 10-epoch runs, `seed<k>_e10`) and prints each method's test mean
@@ -96,6 +96,7 @@ def main() -> None:
                 for s in common
             ]
             print(f"{gapsl_row} - {other}: per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
+
 
 if __name__ == "__main__":
     main()

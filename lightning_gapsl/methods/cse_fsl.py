@@ -79,7 +79,7 @@ def after_step(state, transport, step) -> None:
 EXPOSURE = AUXILIARY
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-3_q1 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose adam1e-3_q1_every_step,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)

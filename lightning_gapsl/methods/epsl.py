@@ -124,7 +124,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over clients"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-3_phi1 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method(

@@ -76,7 +76,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
 EXPOSURE = {**NO_CUT, "client_weights": "full model every round"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose sgd0.05_every_step,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)

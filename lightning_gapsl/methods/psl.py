@@ -33,7 +33,7 @@ def train_step(state, transport, step, x, y):
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam3e-3 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.003, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method(

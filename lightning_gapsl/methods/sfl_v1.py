@@ -107,7 +107,7 @@ def before_eval(state, transport, epoch) -> None:
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose sgd0.05_every_step,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)

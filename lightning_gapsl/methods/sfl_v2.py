@@ -111,7 +111,7 @@ def _epoch_steps(cfg, sizes, batch_size):
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam3e-4 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose adam3e-4_batch_turns,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("adam", lr=0.0003, momentum=0.0, weight_decay=0.0)

@@ -198,7 +198,7 @@ EXPOSURE = {
 }
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.1_m0 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose sgd0.05_batch_turns,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.1, momentum=0.0, weight_decay=0.0)

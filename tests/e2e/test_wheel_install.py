@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "lightning_gapsl", "callbacks", "conf")
+# Research beside the library in the source tree; the wheel must leave it out.
+RESEARCH = ("experiments/conf", "experiments/tools")
 
 
 def _sh(*cmd, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -45,7 +47,7 @@ def test_wheel_runs_from_any_folder(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in SOURCES:
+    for name in (*SOURCES, *RESEARCH):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=skip)
         else:
@@ -67,6 +69,7 @@ def test_wheel_runs_from_any_folder(tmp_path):
     assert "lightning_gapsl/conf/config.yaml" in names
     assert "lightning_gapsl/callbacks/logging.py" in names
     assert not any(n.startswith("callbacks/") for n in names)  # no top-level `callbacks`
+    assert not any("experiment" in n for n in names), [n for n in names if "experiment" in n]
 
     env_dir = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=False).create(env_dir)

@@ -1,4 +1,4 @@
-"""scripts/apply_chosen.py: a point that changes a method's regime does not become its
+"""experiments/tools/apply_chosen.py: a point that changes a method's regime does not become its
 default; the reference regime's best validation point does."""
 
 import csv
@@ -6,7 +6,9 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("apply_chosen", ROOT / "scripts/apply_chosen.py")
+spec = importlib.util.spec_from_file_location(
+    "apply_chosen", ROOT / "experiments/tools/apply_chosen.py"
+)
 apply_chosen = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(apply_chosen)
 

@@ -1,7 +1,7 @@
-"""Unit tests (seconds): every run a shipped experiment file asks for is a valid config.
+"""Unit tests (seconds): every run an experiment file of experiments/ asks for is a valid config.
 
 `compare` validates every planned run before the first starts (`check_runs`); here the
-same check runs on every shipped file, so a default that moves under a variant fails the
+same check runs on every experiment file, so a default that moves under a variant fails the
 suite instead of a user's comparison. The tune_* files share one grid (tune_common): it is
 checked whole under one setting, and each other setting with every method's first point.
 """
@@ -17,22 +17,47 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from lightning_gapsl.cli import config_dir
-from lightning_gapsl.compare import Tuner, check_runs, planned_runs
+from lightning_gapsl.compare import Tuner, check_runs, missing_experiment, planned_runs
 from lightning_gapsl.tuning import GridError, experiment_grid
 
-EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_CONF = ROOT / "experiments" / "conf"
+EXPERIMENTS = sorted(p.stem for p in (EXPERIMENTS_CONF / "experiment").glob("*.yaml"))
 FULL_GRID = "tune_mnist20_dir01"
 
 
 def _experiment(name: str) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        raw = hydra_compose(config_name="compare", overrides=[f"experiment={name}"])
+        raw = hydra_compose(
+            config_name="compare",
+            overrides=[f"experiment={name}", f"hydra.searchpath=[file://{EXPERIMENTS_CONF}]"],
+        )
     return OmegaConf.to_container(raw.experiment, resolve=True)
 
 
 def test_the_files_are_found():
     assert {"baselines_iid", FULL_GRID, "tune_common"} <= set(EXPERIMENTS)
+
+
+def test_the_package_ships_no_experiment_file():
+    assert not (Path(config_dir()) / "experiment").exists()
+
+
+def test_a_missing_experiment_is_one_line_naming_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder without experiments/: as from a wheel install
+    assert "experiment= is required" in missing_experiment([])
+    line = missing_experiment(["experiment=tune_mnist20_dir01"])
+    assert str(tmp_path / "experiments" / "conf" / "experiment") in line
+    assert "hydra.searchpath=" in line
+    found = missing_experiment(
+        ["experiment=tune_mnist20_dir01", f"hydra.searchpath=[file://{EXPERIMENTS_CONF}]"]
+    )
+    assert found is None
+    typo = missing_experiment(
+        ["experiment=tune_mnist20", f"hydra.searchpath=[file://{EXPERIMENTS_CONF}]"]
+    )
+    assert "no tune_mnist20.yaml" in typo and "tune_mnist20_dir01" in typo
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

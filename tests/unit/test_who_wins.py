@@ -1,4 +1,4 @@
-"""scripts/who_wins.py: ranking over the chosen points' seeds, failed seeds counted."""
+"""experiments/tools/who_wins.py: ranking over the chosen points' seeds, failed seeds counted."""
 
 import importlib.util
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("who_wins", ROOT / "scripts/who_wins.py")
+spec = importlib.util.spec_from_file_location("who_wins", ROOT / "experiments/tools/who_wins.py")
 who_wins = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(who_wins)
 

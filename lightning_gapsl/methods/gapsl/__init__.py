@@ -157,7 +157,7 @@ def load_state_dict(state, saved: dict) -> None:
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "aligned to the leaders' direction"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.05_client_linear_lam1 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
 
 METHOD = Method(

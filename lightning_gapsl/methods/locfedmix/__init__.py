@@ -153,7 +153,7 @@ EXPOSURE = {
 }
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01_rec1_a1 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 # The best point of the reference regime; the grid chose sgd0.01_rec1_a1_every_step,
 # which changes the regime (README, tuned comparison).
 TUNED_OPTIM = OptimConfig("sgd", lr=0.01, momentum=0.9, weight_decay=0.0)

@@ -96,7 +96,7 @@ def _loss_weights(cfg, data):
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clients"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-4_a0.5 of
-# results/tune_mnist20_dir01/chosen.yaml.
+# experiments/results/tune_mnist20_dir01/chosen.yaml.
 TUNED_OPTIM = OptimConfig("adam", lr=0.0001, momentum=0.0, weight_decay=0.0)
 
 METHOD = Method(
