@@ -1,4 +1,4 @@
-"""Writes summary.json (docs/running.md) on the server rank when training ends."""
+"""Writes summary.json (docs/tutorials/quickstart.md) on the server rank when training ends."""
 
 from __future__ import annotations
 

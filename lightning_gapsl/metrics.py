@@ -1,5 +1,5 @@
 """Per-epoch records: a pure function from what an epoch measured to the dict that
-callbacks log and summary.json keeps (docs/running.md)."""
+callbacks log and summary.json keeps (docs/tutorials/quickstart.md)."""
 
 from __future__ import annotations
 

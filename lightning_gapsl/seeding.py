@@ -1,6 +1,6 @@
 """Seeds derived from (run seed, role, client id), never from the process rank.
 
-Layout invariance (docs/architecture.md) needs every client's randomness to be the same
+Layout invariance (docs/explanations/architecture.md) needs every client's randomness to be the same
 whichever process hosts it, so every generator in the project is seeded through
 `derive_seed` with the run seed and a stable key such as ``("client", client_id)``.
 """

@@ -1,4 +1,4 @@
-"""Equal-budget tuning (docs/tuning.md): the pure part of `compare`'s tuning mode.
+"""Equal-budget tuning (docs/how-to/tune.md): the pure part of `compare`'s tuning mode.
 
 An experiment file with a ``grid:`` (method -> {point name -> overrides}) is tuned in two
 stages. Stage 1 runs every grid point of every method with one tuning seed at the same
@@ -33,7 +33,7 @@ METRICS = (
     "train_loss_final",
     "wall_s",
 )
-# The leakage evaluation's headline numbers (summary ``privacy``; docs/privacy.md):
+# The leakage evaluation's headline numbers (summary ``privacy``; docs/explanations/privacy.md):
 # the leakage index over the evaluated clients and its worst client, distance correlation.
 LEAKAGE = ("leakage", "leakage_worst", "dcor")
 

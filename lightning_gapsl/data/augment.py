@@ -5,7 +5,7 @@ The same transform as torchvision's ``RandomCrop(32, padding=4)`` followed by
 takes the per-channel value a black pixel has after normalization (``fill``), so the
 result equals the usual raw-image pipeline normalized afterwards.
 
-Layout invariance (docs/architecture.md): the random parameters of client c's batch at global
+Layout invariance (docs/explanations/architecture.md): the random parameters of client c's batch at global
 step t come from a CPU generator seeded by ``(seed, "augment", c, t)``, never by rank,
 so a client draws the same crops and flips whichever process hosts it. Only these small
 integer draws are made on the CPU; the crop itself is one gather on the batch's device

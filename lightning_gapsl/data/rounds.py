@@ -1,6 +1,6 @@
 """Local-pass rounds: each client makes exactly one pass over its own data per round.
 
-Two conventions exist for what a round of a FedAvg-family method is (docs/methods.md):
+Two conventions exist for what a round of a FedAvg-family method is (docs/explanations/methods.md):
 
 * ``lockstep`` (the other convention): every client draws ``B`` samples at every
   step, so a round of ``R`` steps is ``R * B`` samples for every client whatever its

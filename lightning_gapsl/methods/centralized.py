@@ -41,7 +41,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(0.0, TRAIN_FLOPS_PER_FORWARD * (client_flops + server_flops) * b)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {
     **NO_CUT,
     "client_weights": "whole model held by the server",

@@ -75,7 +75,7 @@ def after_step(state, transport, step) -> None:
         fedavg_clients_(state, state.own.heads, state.own.head_shapes, transport)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = AUXILIARY
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-3_q1 of

@@ -120,7 +120,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     return StepCost(TRAIN_FLOPS_PER_FORWARD * client_flops * b, server)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own, a fraction phi aggregated over clients"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-3_phi1 of

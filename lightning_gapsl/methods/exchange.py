@@ -1,4 +1,4 @@
-"""The PSL-family exchange (docs/architecture.md), shared by every method that sends
+"""The PSL-family exchange (docs/explanations/architecture.md), shared by every method that sends
 activations up and cut-layer gradients down each step: psl, gapsl, sglr, epsl, sfl_v1,
 sfl_v2, locfedmix. They differ only by the hooks they pass, never by an ``if`` on a name.
 

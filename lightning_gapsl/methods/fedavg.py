@@ -72,7 +72,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     )
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**NO_CUT, "client_weights": "full model every round"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01 of

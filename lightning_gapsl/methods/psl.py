@@ -29,7 +29,7 @@ def train_step(state, transport, step, x, y):
     return split_exchange(state, transport, step, x, y, Hooks())
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam3e-3 of

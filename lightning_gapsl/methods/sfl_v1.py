@@ -103,7 +103,7 @@ def before_eval(state, transport, epoch) -> None:
     load_flat_(state.eval_server.parameters(), flat)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.01 of

@@ -107,7 +107,7 @@ def _epoch_steps(cfg, sizes, batch_size):
     return turn_epoch(cfg, sizes, batch_size) or local_pass_epoch(cfg, sizes, batch_size)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**WEIGHTS_EVERY_ROUND, "cut_gradient": "own"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam3e-4 of

@@ -190,7 +190,7 @@ def cost(state, client_flops: float, server_flops: float) -> StepCost:
     )
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {
     **PSL_FAMILY,
     "cut_gradient": "own",

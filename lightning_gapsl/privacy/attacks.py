@@ -1,4 +1,4 @@
-"""The honest-but-curious server's inversion attackers (docs/privacy.md).
+"""The honest-but-curious server's inversion attackers (docs/explanations/privacy.md).
 
 Both map a client segment's activations back to pixels ``[0, 1]`` and are fitted on the
 auxiliary pairs ``(x_aux, f_c(x_aux))`` only; the pool images are never fitted on.

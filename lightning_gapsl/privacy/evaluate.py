@@ -1,4 +1,4 @@
-"""The leakage evaluation of a run's client segments (docs/privacy.md): which clients, what
+"""The leakage evaluation of a run's client segments (docs/explanations/privacy.md): which clients, what
 the server sees of them, the two attackers, the reference rows and the aggregates.
 
 Every rank evaluates the chosen clients it hosts (one fixed-width float64 row each);

@@ -1,4 +1,4 @@
-"""What reaches the server in each method (docs/privacy.md, exposure flags): each method's
+"""What reaches the server in each method (docs/explanations/privacy.md, exposure flags): each method's
 `Method.exposure` (built from the profiles below), printed beside the leakage numbers.
 
 ``threat`` says whether the inversion attack is **realistic** (the server receives the

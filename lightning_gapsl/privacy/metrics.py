@@ -1,4 +1,4 @@
-"""Leakage metrics as pure functions over tensors (docs/privacy.md).
+"""Leakage metrics as pure functions over tensors (docs/explanations/privacy.md).
 
 * `distance_correlation`: the bias-corrected squared distance correlation (Szekely &
   Rizzo 2014, U-centred distance matrices), Euclidean distances (exponent 1), float64.

@@ -1,6 +1,6 @@
 """Unit tests (seconds): the inversion attackers and the leakage index on client segments
 whose leakage is known: identity (1), constant (0), independent noise (about 0), and
-invariance to the activations' scale and rotation (PRIVACY.md, "Tests that can fail").
+invariance to the activations' scale and rotation (the tests docs/explanations/privacy.md lists).
 Real images (scikit-learn's 8 x 8 digits), the real evaluation functions, no mocks."""
 
 from __future__ import annotations

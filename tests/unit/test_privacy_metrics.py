@@ -1,5 +1,5 @@
 """Unit tests (milliseconds to a second): the leakage metrics on inputs whose answer is
-known by hand or in closed form (PRIVACY.md, "Tests that can fail")."""
+known by hand or in closed form (the tests docs/explanations/privacy.md lists)."""
 
 from __future__ import annotations
 

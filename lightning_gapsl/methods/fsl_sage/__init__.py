@@ -241,7 +241,7 @@ def load_state_dict(state, saved: dict) -> None:
         _optimizer(state, int(client_id)).load_state_dict(entry)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = AUXILIARY
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-3_q1_l1 of

@@ -1,6 +1,6 @@
 """FSL-SAGE: clients train on a gradient estimated by a small auxiliary model.
 
-FSL-SAGE (docs/methods.md) removes the per-step gradient download of split learning.
+FSL-SAGE (docs/explanations/methods.md) removes the per-step gradient download of split learning.
 Each client holds a small auxiliary model ``a`` from its smashed data to class logits
 and trains its segment on the estimate ``d CE(a(z), y) / dz`` (`estimated_cut_grad`)
 instead of the server's true cut-layer gradient. Activations still go up every ``q``

@@ -1,5 +1,5 @@
 """GAPSL: PSL + leader gradient identification (LGI) + gradient direction alignment (GDA),
-as reconstructed in docs/gapsl.md (the math: `lightning_gapsl.methods.gapsl.math`).
+as reconstructed in docs/explanations/gapsl.md (the math: `lightning_gapsl.methods.gapsl.math`).
 
 Reading ``cut``: the server aligns batch-mean cut-layer gradients (no extra traffic).
 Reading ``client``: client-segment gradients go up after the backward, aligned ones come
@@ -153,7 +153,7 @@ def load_state_dict(state, saved: dict) -> None:
     state.own.leader_ema = saved["leader_ema"]
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "aligned to the leaders' direction"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point sgd0.05_client_linear_lam1 of

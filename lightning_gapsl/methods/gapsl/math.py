@@ -1,7 +1,7 @@
 """GAPSL: gradient-aligned parallel split learning, as reconstructed by this project.
 
 The paper body is not available; this is the project's reading of its abstract
-(docs/gapsl.md). Each step the server holds one gradient vector per client, stacked
+(docs/explanations/gapsl.md). Each step the server holds one gradient vector per client, stacked
 into a matrix ``g`` of shape ``(N, D)`` (row ``i`` = client ``i``; in the "cut" reading
 it is the batch mean of client ``i``'s cut-layer gradient, see `batch_mean_flat`).
 

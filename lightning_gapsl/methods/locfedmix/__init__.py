@@ -47,7 +47,7 @@ class LocFedMixConfig(SplitConfig, RoundConfig):
     """The method's registry name (``algorithm=``)."""
     rec_weight: float = 1.0
     """Weight of the client-side reconstruction regularizer (decoder MSE); 1 as both
-    public re-implementations (docs/fidelity.md)."""
+    public re-implementations (docs/explanations/fidelity.md)."""
     fedavg_interval: int = 1
     """FedAvg of client segments every this many rounds (T_c)."""
     mix_alpha: float = 1.0
@@ -144,7 +144,7 @@ def global_model(state, epoch: int) -> bool:
     return fedavg_due(rounds - 1, state.cfg.algorithm.fedavg_interval)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {
     **WEIGHTS_EVERY_ROUND,
     "cut_gradient": "own",

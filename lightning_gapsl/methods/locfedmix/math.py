@@ -1,6 +1,6 @@
 """LocFedMix-SL: PSL + a local reconstruction regularizer + server-side mixup + FedAvg.
 
-LocFedMix-SL (docs/methods.md) adds three things to parallel split learning:
+LocFedMix-SL (docs/explanations/methods.md) adds three things to parallel split learning:
 
 1. **Local regularizer** (`decoder_for`, `reconstruction_loss`): each client owns a
    small decoder from its smashed data back to its input and adds the reconstruction

@@ -92,7 +92,7 @@ def _loss_weights(cfg, data):
     return server_loss_weights(data.client_sizes, cfg.algorithm.server_loss)
 
 
-# What reaches the server (docs/privacy.md, exposure flags).
+# What reaches the server (docs/explanations/privacy.md, exposure flags).
 EXPOSURE = {**PSL_FAMILY, "cut_gradient": "averaged over a fraction phi of clients"}
 # The optimizer this method runs with unless optim=sgd|adam or optim.* is given:
 # chosen by the tuning grid on validation, point adam1e-4_a0.5 of

@@ -1,6 +1,6 @@
 """SGLR: parallel split learning with SplitLr and SplitAvg.
 
-SGLR changes PSL in two places (docs/methods.md):
+SGLR changes PSL in two places (docs/explanations/methods.md):
 
 1. **SplitLr** (`server_lr`): the server segment is trained on the union of all ``N``
    clients' batches while each client sees only its own, so the server takes a larger
@@ -19,7 +19,7 @@ SGLR changes PSL in two places (docs/methods.md):
    data-size weights ``n_i / sum n``.
 
 The chosen clients depend on ``(seed, step)`` only, never on the process layout, so a
-run is the same on one process and on many (docs/architecture.md). Pure functions: no
+run is the same on one process and on many (docs/explanations/architecture.md). Pure functions: no
 process groups, no Lightning, no globals, inputs never modified in place.
 """
 

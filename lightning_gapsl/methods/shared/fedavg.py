@@ -1,7 +1,7 @@
 """FedAvg of client segments: the weighted parameter average several baselines use.
 
 SplitFed (V1, V2), LocFedMix-SL, FSL-SAGE and CSE-FSL average the clients' segments
-(docs/methods.md): every client's parameter tensor is replaced by
+(docs/explanations/methods.md): every client's parameter tensor is replaced by
 ``sum_k w_k x_k / sum_k w_k``, usually with ``w_k`` = client ``k``'s data size.
 
 Clients live on several ranks, each hosting a block of ``K`` virtual clients with
