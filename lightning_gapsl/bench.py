@@ -2,6 +2,7 @@
 
     python -m lightning_gapsl.bench                    # CPU: MNIST, LeNet, 20 clients
     python -m lightning_gapsl.bench --preset scaling   # N = 10, 100, 1000 in-process (CPU)
+                                                       #   (--clients 1000: that N only)
     python -m lightning_gapsl.bench --preset serial    # SplitFed V1 vs a plain serial loop
                                                        #   (--eval: evaluation every round)
     python -m lightning_gapsl.bench --preset exec      # loop / vmap / grouped client kernels
@@ -203,11 +204,17 @@ def main() -> None:
     parser.add_argument(
         "--eval", action="store_true", help="serial preset: evaluate every round on both sides"
     )
+    parser.add_argument(
+        "--clients",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(10, 100, 1000),
+        help="scaling preset: the N to run, comma-separated (default 10,100,1000)",
+    )
     args = parser.parse_args()
     if args.preset == "scaling":
         from lightning_gapsl.bench_scaling import scaling
 
-        result = scaling()
+        result = scaling(args.clients)
     elif args.preset == "serial":
         from lightning_gapsl.serial_loop import bench_serial
 

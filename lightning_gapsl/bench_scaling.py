@@ -1,6 +1,7 @@
 """How the cost grows with the number of clients: time per sample and memory vs N.
 
     python -m lightning_gapsl.bench --preset scaling          # N = 10, 100, 1000 (CPU)
+    python -m lightning_gapsl.bench --preset scaling --clients 1000   # one N only
 
 Every point is the real train entry in a process of its own (``python -m
 lightning_gapsl.train``, one process, evaluation off), so its peak resident memory
@@ -12,6 +13,11 @@ figure on a machine shared with other jobs). Memory: peak RSS per point, its
 slope per client (a line through the smallest and largest N, checked against the
 middle point), and the persistent state per client computed from the model (weights,
 gradients, optimizer state).
+
+At N = 1000 PSL and GAPSL also run with 10% participation (``participation.fraction=0.1``:
+100 clients drawn per step), and the row reports time per step of the 10% run over the
+full run's: with partial participation the step's cost should follow the participants,
+not N.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from lightning_gapsl.methods.gapsl.math import GapslConfig, gapsl_step
 # Steps per epoch per N: enough to time, few enough for a 2-core machine (N=1000 is
 # 32000 samples per step).
 STEPS = {10: 20, 100: 6, 1000: 2}
+# N at which PSL and GAPSL also run with a share of the clients per step, and that share.
+PARTIAL_AT, PARTIAL_FRACTION = 1000, 0.1
 COMMON = [
     "data=mnist",
     "model=lenet",
@@ -75,6 +83,7 @@ def measure(overrides: list[str]) -> dict:
     with open(run(compose(overrides, out), extra_callbacks=[timer])) as f:
         history = json.load(f)["history"]
     last = history[-1]
+    steps = last["steps"] - (history[-2]["steps"] if len(history) > 1 else 0)
     return {
         "samples_per_s": last["samples_per_s"],
         # the whole last epoch, evaluation included (the timer spans it too)
@@ -82,6 +91,8 @@ def measure(overrides: list[str]) -> dict:
         "cpu_samples_per_s": last["samples"] / timer.cpu_s[-1],
         "epoch_wall_s": last["train_s"],
         "epoch_cpu_s": timer.cpu_s[-1],
+        "step_wall_s": last["train_s"] / steps,
+        "step_cpu_s": timer.cpu_s[-1] / steps,
         "train_loss": last["train_loss"],
     }
 
@@ -111,32 +122,53 @@ def client_state_bytes(optimizer_slots: int = 1) -> int:
 
 
 def scaling(clients: tuple[int, ...] = (10, 100, 1000), batch: int = 32) -> dict:
-    """The scaling table: one row per N with centralized, PSL and GAPSL."""
+    """The scaling table: one row per N with centralized, PSL and GAPSL (and, at
+    ``PARTIAL_AT``, PSL and GAPSL with ``PARTIAL_FRACTION`` of the clients per step)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in clients:
-            steps = STEPS.get(n, 2)
-            base = [f"data.num_clients={n}", f"data.steps_per_epoch={steps}"]
-            central = run_point(
-                [*base, "algorithm=centralized", f"data.batch_size={n * batch}"], tmp
-            )
-            row = {"clients": n, "steps_per_epoch": steps, "centralized": central}
-            for algo in ("psl", "gapsl"):
-                point = run_point([*base, f"algorithm={algo}", f"data.batch_size={batch}"], tmp)
-                point["time_per_sample_vs_centralized"] = {
-                    "wall": round(central["samples_per_s"] / point["samples_per_s"], 3),
-                    "cpu": round(central["cpu_samples_per_s"] / point["cpu_samples_per_s"], 3),
-                }
-                row[algo] = point
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(scaling_row(n, batch, tmp))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {
         "rows": rows,
-        "memory": memory_fit(rows),
+        "memory": memory_fit(rows) if len(rows) >= 2 else None,  # a line needs two N
         "client_state_bytes": client_state_bytes(),
         "gapsl_cosine_matrix": [cosine_cost(n) for n in (1000, 10000)],
         "threads_per_process": 1,
         "target_psl_ratio_at_1000": 1.2,
+    }
+
+
+def scaling_row(n: int, batch: int, workdir: str) -> dict:
+    """One N: centralized (batch N x ``batch``), PSL and GAPSL, each a process of its own."""
+    steps = STEPS.get(n, 2)
+    base = [f"data.num_clients={n}", f"data.steps_per_epoch={steps}"]
+    central = run_point([*base, "algorithm=centralized", f"data.batch_size={n * batch}"], workdir)
+    row = {"clients": n, "steps_per_epoch": steps, "centralized": central}
+    for algo in ("psl", "gapsl"):
+        point = run_point([*base, f"algorithm={algo}", f"data.batch_size={batch}"], workdir)
+        point["time_per_sample_vs_centralized"] = {
+            "wall": round(central["samples_per_s"] / point["samples_per_s"], 3),
+            "cpu": round(central["cpu_samples_per_s"] / point["cpu_samples_per_s"], 3),
+        }
+        row[algo] = point
+        if n == PARTIAL_AT:
+            share = f"participation.fraction={PARTIAL_FRACTION}"
+            part = run_point(
+                [*base, f"algorithm={algo}", f"data.batch_size={batch}", share], workdir
+            )
+            part["fraction"] = PARTIAL_FRACTION
+            part["time_per_step_vs_full"] = step_time_ratio(part, point)
+            row[f"{algo}_partial"] = part
+    return row
+
+
+def step_time_ratio(part: dict, full: dict) -> dict:
+    """Time per step of the partial-participation point over the full one's, wall and CPU
+    (0.1 = a tenth of the time: the step costs what its participants cost)."""
+    return {
+        "wall": round(part["step_wall_s"] / full["step_wall_s"], 3),
+        "cpu": round(part["step_cpu_s"] / full["step_cpu_s"], 3),
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning_gapsl import registry
 from lightning_gapsl.checks import ConfigError, check, choice
+from lightning_gapsl.device_trace import load_trace
 from lightning_gapsl.privacy.config import DefenseConfig, PrivacyConfig, validate_privacy
 
 LABEL_KINDS = ("fine", "coarse")
@@ -196,6 +197,16 @@ class LatencyConfig:
     """Client -> server bandwidth, bits/s."""
     downlink_bps: float = 5e7
     """Server -> client bandwidth, bits/s."""
+    trace: str | None = None
+    """A device and availability trace (JSON, `lightning_gapsl.device_trace`): for every
+    client id 0..N-1 its FLOP/s and uplink / downlink bits/s (replacing client_flops,
+    client_hetero, uplink_bps and downlink_bps), and optional availability windows
+    [start, end) of global training steps (steps, not the simulated clock, so the draws
+    are the same in every layout); a client outside them takes no part in that round or
+    step, like a dropout (summary.json: dropped_unavailable per epoch). Format:
+    `{"clients": [{"id": 0, "flops": 2e10, "uplink_bps": 1e7, "downlink_bps": 5e7,
+    "available": [[0, 100], [250, 400]]}, ...]}`, ``available`` optional (absent: always
+    online). null: the log-normal model above, every client always online."""
 
 
 @dataclass(frozen=True)
@@ -409,10 +420,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     for f in dataclasses.fields(LatencyConfig):
         value = getattr(cfg.latency, f.name)
+        if f.name == "trace":  # a file, checked with the client count below
+            continue
         if f.name == "client_hetero":  # a spread: 0 means every client equally fast
             check(value >= 0, f"latency.client_hetero={value} must be >= 0 (0: all equal)")
         else:  # a rate: zero or negative would give infinite or negative simulated time
             check(value > 0, f"latency.{f.name}={value} must be > 0")
+    if cfg.latency.trace is not None:
+        load_trace(cfg.latency.trace, d.num_clients)  # raises naming latency.trace
     _validate_participation(cfg)
     a.validate(cfg)  # the method's own keys and cross-field rules
     validate_privacy(cfg)
@@ -433,12 +448,22 @@ def _validate_participation(cfg: RunConfig) -> None:
         p.deadline_s is None or p.deadline_s > 0,
         f"participation.deadline_s={p.deadline_s} must be > 0 or null",
     )
-    if p.partial:
+    if partial_participation(cfg):
         check(
             registry.METHODS.get(cfg.algorithm.name).participation is not None,
             f"algorithm={cfg.algorithm.name} does not support partial participation yet; "
-            "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null",
+            "keep participation.fraction=1.0, clients=null, dropout=0, deadline_s=null "
+            "and no availability windows in latency.trace",
         )
+
+
+def partial_participation(cfg: RunConfig) -> bool:
+    """Whether fewer than every client can take part in some round or step: the
+    ``participation`` keys, or availability windows in ``latency.trace`` (read here)."""
+    if cfg.participation.partial:
+        return True
+    trace = cfg.latency.trace
+    return trace is not None and load_trace(trace, cfg.data.num_clients).has_windows
 
 
 def _validate_model_source(m: ModelConfig) -> None:

@@ -25,7 +25,7 @@ class EpochInputs:
     samples: int
     diagnostics: dict[str, list]  # name -> per-step values (floats or (N,) tensors)
     # Partial participation only: this epoch's participant-draws and how many of them
-    # dropped out or missed the deadline (counted once per round or step).
+    # dropped out, missed the deadline or were offline (counted once per round or step).
     participation: dict[str, int] | None = None
 
 
@@ -63,7 +63,7 @@ def epoch_record(inp: EpochInputs, previous: dict | None) -> dict:
         "client_val_acc": _rounded(val_acc),
     }
     if inp.participation is not None:
-        for key in ("participants", "dropped_dropout", "dropped_deadline"):
+        for key in ("participants", "dropped_dropout", "dropped_deadline", "dropped_unavailable"):
             record[key] = inp.participation[key]
     if "class_acc" in test:
         record["client_class_acc"] = [_rounded(row) for row in test["class_acc"]]

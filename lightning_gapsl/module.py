@@ -99,6 +99,7 @@ class SplitLearningModule(L.LightningModule):
             "defense": repr(c.defense),
             "seed": str(c.seed),
             "participation": repr(c.participation),
+            "latency.trace": str(c.latency.trace),  # its windows decide who takes part
             "trainer.devices": str(c.trainer.devices),
         }
 

@@ -10,22 +10,39 @@ subset per FedAvg round).
 * `sample_participants`: a seeded draw of exactly that many clients, as an ``(N,)`` mask.
 * `dropouts`: each participant independently fails to deliver with probability ``p``.
 * `past_deadline`: participants whose simulated step time exceeds the deadline.
+* `online`: clients whose availability windows (``latency.trace``) cover the draw.
 
-The runtime combines them: ``delivering = participants & ~dropped & ~late``; clients
-outside ``delivering`` compute and send nothing and keep their optimizer state.
+The runtime combines them (`Draw`): ``delivering = participants & ~offline & ~dropped &
+~late``; clients outside ``delivering`` compute and send nothing and keep their
+optimizer state. Participants are drawn from all N whether online or not (the server
+picks without knowing who is offline, as it cannot know who will drop out), so a trace
+whose clients are always online draws exactly what a run without one draws.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from lightning_gapsl.seeding import generator
 
-__all__ = ["Draws", "dropouts", "participant_count", "past_deadline", "sample_participants"]
+__all__ = [
+    "Draw",
+    "Draws",
+    "covers",
+    "dropouts",
+    "online",
+    "participant_count",
+    "past_deadline",
+    "sample_participants",
+]
+
+Windows = Sequence[tuple[int, int]]  # half-open [start, end) windows of training steps
 
 
 def participant_count(num_clients: int, fraction: float = 1.0, clients: int | None = None) -> int:
@@ -89,6 +106,40 @@ def past_deadline(times_s: Tensor, participants: Tensor, deadline_s: float | Non
     return participants.to(torch.bool) & (times_s.to(torch.float64) > deadline_s)
 
 
+def covers(windows: Windows | None, start: int, end: int) -> bool:
+    """Whether the union of ``windows`` covers every step in ``[start, end)`` (None:
+    always online; ``[]``: never)."""
+    if windows is None:
+        return True
+    reached = start  # every step before it is covered
+    for a, b in sorted(windows):
+        if a > reached:  # a gap at step `reached`
+            return False
+        reached = max(reached, b)
+        if reached >= end:
+            return True
+    return reached >= end
+
+
+def online(windows: Sequence[Windows | None], start: int, length: int) -> Tensor:
+    """Bool ``(N,)``: clients whose windows cover the draw's steps ``[start, start + length)``."""
+    return torch.tensor([covers(w, start, start + length) for w in windows], dtype=torch.bool)
+
+
+class Draw(NamedTuple):
+    """One draw's masks, bool ``(N,)`` each; every client dropped is in exactly one of
+    ``offline``, ``dropped`` and ``late``."""
+
+    participants: Tensor  # drawn
+    dropped: Tensor  # drawn, online, failed to deliver (`dropouts`)
+    late: Tensor  # drawn, online, delivered after the deadline (`past_deadline`)
+    offline: Tensor  # drawn but outside its availability windows (`online`)
+
+    @property
+    def delivering(self) -> Tensor:
+        return self.participants & ~self.offline & ~self.dropped & ~self.late
+
+
 @dataclass(frozen=True)
 class Draws:
     """The participation schedule of a run: one draw per ``per`` steps (1: every step,
@@ -101,6 +152,7 @@ class Draws:
     dropout: float = 0.0
     deadline_s: float | None = None
     times_s: Tensor | None = None  # (N,) simulated compute seconds per draw, for the deadline
+    windows: tuple[Windows | None, ...] | None = None  # (N,) availability; None: always on
 
     def index(self, step: int) -> int:
         return step // self.per
@@ -109,12 +161,15 @@ class Draws:
         """Whether ``step`` opens its draw (so per-draw counts are taken once)."""
         return step % self.per == 0
 
-    def draw(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(participants, dropped, late)``, bool ``(N,)`` each, for the draw of ``step``;
-        the clients that deliver are ``participants & ~dropped & ~late``."""
+    def draw(self, step: int) -> Draw:
+        """The draw of ``step``: offline clients first (they never start), then dropouts
+        and the deadline among the rest."""
         i = self.index(step)
         part = sample_participants(self.seed, i, self.num_clients, self.count)
-        dropped = dropouts(self.seed, i, part, self.dropout)
+        offline = torch.zeros_like(part)
+        if self.windows is not None:
+            offline = part & ~online(self.windows, i * self.per, self.per)
+        dropped = dropouts(self.seed, i, part & ~offline, self.dropout)
         times = self.times_s if self.times_s is not None else torch.zeros(self.num_clients)
-        late = past_deadline(times, part & ~dropped, self.deadline_s)
-        return part, dropped, late
+        late = past_deadline(times, part & ~offline & ~dropped, self.deadline_s)
+        return Draw(part, dropped, late, offline)

@@ -420,10 +420,11 @@ def draw_compute_seconds(method: Method, state: RankState) -> torch.Tensor:
     (the deadline's measure): a step's FLOPs / its speed, times the steps it trains in a
     round for the averaging methods (local pass: ceil(n_i / B); lockstep: round_steps)."""
     from lightning_gapsl.data.rounds import local_steps
-    from lightning_gapsl.latency import client_speeds
+    from lightning_gapsl.latency import client_devices
 
     cfg, n = state.cfg, state.data.num_clients
-    per_step = step_cost(method, state).client / client_speeds(cfg.latency, n, cfg.seed)  # (N,)
+    speeds = client_devices(cfg.latency, n, cfg.seed).flops  # (N,)
+    per_step = step_cost(method, state).client / speeds  # (N,)
     if method.participation != "round":
         return per_step
     if state.round_len is not None:
@@ -436,21 +437,21 @@ def step_latency_model(method: Method, state: RankState) -> Callable[..., float]
     """(bytes up, bytes down[, active clients]) of a step -> its simulated seconds
     (`lightning_gapsl.latency`), from the method's cost model on FLOPs counted once."""
     from lightning_gapsl.latency import (
-        client_speeds,
+        client_devices,
         parallel_step_latency,
         sequential_step_latency,
     )
 
     cfg, n = state.cfg, state.data.num_clients
-    cost, speeds = step_cost(method, state), client_speeds(cfg.latency, n, cfg.seed)
+    cost, devices = step_cost(method, state), client_devices(cfg.latency, n, cfg.seed)
     latency = sequential_step_latency if cost.sequential else parallel_step_latency
 
     def step_latency(up: int, down: int, active: torch.Tensor | None = None) -> float:
         """``active`` (N,) bool: the clients that took part (local-pass rounds, turns);
         idle clients neither compute nor send, and the server serves only the active
         ones (the parallel cost counts the server's work for all N clients)."""
-        part = speeds if active is None else speeds[active.cpu()]  # (k,)
-        k = part.numel()
+        part = devices if active is None else devices.of(active.cpu())  # k clients
+        k = part.flops.numel()
         server = cost.server if cost.sequential else cost.server * k / n
         return latency(cfg.latency, part, cost.client, server, up / k, down / k)
 

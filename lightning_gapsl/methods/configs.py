@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_gapsl.config import RunConfig, check, choice
+from lightning_gapsl.config import RunConfig, check, choice, partial_participation
 
 CLIENT_GRADS = ("own", "weighted")
 
@@ -112,7 +112,7 @@ def check_turns_participation(turns: TurnConfig, run: RunConfig) -> None:
     """Partial participation takes one-batch turns: with whole-epoch turns a round's
     length would depend on which clients were drawn."""
     check(
-        not (run.participation.partial and turns.turns == "epoch"),
+        not (partial_participation(run) and turns.turns == "epoch"),
         f"partial participation (participation.*) with algorithm={run.algorithm.name} needs "
         "algorithm.turns=batch: with whole-epoch turns a round's length would depend on "
         "the clients drawn",

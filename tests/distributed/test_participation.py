@@ -2,11 +2,13 @@
 
 PSL and FedAvg on digits with 5 clients: only the drawn clients' parameters move and
 only their bytes are counted; 1 process and 3 gloo ranks (blocks of 3 and 2 clients)
-agree; dropouts and the deadline drop exactly the clients their rules name.
+agree; dropouts, the deadline and a device trace's availability windows drop exactly
+the clients their rules name.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -155,3 +157,61 @@ def _step_client_flops(compose_cfg) -> float:
     method = get_method("psl")
     state = method.build(cfg, data, Layout(rank=0, world_size=1, num_clients=5))
     return step_cost(method, state).client
+
+
+# Availability windows [start, end) of global steps for 5 clients over 2 epochs of 3
+# steps. Offline per step: 0: {2, 3}; 1: {2, 3, 4}; 2: {2, 4}; 3: {1, 2, 4}; 4: {1, 2};
+# 5: {1, 2}, so 7 dropped in each epoch.
+WINDOWS = {1: [[0, 3]], 2: [], 3: [[2, 6]], 4: [[0, 1], [4, 6]]}
+
+
+def _trace(path, flops, up, down, windows) -> str:
+    clients = [
+        {"id": i, "flops": f, "uplink_bps": u, "downlink_bps": d}
+        for i, (f, u, d) in enumerate(zip(flops, up, down, strict=True))
+    ]
+    for i, w in windows.items():
+        clients[i]["available"] = w
+    path.write_text(json.dumps({"clients": clients}))
+    return str(path)
+
+
+def test_device_trace_default_values_and_availability_in_any_layout(compose_cfg, tmp_path):
+    """A trace of the default model's values changes no number; a trace with its own
+    speeds and windows gives the same numbers in 1 process and in 3."""
+    from lightning_gapsl.config import LatencyConfig
+    from lightning_gapsl.latency import client_speeds
+
+    lat = LatencyConfig()
+    base = ["algorithm=psl", "trainer.max_epochs=2", "data.steps_per_epoch=3"]
+    same = _trace(
+        tmp_path / "same.json",
+        client_speeds(lat, 5, 3).tolist(),
+        [lat.uplink_bps] * 5,
+        [lat.downlink_bps] * 5,
+        {},
+    )
+    default = _summary(compose_cfg, "default", *base, "trainer.devices=1")
+    traced = _summary(compose_cfg, "same", *base, "trainer.devices=1", f"latency.trace={same}")
+    for h0, h1 in zip(default["history"], traced["history"], strict=True):
+        for key in ("train_loss", "test_acc_mean", "bytes_up", "bytes_down", "sim_latency_s"):
+            assert h0[key] == h1[key], key
+    assert "participants" not in traced["history"][0]  # no windows: no participation draws
+
+    own = _trace(tmp_path / "own.json", [2e9, 5e9, 1e9, 8e9, 3e9], [1e6] * 5, [1e7] * 5, WINDOWS)
+    runs = {
+        d: _summary(compose_cfg, f"own{d}", *base, f"trainer.devices={d}", f"latency.trace={own}")
+        for d in (1, 3)
+    }
+    assert runs[3]["devices"] == 3
+    for h1, h3 in zip(runs[1]["history"], runs[3]["history"], strict=True):
+        for key in ("train_loss", "test_acc_mean", "test_acc_min"):
+            assert math.isclose(h1[key], h3[key], abs_tol=1e-5), (key, h1[key], h3[key])
+        for key in ("bytes_up", "bytes_down", "participants", "dropped_unavailable"):
+            assert h1[key] == h3[key], key
+        assert math.isclose(h1["sim_latency_s"], h3["sim_latency_s"], rel_tol=1e-12)
+    assert [h["dropped_unavailable"] for h in runs[1]["history"]] == [7, 7]
+    assert [h["participants"] for h in runs[1]["history"]] == [15, 15]
+    # 30 client-steps minus the 14 offline ones trained: bytes scale with them.
+    assert runs[1]["bytes_up"] * 30 == default["bytes_up"] * 16
+    assert runs[1]["sim_latency_s"] != default["sim_latency_s"]  # the trace's own speeds

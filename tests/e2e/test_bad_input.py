@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 FAST = ["data.steps_per_epoch=3", "data.num_clients=4", "trainer.threads=1"]
 
 # (overrides, text the one line must contain). {ckpt}, {other}, {trunc}, {foreign},
-# {missing}, {unwritable}, {cifar_partial}, {leaf_bad}, {partition}, {bad_partition} are
-# filled in by the test.
+# {missing}, {unwritable}, {cifar_partial}, {leaf_bad}, {partition}, {bad_partition} and
+# the {trace_*} files are filled in by the test.
 CASES = [
     (["algorithm=nope"], "algorithm='nope' is not valid; choose one of: centralized"),
     (["data=imagenet"], "data='imagenet' is not valid; choose one of: cifar10, cifar100, digits"),
@@ -137,6 +137,25 @@ CASES = [
         ["algorithm=centralized", "participation.fraction=0.5"],
         "algorithm=centralized does not support partial participation yet",
     ),
+    (["latency.trace={missing}"], "latency.trace={missing}: no such file (give a JSON device"),
+    (["latency.trace={trace_bad_json}"], "latency.trace={trace_bad_json} is not a readable JSON"),
+    (
+        ["latency.trace={trace_short}"],
+        "latency.trace={trace_short} does not cover client ids 3 of data.num_clients=4; "
+        "it needs one entry for every id 0..3",
+    ),
+    (
+        ["latency.trace={trace_slow}"],
+        "latency.trace={trace_slow}: client 2 has flops=0; it must be a finite number > 0",
+    ),
+    (
+        ["latency.trace={trace_no_link}"],
+        "latency.trace={trace_no_link}: client 2 has uplink_bps=-1.0; it must be a finite",
+    ),
+    (
+        ["algorithm=centralized", "latency.trace={trace_windows}"],
+        "algorithm=centralized does not support partial participation yet",
+    ),
     (
         ["data=fmnist", "data.root={missing}"],
         "Fashion-MNIST file {missing}/train-images-idx3-ubyte.gz (or {missing}/train-images-idx3-"
@@ -196,6 +215,7 @@ def files(tmp_path_factory):
     )
     (root / "bad_partition.json").write_text('{"clients": [[0]]}')
     return {
+        **_traces(root),
         "ckpt": ckpt,
         "trunc": root / "trunc.ckpt",
         "foreign": root / "foreign.ckpt",
@@ -207,6 +227,23 @@ def files(tmp_path_factory):
         "partition": root / "first" / "partition.json",
         "bad_partition": root / "bad_partition.json",
     }
+
+
+def _traces(root: Path) -> dict[str, Path]:
+    """Device traces for 4 clients, each broken in one way (or valid, with windows)."""
+    good = [{"id": i, "flops": 1e10, "uplink_bps": 1e7, "downlink_bps": 5e7} for i in range(4)]
+    variants = {
+        "trace_short": good[:3],
+        "trace_slow": [*good[:2], {**good[2], "flops": 0}, good[3]],
+        "trace_no_link": [*good[:2], {**good[2], "uplink_bps": -1.0}, good[3]],
+        "trace_windows": [{**good[0], "available": [[0, 1]]}, *good[1:]],
+    }
+    paths = {"trace_bad_json": root / "trace_bad_json.json"}
+    paths["trace_bad_json"].write_text('{"clients": [')
+    for name, clients in variants.items():
+        paths[name] = root / f"{name}.json"
+        paths[name].write_text(json.dumps({"clients": clients}))
+    return paths
 
 
 def _snapshot(folder: Path) -> list:

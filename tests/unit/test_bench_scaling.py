@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_gapsl.bench_scaling import client_state_bytes, cosine_cost, memory_fit
+from lightning_gapsl.bench_scaling import (
+    client_state_bytes,
+    cosine_cost,
+    memory_fit,
+    step_time_ratio,
+)
 
 
 def _row(n: int, rss: dict[str, float]) -> dict:
@@ -34,3 +39,9 @@ def test_cosine_cost_reports_matrix_size():
     out = cosine_cost(50, dim=8, repeats=1)
     assert out["clients"] == 50 and out["matrix_mib"] == round(50 * 50 * 4 / 2**20, 1)
     assert out["seconds"] >= 0
+
+
+def test_step_time_ratio_is_partial_over_full():
+    part = {"step_wall_s": 1.0, "step_cpu_s": 0.5}
+    full = {"step_wall_s": 8.0, "step_cpu_s": 4.0}
+    assert step_time_ratio(part, full) == {"wall": 0.125, "cpu": 0.125}

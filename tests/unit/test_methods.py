@@ -407,7 +407,7 @@ def test_step_latency_counts_only_the_active_clients(compose_cfg):
     """An idle client (local-pass rounds, turns) neither computes nor sends: a step where
     one client works is the parallel model on that client alone, its bytes all its own,
     with the server serving one client's batch."""
-    from lightning_gapsl.latency import client_speeds, forward_flops, parallel_step_latency
+    from lightning_gapsl.latency import client_devices, forward_flops, parallel_step_latency
     from lightning_gapsl.methods.base import model_args, step_latency_model, with_defaults
     from lightning_gapsl.models.split import build_client_segment, build_server_segment
 
@@ -423,13 +423,13 @@ def test_step_latency_counts_only_the_active_clients(compose_cfg):
         forward_flops(client, shape),
         forward_flops(server, client(torch.zeros(1, *shape)).shape[1:]),
     )
-    speeds = client_speeds(cfg.latency, N, cfg.seed)  # (N,)
-    slowest = int(speeds.argmin())
+    devices = client_devices(cfg.latency, N, cfg.seed)  # (N,) each
+    slowest = int(devices.flops.argmin())
     one = torch.zeros(N, dtype=torch.bool)
     one[slowest] = True
     assert latency(3000, 300, torch.ones(N, dtype=torch.bool)) == latency(3000, 300)
     expected = parallel_step_latency(
-        cfg.latency, speeds[[slowest]], cost.client, cost.server / N, 1000, 100
+        cfg.latency, devices.of(one), cost.client, cost.server / N, 1000, 100
     )
     assert latency(1000, 100, one) == pytest.approx(expected, rel=1e-12)
     # Everyone active with the same per-client bytes: the same slowest client, N batches
