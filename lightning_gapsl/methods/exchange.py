@@ -159,6 +159,8 @@ def batched_server_pass(
     each client receives the gradient of its own mean loss: the server loss scales
     client i by w_i ~ 1/N, which would silently cut client learning rates by N.
     """
+    if extra_loss is None and state.active is not None and not bool(state.active.all()):
+        return _server_pass_on_active(state, acts, labels, step)
     num_clients, batch = labels.shape
     weights = step_weights(state)  # (N,); idle clients (local-pass rounds) weigh 0
     acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
@@ -176,6 +178,30 @@ def batched_server_pass(
         own = cut_grads / weights.view(shape)
         cut_grads = own if state.active is None else torch.where(weights.view(shape) > 0, own, 0)
     state.server_opt.step()
+    return reported_loss(state, client_losses), client_losses, cut_grads
+
+
+def _server_pass_on_active(
+    state: RankState, acts: torch.Tensor, labels: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`batched_server_pass` on the active clients' rows only, so that with partial
+    participation a step costs what its participants cost, not N; idle rows weigh 0 in
+    the loss either way, and their cut gradients and losses are 0. (A server segment with
+    batch norm would otherwise also count the idle rows in its batch statistics.)"""
+    rows = state.active.to(torch.bool).nonzero().flatten().to(acts.device)  # (M,)
+    weights = step_weights(state)[rows]  # (M,)
+    sub = acts.detach()[rows].requires_grad_(True)  # (M, B, *F)
+    num_active, batch = sub.shape[0], labels.shape[1]
+    logits = state.server(sub.flatten(0, 1)).unflatten(0, (num_active, batch))  # (M, B, C)
+    loss, active_losses = weighted_client_loss(logits, labels[rows], weights)
+    state.server_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = sub.grad  # (M, B, *F)
+    if state.cfg.algorithm.client_grad == "own":
+        grads = grads / weights.view((num_active,) + (1,) * (grads.dim() - 1))
+    state.server_opt.step()
+    cut_grads = acts.new_zeros(acts.shape).index_copy_(0, rows, grads)  # (N, B, *F)
+    client_losses = active_losses.new_zeros(labels.shape[0]).index_copy_(0, rows, active_losses)
     return reported_loss(state, client_losses), client_losses, cut_grads
 
 

@@ -471,3 +471,31 @@ def _tensors(obj):
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _tensors(v)
+
+
+@pytest.mark.parametrize("client_grad", ["own", "server"])
+def test_server_pass_on_participants_only_equals_the_pass_over_every_row(compose_cfg, client_grad):
+    """With partial participation the server runs only the participants' rows (a step
+    costs what its participants cost); the result is the pass over all N rows, where the
+    idle rows weigh 0: same loss, cut gradients, per-client losses and server update."""
+    from lightning_gapsl.methods.exchange import batched_server_pass
+
+    method, a = _state(compose_cfg, "algorithm=psl", "participation.fraction=0.67")
+    a = _with(method, a, client_grad=client_grad)
+    _schedule(method, a, 0)
+    assert int(a.active.sum()) == 2  # one of the three clients idle
+    b = copy.deepcopy(a)
+    x, y = _batch()
+    acts = a.clients(x).detach()  # (N, B, *F)
+    acts[~a.active.to(torch.bool)] = 0.0  # idle rows as the transport delivers them
+    rows_seen = []
+    a.server.register_forward_pre_hook(lambda mod, inp: rows_seen.append(inp[0].shape[0]))
+    loss_a, per_a, grads_a = batched_server_pass(a, acts, y, 0)
+    assert rows_seen == [2 * B]  # the participants' samples, not N * B
+    full = batched_server_pass(b, acts, y, 0, extra_loss=lambda *args: None)  # every row
+    idle = ~a.active.to(torch.bool)
+    assert torch.allclose(loss_a, full[0], rtol=1e-6)
+    assert torch.allclose(per_a[~idle], full[1][~idle], rtol=1e-6) and per_a[idle].eq(0).all()
+    assert torch.allclose(grads_a, full[2], rtol=1e-5, atol=1e-9) and grads_a[idle].eq(0).all()
+    for p, q in zip(a.server.parameters(), b.server.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-9)
