@@ -158,51 +158,45 @@ def batched_server_pass(
     Server loss: size-weighted sum of per-client mean losses. With ``client_grad=own``
     each client receives the gradient of its own mean loss: the server loss scales
     client i by w_i ~ 1/N, which would silently cut client learning rates by N.
+
+    With partial participation the server runs the active clients' rows only, so a step
+    costs what its participants cost, not N (and a batch-norm server segment does not
+    count idle rows in its statistics); idle clients get zero cut gradients and losses.
+    An extra server loss sees every row (it may mix clients).
     """
-    if extra_loss is None and state.active is not None and not bool(state.active.all()):
-        return _server_pass_on_active(state, acts, labels, step)
     num_clients, batch = labels.shape
     weights = step_weights(state)  # (N,); idle clients (local-pass rounds) weigh 0
-    acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
-    logits = state.server(acts.flatten(0, 1)).unflatten(0, (num_clients, batch))  # (N, B, C)
-    loss, client_losses = weighted_client_loss(logits, labels, weights)
+    rows = active_rows(state) if extra_loss is None else None  # (M,) or None: every row
+    z = acts.detach() if rows is None else acts.detach()[rows]  # (M, B, *F)
+    w = weights if rows is None else weights[rows]  # (M,)
+    y = labels if rows is None else labels[rows]  # (M, B)
+    z.requires_grad_(True)  # leaf: its .grad = cut grads
+    logits = state.server(z.flatten(0, 1)).unflatten(0, (z.shape[0], batch))  # (M, B, C)
+    loss, losses = weighted_client_loss(logits, y, w)
     state.server_opt.zero_grad(set_to_none=True)
     loss.backward()
-    cut_grads = acts.grad  # (N, B, *F) = w_i * d(own loss_i)/dz_i
+    grads = z.grad  # (M, B, *F) = w_i * d(own loss_i)/dz_i
     if extra_loss is not None:
-        extra = extra_loss(state, acts, labels, logits, step)
+        extra = extra_loss(state, z, labels, logits, step)
         if extra is not None:
             extra.backward()
     if state.cfg.algorithm.client_grad == "own":
-        shape = (num_clients,) + (1,) * (cut_grads.dim() - 1)
-        own = cut_grads / weights.view(shape)
-        cut_grads = own if state.active is None else torch.where(weights.view(shape) > 0, own, 0)
+        shape = (w.shape[0],) + (1,) * (grads.dim() - 1)
+        own = grads / w.view(shape)
+        idle_rows = state.active is not None and rows is None  # zero weights among the rows
+        grads = torch.where(w.view(shape) > 0, own, 0) if idle_rows else own
     state.server_opt.step()
-    return reported_loss(state, client_losses), client_losses, cut_grads
+    if rows is not None:
+        grads = acts.new_zeros(acts.shape).index_copy_(0, rows, grads)  # (N, B, *F)
+        losses = losses.new_zeros(num_clients).index_copy_(0, rows, losses)  # (N,)
+    return reported_loss(state, losses), losses, grads
 
 
-def _server_pass_on_active(
-    state: RankState, acts: torch.Tensor, labels: torch.Tensor, step: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`batched_server_pass` on the active clients' rows only, so that with partial
-    participation a step costs what its participants cost, not N; idle rows weigh 0 in
-    the loss either way, and their cut gradients and losses are 0. (A server segment with
-    batch norm would otherwise also count the idle rows in its batch statistics.)"""
-    rows = state.active.to(torch.bool).nonzero().flatten().to(acts.device)  # (M,)
-    weights = step_weights(state)[rows]  # (M,)
-    sub = acts.detach()[rows].requires_grad_(True)  # (M, B, *F)
-    num_active, batch = sub.shape[0], labels.shape[1]
-    logits = state.server(sub.flatten(0, 1)).unflatten(0, (num_active, batch))  # (M, B, C)
-    loss, active_losses = weighted_client_loss(logits, labels[rows], weights)
-    state.server_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = sub.grad  # (M, B, *F)
-    if state.cfg.algorithm.client_grad == "own":
-        grads = grads / weights.view((num_active,) + (1,) * (grads.dim() - 1))
-    state.server_opt.step()
-    cut_grads = acts.new_zeros(acts.shape).index_copy_(0, rows, grads)  # (N, B, *F)
-    client_losses = active_losses.new_zeros(labels.shape[0]).index_copy_(0, rows, active_losses)
-    return reported_loss(state, client_losses), client_losses, cut_grads
+def active_rows(state: RankState) -> torch.Tensor | None:
+    """(M,) indices of this step's active clients, or None when every client is active."""
+    if state.active is None or bool(state.active.all()):
+        return None
+    return state.active.to(torch.bool).nonzero().flatten()
 
 
 def _with_extra_loss(extra: ExtraServerLoss) -> ServerPass:
