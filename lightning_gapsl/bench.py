@@ -31,6 +31,7 @@ import tempfile
 import torch
 from lightning.fabric.accelerators.cuda import num_cuda_devices
 
+from lightning_gapsl.bench_memory import peak_rss_mib
 from lightning_gapsl.train import compose, run
 
 PRESETS = {
@@ -234,7 +235,8 @@ def main() -> None:
     # (rank processes, per-point processes); presets that run points in processes of
     # their own also give each point's peak beside it.
     result["bench_peak_rss_mib"] = {
-        "this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "this_process": peak_rss_mib(),
+        # ru_maxrss of children: at least this process's size when it started them.
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result, indent=2))

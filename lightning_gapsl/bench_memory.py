@@ -4,7 +4,7 @@
     python -m lightning_gapsl.bench_memory STAGE KEY=VALUE ...  # one stage, one process
 
 Every stage runs in a fresh process that does everything up to and including that
-stage, then reports its peak resident memory (``ru_maxrss``) and what it still holds
+stage, then reports its peak resident memory (``VmHWM``, see `peak_rss_mib`) and what it still holds
 (resident now, from ``/proc/self/statm``). A process's peak only ever grows, so
 measuring stage k in the same process as stage k-1 would hide which stage set it;
 separate processes make the difference between two rows that stage's own cost.
@@ -13,7 +13,6 @@ separate processes make the difference between two rows that stage's own cost.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,10 +48,6 @@ STAGES = (
 )
 
 
-def _mib(pages_or_kib: float) -> float:
-    return round(pages_or_kib / 1024, 1)
-
-
 def resident_now_mib() -> float:
     """Resident memory of this process now (second field of statm, in pages)."""
     import os
@@ -60,6 +55,21 @@ def resident_now_mib() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (``VmHWM``), MiB.
+
+    Not ``ru_maxrss``: Linux carries that over ``exec`` from the process that forked,
+    so a point started by a 400 MiB bench process would report at least 400 MiB
+    whatever it did itself (measured: a bare interpreter started from a 410 MiB parent
+    reports 411 through ``ru_maxrss``, 10.6 through ``VmHWM``).
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def run_stage(stage: str, overrides: list[str]) -> dict:
@@ -85,10 +95,9 @@ def run_stage(stage: str, overrides: list[str]) -> dict:
             del data
         else:
             run(cfg)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "stage": stage,
-        "peak_rss_mib": _mib(usage.ru_maxrss),
+        "peak_rss_mib": peak_rss_mib(),
         "rss_now_mib": resident_now_mib(),
         "modules": len(sys.modules),
     }

@@ -5,7 +5,7 @@
 
 Every point is the real train entry in a process of its own (``python -m
 lightning_gapsl.train``, one process, evaluation off), so its peak resident memory
-(``ru_maxrss``) is its own. MNIST, LeNet cut 1, IID, batch 32 per client; centralized
+(``VmHWM``, `bench_memory.peak_rss_mib`) is its own. MNIST, LeNet cut 1, IID, batch 32 per client; centralized
 trains the same model with batch N*32 (the samples of one PSL step). Time per sample is
 read from the last of 2 epochs (the first warms up), both as wall time and as the
 process's CPU time (one thread per process, so CPU time is the work done: the stable
@@ -32,6 +32,7 @@ import time
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_gapsl.bench_memory import peak_rss_mib
 from lightning_gapsl.methods.gapsl.math import GapslConfig, gapsl_step
 
 # Steps per epoch per N: enough to time, few enough for a 2-core machine (N=1000 is
@@ -220,7 +221,7 @@ def main() -> None:
     """One point in a process of its own: JSON with samples/s and peak RSS on stdout."""
     point = measure(sys.argv[1:])
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    point["peak_rss_mib"] = usage.ru_maxrss / 1024
+    point["peak_rss_mib"] = peak_rss_mib()
     point["process_cpu_s"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(point))
 

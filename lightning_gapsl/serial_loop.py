@@ -27,6 +27,7 @@ import time
 import torch
 from torch import nn
 
+from lightning_gapsl.bench_memory import peak_rss_mib
 from lightning_gapsl.methods.shared.losses import client_loss_weights
 from lightning_gapsl.config import RunConfig
 from lightning_gapsl.data.sampling import ClientBatches
@@ -145,7 +146,7 @@ def main() -> None:
         result = serial_splitfed_v1(cfg, evaluate_rounds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
 
@@ -224,7 +225,7 @@ def bench_serial(evaluation: bool = False) -> dict:
             "whole_process_wall": round(project["process_wall_s"] / loop_wall, 3),
             "whole_process_cpu": round(project["process_cpu_s"] / loop["process_cpu_s"], 3),
         },
-        # Whole process, each side in its own (ru_maxrss): imports, data, training.
+        # Whole process, each side in its own (VmHWM): imports, data, training.
         "peak_rss_mib": {
             "project": round(project["peak_rss_mib"], 1),
             "serial_loop": round(loop["peak_rss_mib"], 1),

@@ -60,20 +60,29 @@ def build(cfg, data, layout) -> RankState:
 
 
 def _per_copy_server_pass(state, acts, labels, step):
-    acts = acts.detach().requires_grad_(True)  # (N, B, *F) leaf: its .grad = cut grads
-    logits = state.server(acts)  # (N, B, C): copy i on client i's activations
+    """Copy i on client i's activations (N, B, *F), forward and backward one copy at a
+    time (`StackedSegments.backward_each`): the copies are independent, so this gives
+    the gradients of the summed loss while holding one copy's activations, not N."""
     ones = torch.ones_like(state.loss_weights)  # each copy: its own client's loss
     active = state.active
-    loss, client_losses = weighted_client_loss(
-        logits, labels, ones if active is None else active.to(ones)
-    )
+    weights = ones if active is None else active.to(ones)  # (N,)
+    per_copy = []
+
+    def copy_loss(i, logits):  # logits (B, C): copy i's loss, weighted as in the sum
+        loss, client_loss = weighted_client_loss(
+            logits[None], labels[i : i + 1], weights[i : i + 1]
+        )
+        per_copy.append(client_loss)
+        return loss
+
     state.server_opt.zero_grad(set_to_none=True)
-    loss.backward()
+    cut_grads = state.server.backward_each(acts, copy_loss)  # (N, B, *F)
     if active is None:
         state.server_opt.step()
     else:  # an idle client's server copy does not move either
         masked_step_(state.server_opt, active.cpu())
-    return reported_loss(state, client_losses), client_losses, acts.grad
+    client_losses = torch.cat(per_copy)  # (N,)
+    return reported_loss(state, client_losses), client_losses, cut_grads
 
 
 def train_step(state, transport, step, x, y):

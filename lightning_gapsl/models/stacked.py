@@ -35,6 +35,7 @@ for a ResNet stem + stage 1 with K=3 both give the last client weight gradients 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -164,6 +165,53 @@ class StackedSegments(nn.Module):
             return torch.stack([one] * self.num_segments)
         zero = torch.zeros_like(next(iter(outs.values())))  # (B, *out), idle clients' rows
         return torch.stack([outs.get(k, zero) for k in range(self.num_segments)])
+
+    def backward_each(self, x: Tensor, loss_of: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """Segment ``k`` on ``x[k]``, then ``loss_of(k, out_k).backward()``, for k = 0..K-1.
+
+        Gives the gradients of one loop-mode `forward` over all K followed by one backward
+        of ``sum_k loss_of(k, out[k])`` (client k's parameters and ``x[k]`` only reach
+        term k), but holds one segment's graph at a time instead of K: SplitFed V1's K
+        server copies keep 1/K of their activations alive. Each segment runs on leaves
+        cut from the stacked tensors, so its gradients are computed exactly as in the
+        loop forward; they are then stacked into each parameter's ``.grad``, which must
+        be None (``zero_grad(set_to_none=True)`` first), as the loop forward's backward
+        would stack them.
+
+        Args:
+            x: ``(K, B, *in)`` inputs; not differentiated through (a detached copy is used).
+            loss_of: ``(k, out_k (B, *out)) -> scalar`` loss of segment k.
+
+        Returns:
+            ``(K, B, *in)`` the gradient of the summed losses with respect to ``x``.
+        """
+        if x.shape[0] != self.num_segments:
+            raise ValueError(f"expected leading dim {self.num_segments}, got {tuple(x.shape)}")
+        params, buffers = self.stacked_params(), self._stacked_buffers()
+        if any(p.grad is not None for p in params.values()):
+            raise ValueError("backward_each writes .grad: zero_grad(set_to_none=True) first")
+        # Filled slice by slice as each segment finishes, so no second copy of the
+        # gradients is ever held; a slice no gradient reaches stays 0, as in unbind's
+        # backward.
+        trained = {n: p for n, p in params.items() if p.requires_grad}
+        grads = {n: torch.zeros_like(p) for n, p in trained.items()}  # (K, *shape) each
+        reached = dict.fromkeys(trained, False)
+        x_grad = torch.zeros_like(x)  # (K, B, *in)
+        for k in range(self.num_segments):
+            leaves = {n: p[k].detach().requires_grad_(p.requires_grad) for n, p in params.items()}
+            x_k = x[k].detach().requires_grad_(True)  # (B, *in)
+            out = self._call_one({**leaves, **{n: b[k] for n, b in buffers.items()}}, x_k)
+            loss_of(k, out).backward()
+            for name in trained:
+                if leaves[name].grad is not None:
+                    grads[name][k].copy_(leaves[name].grad)
+                    reached[name] = True
+            if x_k.grad is not None:
+                x_grad[k].copy_(x_k.grad)
+            del leaves, x_k, out  # this segment's graph and gradients, before the next
+        for name, p in trained.items():
+            p.grad = grads[name] if reached[name] else None
+        return x_grad
 
     def forward_one(self, k: int, x: Tensor) -> Tensor:
         """Client ``k``'s segment alone on ``x`` (B, *in) -> (B, *out) (evaluation)."""

@@ -296,3 +296,35 @@ def test_evaluating_one_of_identical_segments_gives_every_row() -> None:
     every = evaluate_clients(stacked, server, x, y, 10, only_first=False)  # (3, 21)
     one = evaluate_clients(stacked, server, x, y, 10, only_first=True)  # (1, 21)
     assert torch.equal(every, one.expand_as(every))
+
+
+def test_backward_each_equals_one_forward_and_one_backward_of_the_summed_losses() -> None:
+    """One segment at a time gives the loop forward's gradients bit for bit: parameters,
+    the input, and a frozen parameter left without gradient; losses weighted per k."""
+    k = 3
+    whole, each = (StackedSegments(_segments(k)) for _ in range(2))
+    for stacked in (whole, each):
+        stacked.get_parameter("0__0__bias").requires_grad_(False)  # frozen: no .grad
+    x, upstream = _inputs(k)  # (K, B, 1, 8, 8), (K, B, 16, 2, 2)
+    weights = torch.tensor([0.5, 2.0, 0.0])  # 0: a client whose loss does not count
+
+    x_whole = x.clone().requires_grad_(True)
+    out = whole(x_whole)  # (K, B, 16, 2, 2)
+    (weights * (out * upstream).flatten(1).sum(1)).sum().backward()
+
+    seen = []
+
+    def loss_of(i: int, out_i: Tensor) -> Tensor:
+        seen.append(i)
+        return weights[i] * (out_i * upstream[i]).sum()
+
+    x_grad = each.backward_each(x, loss_of)
+    assert seen == [0, 1, 2]
+    assert torch.equal(x_grad, x_whole.grad)
+    for (name, p_whole), p_each in zip(whole.named_parameters(), each.parameters(), strict=True):
+        if name == "0__0__bias":
+            assert p_whole.grad is None and p_each.grad is None
+        else:
+            assert torch.equal(p_each.grad, p_whole.grad), name
+    with pytest.raises(ValueError, match="zero_grad"):
+        each.backward_each(x, loss_of)  # .grad is set: it would be overwritten
