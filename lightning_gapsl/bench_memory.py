@@ -4,8 +4,8 @@
     python -m lightning_gapsl.bench_memory STAGE KEY=VALUE ...  # one stage, one process
 
 Every stage runs in a fresh process that does everything up to and including that
-stage, then reports its peak resident memory (``VmHWM``, see `peak_rss_mib`) and what it still holds
-(resident now, from ``/proc/self/statm``). A process's peak only ever grows, so
+stage, then reports its peak resident memory (``VmHWM``, see `peak_rss_mib`) and
+what it still holds (``VmRSS``). A process's peak only ever grows, so
 measuring stage k in the same process as stage k-1 would hide which stage set it;
 separate processes make the difference between two rows that stage's own cost.
 """
@@ -48,13 +48,18 @@ STAGES = (
 )
 
 
-def resident_now_mib() -> float:
-    """Resident memory of this process now (second field of statm, in pages)."""
-    import os
+def _status_mib(field: str) -> float:
+    """One ``kB`` line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"/proc/self/status has no {field} line (not Linux?)")
 
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+def resident_now_mib() -> float:
+    """Resident memory of this process now (``VmRSS``), MiB."""
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
@@ -65,11 +70,7 @@ def peak_rss_mib() -> float:
     whatever it did itself (measured: a bare interpreter started from a 410 MiB parent
     reports 411 through ``ru_maxrss``, 10.6 through ``VmHWM``).
     """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
+    return _status_mib("VmHWM")
 
 
 def run_stage(stage: str, overrides: list[str]) -> dict:

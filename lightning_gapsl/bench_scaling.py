@@ -5,8 +5,8 @@
 
 Every point is the real train entry in a process of its own (``python -m
 lightning_gapsl.train``, one process, evaluation off), so its peak resident memory
-(``VmHWM``, `bench_memory.peak_rss_mib`) is its own. MNIST, LeNet cut 1, IID, batch 32 per client; centralized
-trains the same model with batch N*32 (the samples of one PSL step). Time per sample is
+(``VmHWM``, `bench_memory.peak_rss_mib`) is its own. MNIST, LeNet cut 1, IID, batch 32
+per client; centralized trains the same model with batch N*32 (the samples of one PSL step). Time per sample is
 read from the last of 2 epochs (the first warms up), both as wall time and as the
 process's CPU time (one thread per process, so CPU time is the work done: the stable
 figure on a machine shared with other jobs). Memory: peak RSS per point, its

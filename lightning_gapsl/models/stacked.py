@@ -174,9 +174,8 @@ class StackedSegments(nn.Module):
         term k), but holds one segment's graph at a time instead of K: SplitFed V1's K
         server copies keep 1/K of their activations alive. Each segment runs on leaves
         cut from the stacked tensors, so its gradients are computed exactly as in the
-        loop forward; they are then stacked into each parameter's ``.grad``, which must
-        be None (``zero_grad(set_to_none=True)`` first), as the loop forward's backward
-        would stack them.
+        loop forward; each is copied into its slice of the parameter's stacked ``.grad``,
+        which must be None before (``zero_grad(set_to_none=True)``).
 
         Args:
             x: ``(K, B, *in)`` inputs; not differentiated through (a detached copy is used).
